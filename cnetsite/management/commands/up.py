@@ -1,0 +1,106 @@
+"""``manage.py up``: the whole system on one machine, as ``make run`` starts it.
+
+Migrates, makes sure an admin exists (printing its password and API token), then runs
+the web server, the control worker, beat and a local agent as child processes, and
+stops them all on Ctrl-C. Embedded defaults unless DATABASE_URL / CELERY_BROKER_URL say otherwise.
+"""
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+from rest_framework.authtoken.models import Token
+
+
+class Command(BaseCommand):
+    help = "Run the control plane, control worker, beat and a local agent together."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--port", type=int, default=8080)
+        parser.add_argument("--bind", default="127.0.0.1")
+        parser.add_argument("--no-agent", action="store_true", help="control plane only")
+        parser.add_argument("--agent-config", default=None, help="YAML config for the local agent")
+
+    def handle(self, *args, port, bind, no_agent, agent_config, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        username, password, token = ensure_admin()
+        url = f"http://{bind if bind != '0.0.0.0' else '127.0.0.1'}:{port}"
+        self.stdout.write(self.style.SUCCESS(f"\nCNET Agent is starting on {url}"))
+        self.stdout.write(f"  Web UI:   {url}/admin/   user {username!r}, password {password!r}")
+        self.stdout.write(f"  API docs: {url}/api/docs/")
+        self.stdout.write(f"  API token: {token}")
+        self.stdout.write(f'  Try:      curl -H "Authorization: Token {token}" {url}/api/nodes\n')
+
+        python = sys.executable
+        manage = str(Path(settings.BASE_DIR) / "manage.py")
+        children = {
+            "web": [python, "-m", "gunicorn", "cnetsite.wsgi:application", "--bind", f"{bind}:{port}",
+                    "--workers", os.environ.get("WEB_CONCURRENCY", "2"), "--threads", "4",
+                    "--access-logfile", "-", "--graceful-timeout", "5"],
+            "control": [python, "-m", "celery", "-A", "cnetsite", "worker", "-Q", "control",
+                        "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO",
+                        "--hostname", "control@%h", "--without-mingle", "--without-gossip"],
+            "beat": [python, "-m", "celery", "-A", "cnetsite", "beat", "--loglevel", "INFO",
+                     "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME],
+        }
+        if not no_agent:
+            children["agent"] = [python, manage, "runagent"] + (["--config", agent_config] if agent_config else [])
+        supervise(children, self.stdout)
+
+
+def ensure_admin() -> tuple[str, str, str]:
+    """The admin user of an embedded install; its password lives in the data folder (0600)."""
+    username = os.environ.get("CNET_ADMIN_USER", "admin")
+    password_file = Path(settings.DATA_DIR) / "admin_password"
+    user_model = get_user_model()
+    user = user_model.objects.filter(username=username).first()
+    if user is None or not password_file.exists():
+        password = os.environ.get("CNET_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        if user is None:
+            user = user_model.objects.create_superuser(username=username, email="", password=password)
+        else:
+            user.set_password(password)
+            user.save(update_fields=["password"])
+        password_file.write_text(password)
+        password_file.chmod(0o600)
+    token, _ = Token.objects.get_or_create(user=user)
+    return username, password_file.read_text(), token.key
+
+
+def supervise(commands: dict[str, list[str]], out) -> None:
+    """Run the children, prefix their output, stop them all when one dies or on a signal."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    procs = {}
+    for name, argv in commands.items():
+        procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True, start_new_session=True)
+        threading.Thread(target=_relay, args=(name, procs[name], out), daemon=True).start()
+    while not stop.wait(0.5):
+        dead = [name for name, proc in procs.items() if proc.poll() is not None]
+        if dead:
+            out.write(f"{', '.join(dead)} exited; stopping the rest")
+            break
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _relay(name: str, proc: subprocess.Popen, out) -> None:
+    for line in proc.stdout:
+        out.write(f"{name:>7} | {line.rstrip()}")

@@ -1,0 +1,92 @@
+from django.db import models
+from django.db.models import F, Q
+
+# Requirement names and their Node columns (capacity, allocated); units are in the names.
+RESOURCES = {
+    "cpu": ("cpu_millicores", "cpu_allocated_millicores"),
+    "gpu": ("gpu_count", "gpu_allocated"),
+    "memory": ("memory_bytes", "memory_allocated_bytes"),
+    "storage": ("storage_bytes", "storage_allocated_bytes"),
+}
+
+
+class NodeStatus(models.TextChoices):
+    READY = "ready", "Ready"
+    UNHEALTHY = "unhealthy", "Unhealthy"
+    OFFLINE = "offline", "Offline"
+    DRAINING = "draining", "Draining"
+
+
+class Node(models.Model):
+    """One machine running an agent: identity, place in the topology, capacity and load."""
+
+    node_id = models.CharField(max_length=128, unique=True)
+    address = models.CharField(max_length=255, default="127.0.0.1")
+    port = models.PositiveIntegerField(default=8080)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    peers = models.ManyToManyField("self", symmetrical=True, blank=True)
+    # Materialized path "/<pk>/<pk>/" so "descendants of X" is one indexed prefix query.
+    path = models.CharField(max_length=1024, default="/", db_index=True)
+    depth = models.PositiveSmallIntegerField(default=0)
+    labels = models.JSONField(default=dict, blank=True)
+    # What the agent can run: {"container": {"available": bool, "version": str}, "gpus": [...]}.
+    capabilities = models.JSONField(default=dict, blank=True)
+
+    cpu_millicores = models.PositiveBigIntegerField(default=0)
+    gpu_count = models.PositiveIntegerField(default=0)
+    memory_bytes = models.PositiveBigIntegerField(default=0)
+    storage_bytes = models.PositiveBigIntegerField(default=0)
+    cpu_allocated_millicores = models.PositiveBigIntegerField(default=0)
+    gpu_allocated = models.PositiveIntegerField(default=0)
+    memory_allocated_bytes = models.PositiveBigIntegerField(default=0)
+    storage_allocated_bytes = models.PositiveBigIntegerField(default=0)
+
+    # Last measured usage from the agent's heartbeat (cpu_percent, memory_used_bytes, ...).
+    usage = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=NodeStatus.choices, default=NodeStatus.READY)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # Bumped every time the agent (re)starts; a stale agent's reports carry an old epoch.
+    agent_epoch = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["node_id"]
+        constraints = [
+            *(
+                models.CheckConstraint(
+                    condition=Q(**{f"{allocated}__lte": F(capacity)}),
+                    name=f"node_{name}_allocated_fits",
+                )
+                for name, (capacity, allocated) in RESOURCES.items()
+            ),
+            *(
+                models.CheckConstraint(
+                    condition=Q(**{f"{allocated}__gte": 0}), name=f"node_{name}_allocated_nonneg"
+                )
+                for name, (_capacity, allocated) in RESOURCES.items()
+            ),
+        ]
+        indexes = [
+            # Liveness loop: "ready/unhealthy nodes whose heartbeat is older than T".
+            models.Index(fields=["status", "last_heartbeat"], name="node_status_heartbeat"),
+        ]
+
+    def __str__(self) -> str:
+        return self.node_id
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    def capacity(self) -> dict[str, int]:
+        return {name: getattr(self, capacity) for name, (capacity, _a) in RESOURCES.items()}
+
+    def allocated(self) -> dict[str, int]:
+        return {name: getattr(self, allocated) for name, (_c, allocated) in RESOURCES.items()}
+
+    def free(self) -> dict[str, int]:
+        capacity, allocated = self.capacity(), self.allocated()
+        return {name: capacity[name] - allocated[name] for name in RESOURCES}

@@ -1,0 +1,88 @@
+from django.conf import settings
+from django.db.models import Count, QuerySet, Sum
+
+from cnetsite.errors import NotFound
+
+from .models import RESOURCES, Node, NodeStatus
+from .resources import Resources
+
+
+def node_get(*, node_id: str) -> Node:
+    try:
+        return Node.objects.get(node_id=node_id)
+    except Node.DoesNotExist:
+        raise NotFound(f"node {node_id!r} is not registered", field="node") from None
+
+
+def node_local() -> Node:
+    """The node this control plane treats as "local" (the seed's /api/resources)."""
+    return node_get(node_id=settings.CNET_LOCAL_NODE_ID)
+
+
+def node_list() -> QuerySet[Node]:
+    # /api/nodes shows parent, children and peers: fetch them in three queries, not N.
+    return Node.objects.select_related("parent").prefetch_related("children", "peers")
+
+
+def node_free(node: Node) -> Resources:
+    return Resources(**node.free())
+
+
+def node_capacity(node: Node) -> Resources:
+    return Resources(**node.capacity())
+
+
+def node_largest() -> Node | None:
+    """The registered node with the most memory then cpu: named when a request fits nowhere."""
+    return Node.objects.order_by("-memory_bytes", "-cpu_millicores", "node_id").first()
+
+
+def node_could_ever_hold(*, requirements: Resources) -> bool:
+    """Whether any registered, not-offline node could hold this even when empty."""
+    return (
+        Node.objects.exclude(status=NodeStatus.OFFLINE)
+        .filter(
+            cpu_millicores__gte=requirements.cpu,
+            gpu_count__gte=requirements.gpu,
+            memory_bytes__gte=requirements.memory,
+            storage_bytes__gte=requirements.storage,
+        )
+        .exists()
+    )
+
+
+def cluster_stats() -> dict:
+    totals = Node.objects.exclude(status=NodeStatus.OFFLINE).aggregate(
+        **{f"capacity_{name}": Sum(capacity) for name, (capacity, _a) in RESOURCES.items()},
+        **{f"allocated_{name}": Sum(allocated) for name, (_c, allocated) in RESOURCES.items()},
+    )
+    capacity = Resources(**{name: totals[f"capacity_{name}"] or 0 for name in RESOURCES})
+    allocated = Resources(**{name: totals[f"allocated_{name}"] or 0 for name in RESOURCES})
+    free = Resources(**{name: getattr(capacity, name) - getattr(allocated, name) for name in RESOURCES})
+    by_status = dict(
+        Node.objects.values("status").annotate(n=Count("id")).values_list("status", "n")
+    )
+    usage_rows = Node.objects.exclude(status=NodeStatus.OFFLINE).values_list("usage", flat=True)
+    return {
+        "nodes": {status: by_status.get(status, 0) for status in NodeStatus.values}
+        | {"total": sum(by_status.values())},
+        "capacity": capacity.to_api(),
+        "allocated": allocated.to_api(),
+        "free": free.to_api(),
+        "usage": _sum_usage(usage_rows),
+    }
+
+
+def _sum_usage(rows) -> dict:
+    """Measured usage summed over live nodes (memory/disk bytes, cpu as busy cores)."""
+    total = {"cpu_cores_busy": 0.0, "memory_used_bytes": 0, "disk_used_bytes": 0, "nodes_reporting": 0}
+    for usage in rows:
+        if not usage:
+            continue
+        total["nodes_reporting"] += 1
+        total["cpu_cores_busy"] += usage.get("cpu_percent", 0) / 100 * usage.get("cpu_count", 0)
+        total["memory_used_bytes"] += usage.get("memory_used_bytes", 0)
+        total["disk_used_bytes"] += usage.get("disk_used_bytes", 0)
+    total["cpu_cores_busy"] = round(total["cpu_cores_busy"], 2)
+    return total
+

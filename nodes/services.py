@@ -1,0 +1,171 @@
+"""Writes on nodes: membership, allocation and health. Every claim is one conditional UPDATE."""
+
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from cnetsite.errors import InvalidRequest
+
+from .models import RESOURCES, Node, NodeStatus
+from .resources import Resources
+
+logger = logging.getLogger(__name__)
+
+
+def node_allocate(*, node_pk: int, requirements: Resources) -> bool:
+    """Take ``requirements`` from the node if they fit right now; False if someone else won.
+
+    The WHERE re-checks free capacity inside the UPDATE, so two racing claims can never
+    both succeed; the CheckConstraints back it up whatever code writes the row.
+    """
+    fits = Q(pk=node_pk, status=NodeStatus.READY)
+    changes = {}
+    for name, (capacity, allocated) in RESOURCES.items():
+        amount = getattr(requirements, name)
+        if amount:
+            fits &= Q(**{f"{allocated}__lte": F(capacity) - amount})
+            changes[allocated] = F(allocated) + amount
+    if not changes:
+        return Node.objects.filter(fits).exists()
+    return Node.objects.filter(fits).update(**changes) == 1
+
+
+def node_release(*, node_pk: int, requirements: Resources) -> None:
+    """Give back what ``node_allocate`` took. Callers guarantee once (a won status transition)."""
+    changes = {}
+    guard = Q(pk=node_pk)
+    for name, (_capacity, allocated) in RESOURCES.items():
+        amount = getattr(requirements, name)
+        if amount:
+            guard &= Q(**{f"{allocated}__gte": amount})
+            changes[allocated] = F(allocated) - amount
+    if changes and Node.objects.filter(guard).update(**changes) != 1:
+        # Only reachable if allocations were edited by hand; never go negative.
+        logger.error("node %s: release of %s found less allocated", node_pk, requirements)
+
+
+@transaction.atomic
+def node_register(
+    *,
+    node_id: str,
+    address: str = "127.0.0.1",
+    port: int = 8080,
+    capacity: Resources,
+    parent: str | None = None,
+    peers: Iterable[str] = (),
+    labels: dict | None = None,
+    capabilities: dict | None = None,
+) -> Node:
+    """Create or update a node and its links; bumps its agent epoch and marks it ready.
+
+    ``parent`` and ``peers`` name registered nodes by node_id or by advertised address:port.
+    """
+    node, _created = Node.objects.select_for_update().get_or_create(node_id=node_id)
+    node.address, node.port = address, port
+    for name, (column, allocated) in RESOURCES.items():
+        # Capacity never shrinks below what running work holds (the CheckConstraint).
+        setattr(node, column, max(getattr(capacity, name), getattr(node, allocated)))
+    if labels is not None:
+        node.labels = labels
+    if capabilities is not None:
+        node.capabilities = capabilities
+    node.status = NodeStatus.READY
+    node.last_heartbeat = timezone.now()
+    node.agent_epoch = F("agent_epoch") + 1
+    node.save()
+    node.refresh_from_db()
+    node_set_parent(node=node, parent=node_resolve(parent) if parent else None)
+    if peers:
+        node.peers.add(*[node_resolve(peer) for peer in peers if peer])
+    logger.info("node %s registered (epoch %s)", node.node_id, node.agent_epoch)
+    return node
+
+
+def node_resolve(name: str) -> Node:
+    """A registered node by node_id, or by the ``address:port`` it advertises."""
+    node = Node.objects.filter(node_id=name).first()
+    if node is None and ":" in name:
+        address, _, port = name.rpartition(":")
+        if port.isdigit():
+            node = Node.objects.filter(address=address, port=int(port)).order_by("pk").first()
+    if node is None:
+        raise InvalidRequest(f"no registered node is named or listens at {name!r}", field="node")
+    return node
+
+
+@transaction.atomic
+def node_set_parent(*, node: Node, parent: Node | None) -> None:
+    """Move a node (and its subtree) under ``parent``, keeping materialized paths right."""
+    old_prefix = node.path if node.path != "/" else None
+    if parent is not None and (parent.pk == node.pk or (old_prefix and parent.path.startswith(old_prefix))):
+        raise InvalidRequest(f"{parent} cannot be the parent of {node}: that makes a cycle", field="parent")
+    new_path = (parent.path if parent else "/") + f"{node.pk}/"
+    Node.objects.filter(pk=node.pk).update(parent=parent, path=new_path, depth=new_path.count("/") - 2)
+    if old_prefix and old_prefix != new_path:
+        for child in Node.objects.filter(path__startswith=old_prefix).exclude(pk=node.pk):
+            child.path = new_path + child.path[len(old_prefix):]
+            child.depth = child.path.count("/") - 2
+            child.save(update_fields=["path", "depth"])
+    node.refresh_from_db()
+
+
+def node_heartbeat(*, node_id: str, usage: dict, epoch: int | None = None) -> str | None:
+    """Record measured usage; a silent-then-back node becomes ready again.
+
+    Returns the node's status, or None when the heartbeat is from a superseded agent (older
+    epoch) or the node is unknown. An ``offline`` answer tells the agent its work was lost.
+    """
+    match = Q(node_id=node_id)
+    if epoch is not None:
+        match &= Q(agent_epoch=epoch)
+    now = timezone.now()
+    updated = Node.objects.filter(match).update(usage=usage, last_heartbeat=now)
+    if not updated:
+        return None
+    # Unhealthy nodes recover on their own; offline ones re-register (their work was lost).
+    Node.objects.filter(match, status=NodeStatus.UNHEALTHY).update(status=NodeStatus.READY)
+    return Node.objects.filter(match).values_list("status", flat=True).first()
+
+
+def node_set_schedulable(*, node_id: str, schedulable: bool) -> bool:
+    """Drain a node (no new work) or make it schedulable again."""
+    if schedulable:
+        return Node.objects.filter(node_id=node_id, status=NodeStatus.DRAINING).update(
+            status=NodeStatus.READY
+        ) == 1
+    return Node.objects.filter(node_id=node_id, status__in=[NodeStatus.READY, NodeStatus.UNHEALTHY]).update(
+        status=NodeStatus.DRAINING
+    ) == 1
+
+
+def node_mark_offline(*, node_id: str, epoch: int | None = None) -> bool:
+    match = Q(node_id=node_id) & ~Q(status=NodeStatus.OFFLINE)
+    if epoch is not None:
+        match &= Q(agent_epoch=epoch)
+    return Node.objects.filter(match).update(status=NodeStatus.OFFLINE) == 1
+
+
+def nodes_check_liveness(*, heartbeat_seconds: float, unhealthy_after_beats: int, offline_after_seconds: float) -> list[str]:
+    """Silent nodes turn unhealthy, then offline. Returns the node_ids that just went offline.
+
+    Idempotent and safe to run twice at once: each move is a conditional UPDATE.
+    """
+    now = timezone.now()
+    unhealthy_before = now - timedelta(seconds=heartbeat_seconds * unhealthy_after_beats)
+    offline_before = now - timedelta(seconds=offline_after_seconds)
+    Node.objects.filter(status=NodeStatus.READY, last_heartbeat__lt=unhealthy_before).update(
+        status=NodeStatus.UNHEALTHY
+    )
+    gone = []
+    for node_id in Node.objects.filter(
+        status__in=[NodeStatus.UNHEALTHY, NodeStatus.DRAINING, NodeStatus.READY],
+        last_heartbeat__lt=offline_before,
+    ).values_list("node_id", flat=True):
+        if node_mark_offline(node_id=node_id):
+            logger.warning("node %s offline: no heartbeat for %ss", node_id, offline_after_seconds)
+            gone.append(node_id)
+    return gone

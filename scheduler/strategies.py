@@ -1,0 +1,123 @@
+"""Placement strategies: plain classes over node snapshots, testable without a database.
+
+Each strategy ranks the nodes that fit. ``db_order`` is the same preference written
+as SQL ordering, so ``place()`` can fetch only the best few of 10,000 nodes; the
+Python ``rank`` is the authority and re-sorts what the database returned.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from django.db.models import Case, F, FloatField, Value, When
+from django.db.models.functions import Cast
+
+from cnetsite.errors import InvalidRequest
+from nodes.models import RESOURCES
+from nodes.resources import NAMES, Resources
+
+# Where a node stands relative to the node a workload was submitted at.
+TIER_LOCAL, TIER_DESCENDANT, TIER_PEER, TIER_PEER_DESCENDANT = range(4)
+TIER_NAMES = {
+    TIER_LOCAL: "local node",
+    TIER_DESCENDANT: "descendant",
+    TIER_PEER: "peer",
+    TIER_PEER_DESCENDANT: "peer's descendant",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    pk: int
+    node_id: str
+    capacity: Resources
+    free: Resources
+    tier: int = TIER_LOCAL
+    depth: int = 0
+    status: str = "ready"
+    capabilities: dict = field(default_factory=dict)
+
+    def fits(self, requirements: Resources) -> bool:
+        return self.status == "ready" and requirements.fits_in(self.free)
+
+
+class Strategy(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def rank(self, requirements: Resources, nodes: Sequence[NodeSnapshot]) -> list[NodeSnapshot]:
+        """The nodes that fit, most preferred first."""
+        fitting = [node for node in nodes if node.fits(requirements)]
+        return sorted(fitting, key=lambda node: self.sort_key(requirements, node))
+
+    @abstractmethod
+    def sort_key(self, requirements: Resources, node: NodeSnapshot) -> tuple: ...
+
+    @abstractmethod
+    def db_order(self, requirements: Resources) -> list:
+        """ORM ordering equal to ``sort_key``; the queryset is annotated with ``tier``."""
+
+
+class DefaultStrategy(Strategy):
+    """The seed's order: local, then descendants nearest first, then peers, then their subtrees."""
+
+    name = "default"
+    description = "local → descendants (nearest first) → peers → peers' descendants"
+
+    def sort_key(self, requirements, node):
+        return (node.tier, node.depth, node.node_id)
+
+    def db_order(self, requirements):
+        return ["tier", "depth", "node_id"]
+
+
+class BestFitStrategy(Strategy):
+    """The node left with the least spare capacity after placing the request (no waste)."""
+
+    name = "best_fit"
+    description = "the fitting node whose free resources exceed the request least"
+
+    def sort_key(self, requirements, node):
+        return (round(self.waste(requirements, node), 9), node.tier, node.depth, node.node_id)
+
+    @staticmethod
+    def waste(requirements: Resources, node: NodeSnapshot) -> float:
+        """Spare capacity left after placing, as a fraction of capacity, summed over resources."""
+        return sum(
+            (getattr(node.free, name) - getattr(requirements, name)) / getattr(node.capacity, name)
+            for name in NAMES
+            if getattr(node.capacity, name)
+        )
+
+    def db_order(self, requirements):
+        waste = Value(0.0, output_field=FloatField())
+        for name, (capacity, allocated) in RESOURCES.items():
+            spare = Cast(F(capacity) - F(allocated) - getattr(requirements, name), FloatField())
+            waste = waste + Case(
+                When(**{f"{capacity}__gt": 0}, then=spare / Cast(F(capacity), FloatField())),
+                default=Value(0.0),
+                output_field=FloatField(),
+            )
+        return [waste.asc(), "tier", "depth", "node_id"]
+
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register(strategy: type[Strategy]) -> type[Strategy]:
+    """Make a strategy selectable by name (per submission, or CNET_DEFAULT_STRATEGY)."""
+    STRATEGIES[strategy.name] = strategy
+    return strategy
+
+
+register(DefaultStrategy)
+register(BestFitStrategy)
+
+
+def strategy_get(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]()
+    except KeyError:
+        known = ", ".join(sorted(STRATEGIES))
+        raise InvalidRequest(f"unknown strategy {name!r}; known: {known}", field="strategy") from None

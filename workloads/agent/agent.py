@@ -1,0 +1,317 @@
+"""The node agent: membership, the supervisor of running work, log shipping, reconciliation.
+
+The Celery worker thread calls ``start``/``stop`` (they return at once); the main loop
+calls the ``*_once`` steps. Shared state (``self.handles``) is guarded by one lock.
+"""
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.db import close_old_connections
+from django.db.models import Max
+from django.utils import timezone
+
+from nodes.detect import sample_usage
+from nodes.models import Node, NodeStatus
+from nodes.resources import Resources
+from nodes.services import node_heartbeat, node_mark_offline, node_register
+
+from ..executors.base import AgentContext, ExecutorError, Handle, executor_for
+from ..executors.limits import detect_limiter
+from ..models import ACTIVE, Workload, WorkloadLog, WorkloadStatus
+from ..services import workload_logs_append, workload_note, workload_requeue, workload_transition
+
+logger = logging.getLogger(__name__)
+S = WorkloadStatus
+
+
+@dataclass
+class AgentSettings:
+    node_id: str
+    address: str
+    port: int
+    capacity: Resources
+    parent: str | None
+    peers: list[str]
+    labels: dict
+    work_dir: Path
+    data_dir: Path
+    heartbeat_seconds: float = 5.0
+    stop_grace_seconds: float = 10.0
+    # On SIGTERM: "stop" ends running work (stopped); "requeue" hands it back to be placed again.
+    shutdown_policy: str = "stop"
+    capabilities: dict = field(default_factory=dict)
+
+
+@dataclass
+class Supervised:
+    handle: Handle
+    seq: int = 0
+    stop_deadline: float | None = None
+    kill_reason: str | None = None
+
+
+class Agent:
+    def __init__(self, config: AgentSettings):
+        self.config = config
+        self.lock = threading.RLock()
+        self.handles: dict[str, Supervised] = {}
+        self.accepting = True
+        self.epoch: int | None = None
+        self.state_file = config.data_dir / "agent" / f"{config.node_id}.json"
+        self.context = AgentContext(
+            node_id=config.node_id,
+            work_dir=config.work_dir,
+            log_dir=config.data_dir / "logs" / config.node_id,
+            limiter=detect_limiter(node_id=config.node_id),
+            capabilities=config.capabilities,
+        )
+        self._last_status_check = 0.0
+
+    # How often the supervisor asks the database whether its work is still its own.
+    STATUS_CHECK_SECONDS = 2.0
+
+    # --- membership -----------------------------------------------------------------------
+    def register(self) -> Node:
+        node = node_register(
+            node_id=self.config.node_id, address=self.config.address, port=self.config.port,
+            capacity=self.config.capacity, parent=self.config.parent, peers=self.config.peers,
+            labels=self.config.labels, capabilities=self.config.capabilities,
+        )
+        self.epoch = node.agent_epoch
+        return node
+
+    def heartbeat_once(self) -> bool:
+        usage = sample_usage(storage_path=self.config.data_dir) | {"workloads_running": len(self.handles)}
+        status = node_heartbeat(node_id=self.config.node_id, usage=usage, epoch=self.epoch)
+        if status is None:
+            logger.warning("node %s: heartbeat refused (another agent took over); re-registering", self.config.node_id)
+            self.register()
+        elif status == NodeStatus.OFFLINE:
+            # We were cut off long enough to be declared offline: our work was lost and may
+            # run elsewhere now. Kill local copies before rejoining, never run duplicates.
+            logger.warning("node %s: was declared offline; dropping stale work and rejoining", self.config.node_id)
+            self.drop_stale(force=True)
+            self.register()
+        return True
+
+    # --- called from the Celery worker ----------------------------------------------------
+    def start(self, workload_id: str) -> None:
+        """Start a scheduled workload here. Idempotent: the status transition decides."""
+        with self.lock:
+            if not self.accepting or workload_id in self.handles:
+                return
+            workload = Workload.objects.filter(
+                pk=workload_id, status=S.SCHEDULED, node__node_id=self.config.node_id
+            ).first()
+            if workload is None:
+                logger.info("workload %s: start ignored (not scheduled on %s)", workload_id, self.config.node_id)
+                return
+            try:
+                handle = executor_for(workload.type).start(workload, self.context)
+            except ExecutorError as error:
+                workload_transition(workload_id=workload_id, to=S.FAILED, reason=str(error), expect=[S.SCHEDULED],
+                                    only_on=self.config.node_id)
+                return
+            if not workload_transition(
+                workload_id=workload_id, to=S.RUNNING, expect=[S.SCHEDULED], only_on=self.config.node_id,
+                reason=f"started on {self.config.node_id}",
+                runtime=handle.runtime(), agent_epoch=self.epoch,
+            ):
+                # Stopped or re-placed while we were starting it: it must not run.
+                handle.kill()
+                handle.cleanup()
+                return
+            self.handles[workload_id] = Supervised(handle, seq=self._next_seq(workload_id))
+            self._save_state()
+
+    def stop(self, workload_id: str) -> None:
+        """Begin a graceful stop: SIGTERM now, SIGKILL after the grace period (in ``supervise_once``)."""
+        with self.lock:
+            supervised = self.handles.get(workload_id)
+            if supervised is None or supervised.stop_deadline is not None:
+                return
+            supervised.stop_deadline = time.monotonic() + self.config.stop_grace_seconds
+            supervised.handle.terminate()
+
+    # --- the supervisor -------------------------------------------------------------------
+    def supervise_once(self) -> bool:
+        """Ship new output, enforce limits and stop deadlines, report exits. Returns "did work"."""
+        busy = False
+        with self.lock:
+            items = list(self.handles.items())
+        for workload_id, supervised in items:
+            exit_ = supervised.handle.poll()
+            busy |= self._ship_logs(workload_id, supervised, final=exit_ is not None)
+            if exit_ is None:
+                self._enforce(workload_id, supervised)
+            else:
+                self._finish(workload_id, supervised, exit_)
+                busy = True
+        if busy:
+            self._save_state()
+        if time.monotonic() - self._last_status_check > self.STATUS_CHECK_SECONDS:
+            self._last_status_check = time.monotonic()
+            busy |= self.drop_stale()
+        return busy
+
+    def _ship_logs(self, workload_id: str, supervised: Supervised, *, final: bool) -> bool:
+        chunks = []
+        for stream, text in supervised.handle.read_logs(final=final):
+            chunks.append((supervised.seq, stream, text))
+            supervised.seq += 1
+        if chunks:
+            workload_logs_append(workload_id=workload_id, chunks=chunks)
+        return bool(chunks)
+
+    def _enforce(self, workload_id: str, supervised: Supervised) -> None:
+        now = time.monotonic()
+        if supervised.stop_deadline is not None and now > supervised.stop_deadline:
+            supervised.handle.kill()
+            return
+        limit = supervised.handle.runtime().get("memory_limit_bytes")
+        if limit and supervised.kill_reason is None:
+            used = supervised.handle.memory_bytes()
+            if used is not None and used > limit:
+                supervised.kill_reason = "memory limit exceeded"
+                logger.warning("workload %s: %s bytes resident over limit %s; killing", workload_id, used, limit)
+                supervised.handle.kill()
+
+    def _finish(self, workload_id: str, supervised: Supervised, exit_) -> None:
+        row = Workload.objects.filter(pk=workload_id).values("stop_requested_at").first()
+        if supervised.kill_reason or exit_.oom:
+            to, reason = S.FAILED, supervised.kill_reason or exit_.reason
+        elif row and row["stop_requested_at"]:
+            to, reason = S.STOPPED, f"stopped ({exit_.reason})"
+        elif exit_.code == 0:
+            to, reason = S.SUCCEEDED, exit_.reason
+        else:
+            to, reason = S.FAILED, exit_.reason
+        workload_transition(workload_id=workload_id, to=to, reason=reason, expect=[S.RUNNING],
+                            only_on=self.config.node_id, exit_code=exit_.code)
+        supervised.handle.cleanup()
+        with self.lock:
+            self.handles.pop(workload_id, None)
+
+    def drop_stale(self, *, force: bool = False) -> bool:
+        """Kill local work the database no longer says runs here (lost, stopped, deleted)."""
+        with self.lock:
+            ids = list(self.handles)
+        if not ids:
+            return False
+        still_ours = set(
+            str(pk) for pk in Workload.objects.filter(
+                pk__in=ids, status=S.RUNNING, node__node_id=self.config.node_id
+            ).values_list("pk", flat=True)
+        )
+        if force:
+            still_ours = set()
+        dropped = False
+        for workload_id in ids:
+            if workload_id in still_ours:
+                continue
+            with self.lock:
+                supervised = self.handles.pop(workload_id, None)
+            if supervised:
+                logger.warning("workload %s: no longer ours in the database; killing the local copy", workload_id)
+                supervised.handle.kill()
+                supervised.handle.cleanup()
+                dropped = True
+        self._save_state()
+        return dropped
+
+    # --- after a restart ------------------------------------------------------------------
+    def reconcile(self) -> None:
+        """Make what runs here match what the database says runs here."""
+        self._kill_unknown_survivors()
+        for workload in Workload.objects.filter(node__node_id=self.config.node_id, status__in=ACTIVE):
+            workload_id = str(workload.pk)
+            if workload.status == S.SCHEDULED:
+                self.start(workload_id)
+                continue
+            try:
+                handle = executor_for(workload.type).adopt(workload, self.context)
+            except ExecutorError:
+                handle = None
+            if handle is None:
+                workload_transition(workload_id=workload_id, to=S.LOST, expect=[S.RUNNING],
+                                    only_on=self.config.node_id, reason="its process ended while the agent was down; exit code unknown")
+                continue
+            with self.lock:
+                self.handles[workload_id] = Supervised(handle, seq=self._next_seq(workload_id))
+            workload_note(workload_id=workload_id, reason=f"re-adopted by the restarted agent on {self.config.node_id}")
+            logger.info("workload %s: re-adopted", workload_id)
+        self._save_state()
+
+    def _kill_unknown_survivors(self) -> None:
+        """Processes from the last run whose workloads are no longer running here."""
+        previous = self._load_state()
+        if not previous:
+            return
+        running_here = set(
+            str(pk) for pk in Workload.objects.filter(
+                pk__in=list(previous), status=S.RUNNING, node__node_id=self.config.node_id
+            ).values_list("pk", flat=True)
+        )
+        for workload_id, runtime in previous.items():
+            if workload_id in running_here:
+                continue
+            stale = Workload(pk=workload_id, type=runtime.get("type", "process"), runtime=runtime)
+            try:
+                handle = executor_for(stale.type).adopt(stale, self.context)
+            except ExecutorError:
+                continue
+            if handle:
+                logger.warning("workload %s: killing a survivor the database no longer runs here", workload_id)
+                handle.kill()
+                handle.cleanup()
+
+    def _next_seq(self, workload_id: str) -> int:
+        last = WorkloadLog.objects.filter(workload_id=workload_id).aggregate(m=Max("seq"))["m"]
+        return 0 if last is None else last + 1
+
+    def _save_state(self) -> None:
+        with self.lock:
+            state = {
+                workload_id: {**s.handle.runtime(), "log_offsets": s.handle.offsets(), "type": s.handle.workload_type}
+                for workload_id, s in self.handles.items()
+            }
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.state_file)
+
+    def _load_state(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    # --- shutdown -------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop taking work, end or hand back running work per policy, and go offline."""
+        with self.lock:
+            self.accepting = False
+            running = list(self.handles)
+        for workload_id in running:
+            workload_note(workload_id=workload_id,
+                          reason=f"agent on {self.config.node_id} shutting down ({self.config.shutdown_policy})")
+            if self.config.shutdown_policy == "requeue":
+                # Hand it back first, so the kill below is not reported as its end.
+                workload_requeue(workload_id=workload_id, reason=f"handed back: agent on {self.config.node_id} shut down")
+            else:
+                Workload.objects.filter(pk=workload_id, stop_requested_at__isnull=True).update(
+                    stop_requested_at=timezone.now()
+                )
+            self.stop(workload_id)
+        deadline = time.monotonic() + self.config.stop_grace_seconds + 5
+        while self.handles and time.monotonic() < deadline:
+            close_old_connections()
+            self.supervise_once()
+            time.sleep(0.1)
+        node_mark_offline(node_id=self.config.node_id, epoch=self.epoch)
+        logger.info("node %s: agent stopped", self.config.node_id)

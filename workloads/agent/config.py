@@ -1,0 +1,90 @@
+"""The agent's configuration: the seed's YAML, overridden by flags, defaults from the machine."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from django.conf import settings
+
+from nodes.detect import detect_capacity, detect_gpus
+from nodes.resources import MILLICORES_PER_CORE, Resources
+
+from .agent import AgentSettings
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class Overrides:
+    node_id: str | None = None
+    address: str | None = None
+    port: int | None = None
+    cpu: float | None = None
+    gpu: int | None = None
+    memory: int | None = None
+    storage: int | None = None
+    parent: str | None = None
+    peers: list[str] | None = None
+    heartbeat: float | None = None
+    shutdown_policy: str | None = None
+
+
+def load_agent_settings(path: str | None, overrides: Overrides) -> AgentSettings:
+    """Read the seed's YAML (agent / resources / parent / peers); flags win over the file."""
+    raw = _read_yaml(path) if path else {}
+    agent = raw.get("agent") or {}
+    resources = raw.get("resources") or {}
+    parent = raw.get("parent") or {}
+    peers = raw.get("peers") or {}
+
+    data_dir = Path(settings.DATA_DIR)
+    detected = detect_capacity(storage_path=data_dir)
+
+    def pick(flag, section: dict, key: str, default):
+        if flag is not None:
+            return flag
+        return section.get(key, default) if section.get(key) is not None else default
+
+    cpu_cores = float(pick(overrides.cpu, resources, "cpu", detected.cpu / MILLICORES_PER_CORE))
+    capacity = Resources(
+        cpu=round(cpu_cores * MILLICORES_PER_CORE),
+        gpu=int(pick(overrides.gpu, resources, "gpu", detected.gpu)),
+        memory=int(pick(overrides.memory, resources, "memory", detected.memory)),
+        storage=int(pick(overrides.storage, resources, "storage", detected.storage)),
+    )
+    parent_address = overrides.parent if overrides.parent is not None else (
+        parent.get("address") if parent.get("enabled") else None
+    )
+    peer_addresses = overrides.peers if overrides.peers is not None else (
+        list(peers.get("addresses") or []) if peers.get("enabled") else []
+    )
+    node_id = str(pick(overrides.node_id, agent, "node_id", settings.CNET_LOCAL_NODE_ID))
+    return AgentSettings(
+        node_id=node_id,
+        address=str(pick(overrides.address, agent, "address", "127.0.0.1")),
+        port=int(pick(overrides.port, agent, "port", 8080)),
+        capacity=capacity,
+        parent=parent_address or None,
+        peers=[str(p) for p in peer_addresses],
+        labels=dict(raw.get("labels") or {}),
+        work_dir=Path(settings.CNET_WORK_DIR),
+        data_dir=data_dir,
+        heartbeat_seconds=float(pick(overrides.heartbeat, agent, "heartbeat_seconds", settings.CNET_HEARTBEAT_SECONDS)),
+        stop_grace_seconds=settings.CNET_STOP_GRACE_SECONDS,
+        shutdown_policy=str(pick(overrides.shutdown_policy, agent, "shutdown_policy", "stop")),
+        capabilities={"process": {"available": True}, "gpus": detect_gpus()},
+    )
+
+
+def _read_yaml(path: str) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping with agent/resources/parent/peers")
+    return data

@@ -1,0 +1,14 @@
+import django_filters
+
+from ..models import Workload, WorkloadStatus, WorkloadType
+
+
+class WorkloadFilter(django_filters.FilterSet):
+    status = django_filters.MultipleChoiceFilter(choices=WorkloadStatus.choices)
+    type = django_filters.ChoiceFilter(choices=WorkloadType.choices)
+    node = django_filters.CharFilter(field_name="node__node_id")
+    name = django_filters.CharFilter(lookup_expr="icontains")
+
+    class Meta:
+        model = Workload
+        fields = ["status", "type", "node", "name"]

@@ -1,0 +1,61 @@
+"""Control loops run by celery beat on the ``control`` queue. Each step is idempotent and
+safe to run twice at once: every write is a conditional UPDATE."""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from nodes.models import NodeStatus
+from nodes.services import nodes_check_liveness
+
+from .dispatch import dispatch_start
+from .models import ACTIVE, Workload, WorkloadStatus
+from .services import workload_transition, workloads_place_pending
+
+logger = logging.getLogger(__name__)
+
+
+def tick() -> dict:
+    return {
+        "lost": mark_lost_on_offline_nodes(),
+        "redispatched": redispatch_unacknowledged(),
+        "placed": place_pending(),
+    }
+
+
+def mark_lost_on_offline_nodes() -> int:
+    nodes_check_liveness(
+        heartbeat_seconds=settings.CNET_HEARTBEAT_SECONDS,
+        unhealthy_after_beats=settings.CNET_UNHEALTHY_AFTER_BEATS,
+        offline_after_seconds=settings.CNET_OFFLINE_AFTER_SECONDS,
+    )
+    lost = 0
+    stranded = Workload.objects.filter(status__in=ACTIVE, node__status=NodeStatus.OFFLINE)
+    for workload_id, node_id in stranded.values_list("pk", "node__node_id"):
+        lost += workload_transition(
+            workload_id=workload_id, to=WorkloadStatus.LOST,
+            reason=f"node {node_id} went offline (no heartbeat for {settings.CNET_OFFLINE_AFTER_SECONDS:g}s)",
+        )
+    return lost
+
+
+def redispatch_unacknowledged() -> int:
+    """Ring again for scheduled work no agent has picked up (the broker may have lost it)."""
+    cutoff = timezone.now() - timedelta(seconds=settings.CNET_REDISPATCH_AFTER_SECONDS)
+    stale = Workload.objects.filter(
+        Q(dispatched_at__lt=cutoff) | Q(dispatched_at__isnull=True, scheduled_at__lt=cutoff),
+        status=WorkloadStatus.SCHEDULED,
+        node__status=NodeStatus.READY,
+    )
+    count = 0
+    for workload_id in stale.values_list("pk", flat=True):
+        logger.info("workload %s: not acknowledged, dispatching again", workload_id)
+        count += dispatch_start(workload_id=workload_id)
+    return count
+
+
+def place_pending() -> int:
+    return workloads_place_pending()

@@ -1,0 +1,124 @@
+"""What every executor provides, and the registry the agent looks executors up in.
+
+``workloads`` never imports ``mlmodels``: the mlmodel executor registers itself here from
+its app's ``ready()``.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .limits import CgroupLimiter
+
+
+class ExecutorError(Exception):
+    """The workload could not be started; the message becomes its failure reason."""
+
+
+@dataclass
+class AgentContext:
+    node_id: str
+    work_dir: Path
+    log_dir: Path
+    limiter: CgroupLimiter
+    capabilities: dict = field(default_factory=dict)
+
+
+@dataclass
+class Exit:
+    """How a workload ended, as the agent reports it."""
+
+    code: int | None
+    reason: str
+    oom: bool = False
+
+
+class Handle(ABC):
+    """A started workload the supervisor watches."""
+
+    workload_id: str
+    workload_type: str = "process"
+
+    @abstractmethod
+    def runtime(self) -> dict:
+        """Facts to store on the workload so a restarted agent can find it again."""
+
+    @abstractmethod
+    def poll(self) -> Exit | None:
+        """None while it runs; how it ended once it has."""
+
+    @abstractmethod
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM / docker stop's first step)."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """Stop it now (SIGKILL)."""
+
+    @abstractmethod
+    def read_logs(self, *, final: bool = False) -> list[tuple[str, str]]:
+        """New output since the last call as (stream, text); ``final`` flushes partial lines."""
+
+    def memory_bytes(self) -> int | None:
+        """Resident memory, for the watchdog where no cgroup limits it; None if unknown."""
+        return None
+
+    def offsets(self) -> dict:
+        """How far each log file has been shipped, kept so a restarted agent resumes there."""
+        return {}
+
+    def cleanup(self) -> None:
+        """Release local resources once it has ended and its logs are shipped."""
+
+
+class Executor(ABC):
+    type: str
+
+    @abstractmethod
+    def start(self, workload, context: AgentContext) -> Handle: ...
+
+    @abstractmethod
+    def adopt(self, workload, context: AgentContext) -> Handle | None:
+        """Re-attach to a workload that survived an agent restart; None if it is gone."""
+
+    def reap_orphans(self, *, known: set[str], context: AgentContext) -> list[str]:
+        """Kill what this executor finds running on the node for workloads not in ``known``."""
+        return []
+
+
+EXECUTORS: dict[str, Executor] = {}
+
+
+def register_executor(executor: Executor) -> None:
+    EXECUTORS[executor.type] = executor
+
+
+def executor_for(workload_type: str) -> Executor:
+    try:
+        return EXECUTORS[workload_type]
+    except KeyError:
+        raise ExecutorError(f"this agent cannot run {workload_type} workloads (no executor installed)") from None
+
+
+class LogTail:
+    """Reads what a file gained since last time, in whole lines, remembering its offset."""
+
+    MAX_PARTIAL = 64 * 1024  # ship a line this long even without its newline
+
+    def __init__(self, path: Path, offset: int = 0):
+        self.path = path
+        self.offset = offset
+        self._partial = b""
+
+    def read(self, *, final: bool = False) -> str:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self.offset)
+                data = file.read(4 * 1024 * 1024)
+        except FileNotFoundError:
+            return ""
+        self.offset += len(data)
+        data = self._partial + data
+        cut = len(data) if final or len(data) > self.MAX_PARTIAL else data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        return data[:cut].decode("utf-8", errors="replace")

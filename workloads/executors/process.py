@@ -1,0 +1,179 @@
+"""Local processes: argv (never a shell), own process group, output to files, limits after spawn."""
+
+import errno
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from .base import AgentContext, Executor, ExecutorError, Exit, Handle, LogTail, register_executor
+from .limits import Limits
+
+logger = logging.getLogger(__name__)
+
+
+class ProcessHandle(Handle):
+    def __init__(self, *, workload_id: str, pid: int, create_time: float, log_dir: Path,
+                 limiter, runtime_extra: dict, popen: subprocess.Popen | None = None,
+                 offsets: dict | None = None):
+        self.workload_id = workload_id
+        self.pid = pid
+        self.create_time = create_time
+        self.popen = popen
+        self.limiter = limiter
+        self.extra = runtime_extra
+        offsets = offsets or {}
+        self.tails = {
+            stream: LogTail(log_path(log_dir, workload_id, stream), offsets.get(stream, 0))
+            for stream in ("stdout", "stderr")
+        }
+
+    def runtime(self) -> dict:
+        return {"pid": self.pid, "pgid": self.pid, "create_time": self.create_time,
+                "log_files": {s: str(t.path) for s, t in self.tails.items()}, **self.extra}
+
+    def offsets(self) -> dict:
+        return {stream: tail.offset for stream, tail in self.tails.items()}
+
+    def poll(self) -> Exit | None:
+        if self.popen is not None:
+            code = self.popen.poll()
+            if code is None:
+                return None
+            self._kill_group(signal.SIGKILL)  # leftovers of the group die with the leader
+            return self._exit(code)
+        # Re-adopted after an agent restart: not our child, so no exit code to wait for.
+        if _alive(self.pid, self.create_time):
+            return None
+        return Exit(None, "process ended while re-adopted after an agent restart; exit code unknown")
+
+    def _exit(self, code: int) -> Exit:
+        if self.limiter.oom_killed(self.extra):
+            return Exit(code, "memory limit exceeded", oom=True)
+        if code < 0:
+            return Exit(code, f"killed by signal {signal.Signals(-code).name}")
+        return Exit(code, "exited with code 0" if code == 0 else f"exited with code {code}")
+
+    def terminate(self) -> None:
+        self._kill_group(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._kill_group(signal.SIGKILL)
+
+    def _kill_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except OSError as error:
+            if error.errno != errno.ESRCH:
+                raise
+
+    def read_logs(self, *, final=False):
+        return [(stream, text) for stream, tail in self.tails.items() if (text := tail.read(final=final))]
+
+    def memory_bytes(self) -> int | None:
+        total = 0
+        try:
+            leader = psutil.Process(self.pid)
+            for proc in [leader, *leader.children(recursive=True)]:
+                total += proc.memory_info().rss
+        except psutil.Error:
+            return None
+        return total
+
+    def cleanup(self) -> None:
+        self.limiter.cleanup(self.extra)
+
+
+class ProcessExecutor(Executor):
+    type = "process"
+
+    def start(self, workload, context: AgentContext) -> ProcessHandle:
+        config = workload.config
+        env = {**os.environ, **config.get("env", {}),
+               "CNET_WORKLOAD_ID": str(workload.pk), "CNET_NODE_ID": context.node_id}
+        argv = [resolve_command(config["command"], env.get("PATH")), *config.get("args", [])]
+        cwd = working_dir(context.work_dir, config.get("working_dir"))
+        return spawn(workload_id=str(workload.pk), argv=argv, env=env, cwd=cwd, context=context,
+                     limits=Limits(memory_bytes=workload.memory_bytes, cpu_millicores=workload.cpu_millicores))
+
+    def adopt(self, workload, context: AgentContext) -> ProcessHandle | None:
+        runtime = workload.runtime or {}
+        pid, create_time = runtime.get("pid"), runtime.get("create_time")
+        if not pid or not _alive(pid, create_time):
+            return None
+        extra = {k: v for k, v in runtime.items() if k in {"cgroups", "limits"}}
+        return ProcessHandle(workload_id=str(workload.pk), pid=pid, create_time=create_time,
+                             log_dir=context.log_dir, limiter=context.limiter, runtime_extra=extra,
+                             offsets=runtime.get("log_offsets"))
+
+
+def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: AgentContext,
+          limits: Limits) -> ProcessHandle:
+    """Start argv in its own session with output to the workload's log files, then limit it."""
+    context.log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_path(context.log_dir, workload_id, "stdout"), "ab") as out, \
+            open(log_path(context.log_dir, workload_id, "stderr"), "ab") as err:
+        try:
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                                     cwd=cwd, start_new_session=True, close_fds=True)
+        except OSError as error:
+            raise ExecutorError(f"could not start {argv[0]!r}: {error.strerror or error}") from error
+    try:
+        extra = context.limiter.apply(workload_id=workload_id, pid=popen.pid, limits=limits)
+    except OSError as error:
+        logger.warning("workload %s: cgroup limits not applied (%s); watchdog only", workload_id, error)
+        extra = {}
+    if not extra.get("limits"):
+        extra = {"limits": "watchdog", "memory_limit_bytes": limits.memory_bytes}
+        _nice(popen.pid)
+    try:
+        create_time = psutil.Process(popen.pid).create_time()
+    except psutil.Error:
+        create_time = 0.0  # already gone; poll() will report its exit
+    logger.info("workload %s: started pid %s: %s", workload_id, popen.pid, argv)
+    return ProcessHandle(workload_id=workload_id, pid=popen.pid, create_time=create_time,
+                         log_dir=context.log_dir, limiter=context.limiter, runtime_extra=extra, popen=popen)
+
+
+def resolve_command(command: str, path: str | None) -> str:
+    found = shutil.which(command, path=path) if "/" not in command else command
+    if not found:
+        raise ExecutorError(f"command not found: {command!r}")
+    return found
+
+
+def working_dir(root: Path, relative: str | None) -> Path:
+    """The workload's folder, which must stay inside the agent's work folder."""
+    cwd = (root / (relative or ".")).resolve()
+    if cwd != root.resolve() and root.resolve() not in cwd.parents:
+        raise ExecutorError(f"working_dir {relative!r} leaves the agent's work folder")
+    if not cwd.is_dir():
+        raise ExecutorError(f"working_dir {relative!r} does not exist on this node")
+    return cwd
+
+
+def log_path(log_dir: Path, workload_id: str, stream: str) -> Path:
+    return log_dir / f"{workload_id}.{stream}.log"
+
+
+def _alive(pid: int, create_time: float | None) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        same = create_time is None or abs(proc.create_time() - create_time) < 0.01
+        return same and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _nice(pid: int) -> None:
+    try:
+        psutil.Process(pid).nice(10)
+    except psutil.Error:
+        pass
+
+
+register_executor(ProcessExecutor())

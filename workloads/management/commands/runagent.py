@@ -1,0 +1,98 @@
+"""``manage.py runagent --config config.yaml``: the agent of one node.
+
+The main thread registers the node, reconciles, then loops: heartbeat, supervise.
+A Celery worker in a thread consumes only this node's queue (``node.<node_id>``);
+its tasks start or stop work and return at once.
+"""
+
+import logging
+import signal
+import threading
+import time
+
+from celery.worker import WorkController
+from celery.worker import state as worker_state
+from django.core.management.base import BaseCommand, CommandError
+from django.db import close_old_connections
+
+from cnetsite.celery import app as celery_app
+from workloads.agent.agent import Agent
+from workloads.agent.config import ConfigError, Overrides, load_agent_settings
+from workloads.agent.runtime import set_current_agent
+from workloads.dispatch import node_queue
+
+logger = logging.getLogger(__name__)
+SUPERVISE_SECONDS = 0.25  # log shipping lag and exit detection are bounded by this
+
+
+class Command(BaseCommand):
+    help = "Run the CNET agent for this node."
+
+    def run_from_argv(self, argv):
+        # The seed writes "-config"; argparse alone would not accept the single dash.
+        super().run_from_argv([arg if arg != "-config" else "--config" for arg in argv])
+
+    def add_arguments(self, parser):
+        parser.add_argument("--config", help="the seed's YAML config (agent, resources, parent, peers)")
+        parser.add_argument("--node-id")
+        parser.add_argument("--address")
+        parser.add_argument("--port", type=int)
+        parser.add_argument("--cpu", type=float, help="cores")
+        parser.add_argument("--gpu", type=int)
+        parser.add_argument("--memory", type=int, help="bytes")
+        parser.add_argument("--storage", type=int, help="bytes")
+        parser.add_argument("--parent", help="node_id or address:port of the parent")
+        parser.add_argument("--peer", action="append", dest="peers", help="node_id or address:port (repeat)")
+        parser.add_argument("--heartbeat", type=float, help="seconds between heartbeats")
+        parser.add_argument("--shutdown-policy", choices=["stop", "requeue"])
+
+    def handle(self, *args, **options):
+        overrides = Overrides(**{key: options.get(key) for key in Overrides.__dataclass_fields__})
+        try:
+            config = load_agent_settings(options.get("config"), overrides)
+        except ConfigError as error:
+            raise CommandError(str(error)) from None
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+
+        agent = Agent(config)
+        set_current_agent(agent)
+        agent.register()
+        agent.reconcile()
+        worker, thread = start_worker(config.node_id)
+        self.stdout.write(f"agent {config.node_id} ready: queue {node_queue(config.node_id)}, "
+                          f"limits via {agent.context.limiter.kind}")
+        next_beat = 0.0
+        while not stop.is_set():
+            close_old_connections()
+            try:
+                if time.monotonic() >= next_beat:
+                    agent.heartbeat_once()
+                    next_beat = time.monotonic() + config.heartbeat_seconds
+                agent.supervise_once()
+            except Exception:
+                logger.exception("agent %s: loop step failed; continuing", config.node_id)
+            stop.wait(SUPERVISE_SECONDS)
+        worker_state.should_terminate = 0  # the worker thread finishes its task and exits
+        thread.join(timeout=10)
+        agent.shutdown()
+
+
+def start_worker(node_id: str) -> tuple[WorkController, threading.Thread]:
+    """A Celery worker for this node's queue only, in a thread of this process, so tasks can
+    hand started work to the supervisor here. Prefetch 1 and late acks come from settings."""
+    worker = WorkController(
+        app=celery_app,
+        hostname=f"agent@{node_id}",
+        queues=[node_queue(node_id)],
+        pool="threads",
+        concurrency=2,
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        loglevel="INFO",
+    )
+    thread = threading.Thread(target=worker.start, name="celery-worker", daemon=True)
+    thread.start()
+    return worker, thread

@@ -1,0 +1,164 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from nodes.resources import Resources
+
+
+class WorkloadType(models.TextChoices):
+    PROCESS = "process", "Process"
+    CONTAINER = "container", "Container"
+    MLMODEL = "mlmodel", "ML model"
+
+
+class WorkloadStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SCHEDULED = "scheduled", "Scheduled"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    STOPPED = "stopped", "Stopped"
+    LOST = "lost", "Lost"
+
+
+# States that hold resources on a node.
+ACTIVE = frozenset({WorkloadStatus.SCHEDULED, WorkloadStatus.RUNNING})
+TERMINAL = frozenset(
+    {WorkloadStatus.SUCCEEDED, WorkloadStatus.FAILED, WorkloadStatus.STOPPED, WorkloadStatus.LOST}
+)
+
+
+class RestartPolicy(models.TextChoices):
+    NEVER = "never", "Never"
+    ON_FAILURE = "on-failure", "On failure"
+    ALWAYS = "always", "Always"
+
+
+class Workload(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=255)
+    type = models.CharField(max_length=16, choices=WorkloadType.choices)
+    status = models.CharField(
+        max_length=16, choices=WorkloadStatus.choices, default=WorkloadStatus.PENDING
+    )
+    # Validated per type by workloads.api.serializers; executors read it as is.
+    config = models.JSONField(default=dict)
+    cpu_millicores = models.PositiveBigIntegerField(default=0)
+    gpu_count = models.PositiveIntegerField(default=0)
+    memory_bytes = models.PositiveBigIntegerField(default=0)
+    storage_bytes = models.PositiveBigIntegerField(default=0)
+
+    node = models.ForeignKey(
+        "nodes.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="workloads"
+    )
+    submitted_node = models.ForeignKey(
+        "nodes.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    strategy = models.CharField(max_length=64, default="default")
+    priority = models.IntegerField(default=0)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="workloads"
+    )
+    restart_policy = models.CharField(
+        max_length=16, choices=RestartPolicy.choices, default=RestartPolicy.NEVER
+    )
+    max_restarts = models.PositiveIntegerField(default=3)
+    restart_count = models.PositiveIntegerField(default=0)
+
+    exit_code = models.IntegerField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    # Agent-side facts: pid, pgid, log_file, container_id; re-read after an agent restart.
+    runtime = models.JSONField(default=dict, blank=True)
+    # The agent epoch that started it; a restarted agent can tell its own survivors.
+    agent_epoch = models.PositiveIntegerField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    stop_requested_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The pending queue: "pending, highest priority first, then oldest".
+            models.Index(
+                fields=["-priority", "created_at"],
+                condition=Q(status="pending"),
+                name="workload_pending_queue",
+            ),
+            # The agent's view and the re-dispatch loop: "what is scheduled/running on node N".
+            models.Index(fields=["node", "status"], name="workload_node_status"),
+            # List filters: /api/workloads?status=&type=
+            models.Index(fields=["status", "type"], name="workload_status_type"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+    @property
+    def requirements(self) -> Resources:
+        return Resources(
+            cpu=self.cpu_millicores,
+            gpu=self.gpu_count,
+            memory=self.memory_bytes,
+            storage=self.storage_bytes,
+        )
+
+
+class EventKind(models.TextChoices):
+    TRANSITION = "transition", "Transition"
+    PLACEMENT = "placement", "Placement"
+    INFO = "info", "Info"
+
+
+class WorkloadEvent(models.Model):
+    """Every state transition and every scheduling decision, with why."""
+
+    workload = models.ForeignKey(Workload, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(auto_now_add=True)
+    kind = models.CharField(max_length=16, choices=EventKind.choices)
+    from_status = models.CharField(max_length=16, blank=True)
+    to_status = models.CharField(max_length=16, blank=True)
+    node_id = models.CharField(max_length=128, blank=True)
+    reason = models.TextField(blank=True)
+    # Placement: [{"node": ..., "fits": bool, "reason": ...}, ...]
+    details = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["workload", "id"], name="event_workload")]
+
+    def __str__(self) -> str:
+        if self.kind == EventKind.TRANSITION:
+            return f"{self.from_status} → {self.to_status}: {self.reason}"
+        return f"{self.kind}: {self.reason}"
+
+
+class LogStream(models.TextChoices):
+    STDOUT = "stdout", "stdout"
+    STDERR = "stderr", "stderr"
+
+
+class WorkloadLog(models.Model):
+    """One chunk of a workload's output, in order; shipped by the agent in batches."""
+
+    workload = models.ForeignKey(Workload, on_delete=models.CASCADE, related_name="log_chunks")
+    seq = models.PositiveIntegerField()
+    stream = models.CharField(max_length=8, choices=LogStream.choices, default=LogStream.STDOUT)
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["workload", "seq"]
+        constraints = [
+            # Re-shipping a batch after a crash must not duplicate lines.
+            models.UniqueConstraint(fields=["workload", "seq"], name="log_chunk_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workload_id}#{self.seq}"

@@ -1,0 +1,268 @@
+"""Writes on workloads: submit, place, the one state machine, stop, delete, logs."""
+
+import logging
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from cnetsite.errors import InvalidRequest, StateConflict
+from nodes.models import Node, NodeStatus
+from nodes.resources import Resources, human
+from nodes.selectors import node_could_ever_hold, node_largest
+from nodes.services import node_release
+from scheduler.placement import place
+from scheduler.strategies import strategy_get
+
+from .dispatch import dispatch_start, dispatch_stop, request_pending_placement
+from .models import (
+    ACTIVE,
+    TERMINAL,
+    EventKind,
+    RestartPolicy,
+    Workload,
+    WorkloadEvent,
+    WorkloadLog,
+    WorkloadStatus,
+)
+
+logger = logging.getLogger(__name__)
+S = WorkloadStatus
+
+# The one table of allowed moves. lost/failed/succeeded → pending is a restart by policy.
+ALLOWED: dict[str, frozenset[str]] = {
+    S.PENDING: frozenset({S.SCHEDULED, S.STOPPED, S.FAILED}),
+    S.SCHEDULED: frozenset({S.RUNNING, S.FAILED, S.STOPPED, S.LOST, S.PENDING}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.STOPPED, S.LOST}),
+    S.LOST: frozenset({S.PENDING}),
+    S.FAILED: frozenset({S.PENDING}),
+    S.SUCCEEDED: frozenset({S.PENDING}),
+    S.STOPPED: frozenset(),
+}
+# Which restart policy restarts a workload that reached this state.
+RESTARTS_ON = {
+    S.LOST: {RestartPolicy.ON_FAILURE, RestartPolicy.ALWAYS},
+    S.FAILED: {RestartPolicy.ON_FAILURE, RestartPolicy.ALWAYS},
+    S.SUCCEEDED: {RestartPolicy.ALWAYS},
+}
+
+
+def workload_transition(
+    *, workload_id, to: str, reason: str = "", expect: Iterable[str] | None = None,
+    only_on: str | None = None, **fields
+) -> bool:
+    """Move a workload to ``to`` if the table allows it from its current state.
+
+    The UPDATE re-checks the state it read, so of two racing callers exactly one wins;
+    only the winner records the event and releases the node's resources. ``expect``
+    narrows the states the caller is willing to move from; ``only_on`` (a node_id) makes an
+    agent's report count only while the workload is still placed on that agent's node, so
+    a stale copy can never end a workload that now runs elsewhere. Returns whether it moved.
+    """
+    with transaction.atomic():
+        row = Workload.objects.filter(pk=workload_id).values(
+            "status", "node_id", "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes",
+            "restart_policy", "restart_count", "max_restarts", "node__node_id",
+        ).first()
+        if row is None:
+            return False
+        current = row["status"]
+        if to not in ALLOWED[current] or (expect is not None and current not in set(expect)):
+            return False
+        if only_on is not None and row["node__node_id"] != only_on:
+            return False
+        now = timezone.now()
+        changes = {"status": to, "updated_at": now, **fields}
+        if reason:
+            changes["reason"] = reason
+        if to == S.SCHEDULED:
+            changes.setdefault("scheduled_at", now)
+        elif to == S.RUNNING:
+            changes.setdefault("started_at", now)
+        elif to in TERMINAL:
+            changes.setdefault("finished_at", now)
+        elif to == S.PENDING:
+            changes.update(node=None, scheduled_at=None, dispatched_at=None, started_at=None,
+                           finished_at=None, exit_code=None, runtime={}, stop_requested_at=None)
+        if not Workload.objects.filter(pk=workload_id, status=current, node_id=row["node_id"]).update(**changes):
+            return False
+        WorkloadEvent.objects.create(
+            workload_id=workload_id, kind=EventKind.TRANSITION, from_status=current, to_status=to,
+            node_id=row["node__node_id"] or "", reason=reason,
+        )
+        if current in ACTIVE and to not in ACTIVE and row["node_id"]:
+            node_release(node_pk=row["node_id"], requirements=_requirements(row))
+            transaction.on_commit(request_pending_placement)
+        logger.info("workload %s: %s -> %s (%s)", workload_id, current, to, reason)
+    if to in RESTARTS_ON and row["restart_policy"] in RESTARTS_ON[to]:
+        _restart(workload_id=workload_id, row=row, ended=to)
+    return True
+
+
+def _requirements(row: dict) -> Resources:
+    return Resources(
+        cpu=row["cpu_millicores"], gpu=row["gpu_count"],
+        memory=row["memory_bytes"], storage=row["storage_bytes"],
+    )
+
+
+def _restart(*, workload_id, row: dict, ended: str) -> None:
+    if row["restart_count"] >= row["max_restarts"]:
+        workload_note(workload_id=workload_id, reason=f"not restarted: {row['max_restarts']} restarts used")
+        return
+    if workload_transition(
+        workload_id=workload_id, to=S.PENDING, expect=[ended],
+        reason=f"restarting ({row['restart_policy']}) after {ended}, attempt {row['restart_count'] + 1}",
+        restart_count=row["restart_count"] + 1,
+    ):
+        workload_place(workload_id=workload_id)
+
+
+def workload_requeue(*, workload_id, reason: str) -> bool:
+    """Hand a scheduled or running workload back to the queue (its node is going away)."""
+    if not workload_transition(workload_id=workload_id, to=S.LOST, expect=ACTIVE, reason=reason):
+        return False
+    if workload_transition(workload_id=workload_id, to=S.PENDING, expect=[S.LOST], reason="requeued"):
+        transaction.on_commit(request_pending_placement)
+    return True
+
+
+def workload_note(*, workload_id, reason: str, kind: str = EventKind.INFO, **extra) -> None:
+    WorkloadEvent.objects.create(workload_id=workload_id, kind=kind, reason=reason, **extra)
+
+
+def workload_submit(*, owner, name: str, type: str, config: dict, requirements: Resources,
+                    node: str | None = None, strategy: str | None = None, priority: int = 0,
+                    restart_policy: str = RestartPolicy.NEVER, max_restarts: int = 3) -> Workload:
+    """Validate business rules, record the workload, and try to place it at once.
+
+    Shape was checked by the serializer; here: the strategy exists, the node exists, and
+    some registered node could hold the request when empty (else it would wait forever).
+    """
+    strategy_name = strategy or settings.CNET_DEFAULT_STRATEGY
+    strategy_get(strategy_name)
+    submitted_at = _submitted_node(node)
+    if not node_could_ever_hold(requirements=requirements):
+        raise InvalidRequest(_never_fits_message(requirements), field="requirements")
+    with transaction.atomic():
+        workload = Workload.objects.create(
+            owner=owner, name=name, type=type, config=config, strategy=strategy_name,
+            priority=priority, submitted_node=submitted_at, restart_policy=restart_policy,
+            max_restarts=max_restarts, cpu_millicores=requirements.cpu, gpu_count=requirements.gpu,
+            memory_bytes=requirements.memory, storage_bytes=requirements.storage,
+        )
+        WorkloadEvent.objects.create(
+            workload=workload, kind=EventKind.TRANSITION, to_status=S.PENDING,
+            node_id=submitted_at.node_id if submitted_at else "", reason="submitted",
+        )
+        workload_place(workload_id=workload.pk)
+    workload.refresh_from_db()
+    return workload
+
+
+def _submitted_node(node: str | None) -> Node | None:
+    name = node or settings.CNET_LOCAL_NODE_ID
+    found = Node.objects.filter(node_id=name).first()
+    if found is None and node:
+        raise InvalidRequest(f"unknown node {node!r}", field="node")
+    return found
+
+
+def _never_fits_message(requirements: Resources) -> str:
+    largest = node_largest()
+    if largest is None:
+        return "no node is registered yet, so nothing can hold this request"
+    cap = Resources(**largest.capacity())
+    have = ", ".join(human(n, getattr(cap, n)) for n in ("cpu", "gpu", "memory", "storage"))
+    short = "; ".join(requirements.shortfalls(cap))
+    return f"no registered node could ever hold this; the largest, {largest.node_id}, has {have} ({short})"
+
+
+def workload_place(*, workload_id) -> bool:
+    """Try to place one pending workload; record the decision either way."""
+    with transaction.atomic():
+        workload = (
+            Workload.objects.select_related("submitted_node")
+            .filter(pk=workload_id, status=S.PENDING)
+            .first()
+        )
+        if workload is None:
+            return False
+        local = workload.submitted_node.node_id if workload.submitted_node else settings.CNET_LOCAL_NODE_ID
+        decision = place(
+            requirements=workload.requirements,
+            local_node_id=local,
+            strategy=strategy_get(workload.strategy),
+            capability=workload.type if workload.type != "process" else None,
+        )
+        summary = decision.summary()
+        if not decision.placed:
+            if workload.reason != summary:
+                Workload.objects.filter(pk=workload_id).update(reason=summary)
+                workload_note(workload_id=workload_id, kind=EventKind.PLACEMENT, reason=summary,
+                              details=decision.reasons)
+            return False
+        node_pk = decision.node.pk
+        if not workload_transition(workload_id=workload_id, to=S.SCHEDULED, expect=[S.PENDING],
+                                   reason=summary, node_id=node_pk):
+            # Someone else placed or stopped it meanwhile: give back what we took.
+            node_release(node_pk=node_pk, requirements=workload.requirements)
+            return False
+        workload_note(workload_id=workload_id, kind=EventKind.PLACEMENT, reason=summary,
+                      details=decision.reasons, node_id=decision.node.node_id)
+        transaction.on_commit(lambda: dispatch_start(workload_id=workload_id))
+    return True
+
+
+def workloads_place_pending(*, limit: int = 200) -> int:
+    """Place pending workloads, highest priority first, then oldest. Returns how many were placed."""
+    ids = list(
+        Workload.objects.filter(status=S.PENDING)
+        .order_by("-priority", "created_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    return sum(workload_place(workload_id=workload_id) for workload_id in ids)
+
+
+def workload_stop(*, workload: Workload, reason: str = "stopped by user") -> Workload:
+    """Stop a workload: at once if it holds no running process, else ask its agent to."""
+    status = workload.status
+    if status in TERMINAL:
+        raise StateConflict(f"workload is already {status}", field="status")
+    node_alive = workload.node and workload.node.status != NodeStatus.OFFLINE
+    if status == S.RUNNING and node_alive:
+        Workload.objects.filter(pk=workload.pk, stop_requested_at__isnull=True).update(
+            stop_requested_at=timezone.now()
+        )
+        workload_note(workload_id=workload.pk, reason=f"stop requested: {reason}")
+        node_id = workload.node.node_id
+        transaction.on_commit(lambda: dispatch_stop(workload_id=workload.pk, node_id=node_id))
+    elif workload_transition(workload_id=workload.pk, to=S.STOPPED, reason=reason, expect=[status]):
+        if status == S.SCHEDULED and node_alive:
+            # Its start may already be in flight: the agent kills what it finds.
+            node_id = workload.node.node_id
+            transaction.on_commit(lambda: dispatch_stop(workload_id=workload.pk, node_id=node_id))
+    else:
+        workload.refresh_from_db()
+        return workload_stop(workload=workload, reason=reason)
+    workload.refresh_from_db()
+    return workload
+
+
+def workload_delete(*, workload: Workload) -> None:
+    """Delete a workload; a live one is stopped first so nothing runs on unrecorded."""
+    if workload.status not in TERMINAL:
+        node_id = workload.node.node_id if workload.node else None
+        workload_transition(workload_id=workload.pk, to=S.STOPPED, reason="deleted by user")
+        if node_id and workload.status in ACTIVE:
+            dispatch_stop(workload_id=workload.pk, node_id=node_id)
+    Workload.objects.filter(pk=workload.pk).delete()
+
+
+def workload_logs_append(*, workload_id, chunks: Iterable[tuple[int, str, str]]) -> int:
+    """Store log chunks (seq, stream, text). Re-sent chunks are ignored, so shipping is idempotent."""
+    rows = [WorkloadLog(workload_id=workload_id, seq=seq, stream=stream, text=text)
+            for seq, stream, text in chunks]
+    WorkloadLog.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(rows)

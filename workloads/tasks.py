@@ -1,0 +1,34 @@
+"""Celery entry points: thin wrappers that call services.
+
+Every task is idempotent (it re-reads the row and returns if the work is done), which is
+what makes ``acks_late`` safe: Redis may deliver a message again after its visibility
+timeout, and a redelivered start finds the workload no longer ``scheduled``.
+"""
+
+from celery import shared_task
+
+from . import control
+
+
+@shared_task(name="workloads.start", acks_late=True, reject_on_worker_lost=True)
+def start_workload(workload_id: str) -> None:
+    from .agent.runtime import current_agent
+
+    current_agent().start(workload_id)
+
+
+@shared_task(name="workloads.stop", acks_late=True, reject_on_worker_lost=True)
+def stop_workload(workload_id: str) -> None:
+    from .agent.runtime import current_agent
+
+    current_agent().stop(workload_id)
+
+
+@shared_task(name="workloads.place_pending", acks_late=True)
+def place_pending() -> int:
+    return control.place_pending()
+
+
+@shared_task(name="workloads.control_tick", acks_late=True)
+def control_tick() -> dict:
+    return control.tick()
