@@ -48,7 +48,7 @@ def _check_broker() -> str:
     try:
         with celery_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
-            conn.default_channel  # opens a channel: filesystem transport checks its folders here
+            conn.default_channel.close()  # opening a channel makes the filesystem transport check its folders
     except Exception as error:
         logger.warning("health: broker check failed: %s", error)
         return f"error: {error}"

@@ -19,7 +19,8 @@ class NodeAdmin(admin.ModelAdmin):
 
     @admin.display(description="CPU used")
     def cpu(self, node: Node) -> str:
-        return f"{node.cpu_allocated_millicores / 1000:g}/{node.cpu_millicores / 1000:g} ({_pct(node.cpu_allocated_millicores, node.cpu_millicores)})"
+        used, total = node.cpu_allocated_millicores, node.cpu_millicores
+        return f"{used / 1000:g}/{total / 1000:g} ({_pct(used, total)})"
 
     @admin.display(description="Memory used")
     def memory(self, node: Node) -> str:

@@ -149,7 +149,9 @@ def node_mark_offline(*, node_id: str, epoch: int | None = None) -> bool:
     return Node.objects.filter(match).update(status=NodeStatus.OFFLINE) == 1
 
 
-def nodes_check_liveness(*, heartbeat_seconds: float, unhealthy_after_beats: int, offline_after_seconds: float) -> list[str]:
+def nodes_check_liveness(
+    *, heartbeat_seconds: float, unhealthy_after_beats: int, offline_after_seconds: float
+) -> list[str]:
     """Silent nodes turn unhealthy, then offline. Returns the node_ids that just went offline.
 
     Idempotent and safe to run twice at once: each move is a conditional UPDATE.

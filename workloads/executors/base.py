@@ -67,7 +67,7 @@ class Handle(ABC):
         """How far each log file has been shipped, kept so a restarted agent resumes there."""
         return {}
 
-    def cleanup(self) -> None:
+    def cleanup(self) -> None:  # noqa: B027 - optional hook, most handles hold nothing
         """Release local resources once it has ended and its logs are shipped."""
 
 
