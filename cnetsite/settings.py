@@ -63,7 +63,7 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "cnetsite.admin_site.ConsoleAdminConfig",  # the Web UI: django.contrib.admin as a console
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -78,9 +78,11 @@ INSTALLED_APPS = [
     "nodes",
     "scheduler",
     "workloads",
+    "mlmodels",
 ]
 
 MIDDLEWARE = [
+    "cnetsite.metrics.middleware.RequestLatencyMiddleware",  # first: times everything below
     "django.middleware.security.SecurityMiddleware",
     "cnetsite.middleware.BodySizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -170,6 +172,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and docs are API calls like any other: authenticated (DESIGN.md invariant 7).
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
 }
 
 # --- Celery -------------------------------------------------------------------------------
@@ -177,13 +181,17 @@ BROKER_DIR = DATA_DIR / "broker"
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
         "processed_folder": str(BROKER_DIR / "processed"),
+        # Exchange bindings; kombu's default is "control" relative to the working directory.
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
+        # Fanout exchanges (pidbox) live here; kombu's default is ./control in the cwd.
+        "control_folder": str(BROKER_DIR / "control"),
         # The filesystem transport polls; 1 s (its default) would dominate dispatch latency.
         "polling_interval": env_float("CNET_BROKER_POLL_SECONDS", 0.05),
     }
@@ -244,3 +252,9 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 APPEND_SLASH = False
+
+# --- Metrics (/metrics, cnetsite.metrics) ---------------------------------------------------
+# Staff-only by default; true exposes it unauthenticated (bind it to a private network then).
+CNET_METRICS_PUBLIC = env_bool("CNET_METRICS_PUBLIC", False)
+# Dispatch latency (submit → running) covers workloads first started within this window.
+CNET_METRICS_DISPATCH_WINDOW_SECONDS = env_float("CNET_METRICS_DISPATCH_WINDOW_SECONDS", 300.0)
