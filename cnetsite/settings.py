@@ -190,8 +190,6 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # Exchange bindings; kombu's default is "control" relative to the working directory.
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
-        # Fanout exchanges (pidbox) live here; kombu's default is ./control in the cwd.
-        "control_folder": str(BROKER_DIR / "control"),
         # The filesystem transport polls; 1 s (its default) would dominate dispatch latency.
         "polling_interval": env_float("CNET_BROKER_POLL_SECONDS", 0.05),
     }
@@ -202,6 +200,9 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
     }
+    # Redis Sentinel (CELERY_BROKER_URL=sentinel://h1:26379;sentinel://h2:26379): the master group.
+    if env_str("CELERY_BROKER_MASTER_NAME"):
+        CELERY_BROKER_TRANSPORT_OPTIONS["master_name"] = env_str("CELERY_BROKER_MASTER_NAME")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -210,6 +211,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "control"
+# RabbitMQ: "quorum" declares the control queue and every node.<id> queue as replicated
+# quorum queues (Celery then turns off global QoS by itself). Redis ignores it.
+CELERY_TASK_DEFAULT_QUEUE_TYPE = env_str("CELERY_QUEUE_TYPE", "classic")
+CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = CELERY_TASK_DEFAULT_QUEUE_TYPE
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
