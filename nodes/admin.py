@@ -1,41 +1,157 @@
+"""Nodes in the console: a table with capacity bars, the topology tree, a page per node.
+
+Any console user may look at nodes (the cluster's resources are no secret to its users, as
+in ``/api/nodes``); draining needs the change permission, i.e. staff.
+"""
+
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.views.decorators.http import require_POST
 
 from .models import Node
+from .selectors import node_tree
 from .services import node_set_schedulable
 
 
-def _pct(used: int, total: int) -> str:
-    return f"{used * 100 // total}%" if total else "–"
+def _bar_html(bar) -> str:
+    return format_html(
+        '<div class="rbar compact" data-resource="{}" title="{}: {} allocated">'
+        '<div class="rbar-track"><div class="rbar-fill {}" style="width: {}"></div></div>'
+        '<div class="rbar-caption">{}</div></div>',
+        bar.name, bar.label, bar.text, bar.level, bar.width, bar.text,
+    )
 
 
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
-    list_display = ["node_id", "status", "endpoint", "parent", "cpu", "memory", "gpu", "last_heartbeat"]
+    list_display = ["node_id", "health", "endpoint", "parent", "cpu", "memory", "gpu", "storage", "heartbeat"]
+    list_display_links = ["node_id"]
     list_filter = ["status"]
     search_fields = ["node_id", "address", "labels"]
-    readonly_fields = [f.name for f in Node._meta.fields if f.name not in {"labels"}]
-    filter_horizontal = ["peers"]
+    list_select_related = ["parent"]
+    list_per_page = 50
     actions = ["drain", "make_schedulable"]
+    change_list_template = "admin/nodes/node/change_list.html"
 
-    @admin.display(description="CPU used")
+    # Reading is open to every console user; changing (drain) keeps Django's permission.
+    def has_module_permission(self, request):
+        return request.user.is_active
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active
+
+    def has_add_permission(self, request):
+        return False  # nodes join by running an agent (runagent registers them)
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def changelist_view(self, request, extra_context=None):
+        return super().changelist_view(request, {"title": "Nodes", **(extra_context or {})})
+
+    def _bars(self, node: Node) -> dict:
+        from cnetsite.console import node_bars
+
+        return {bar.name: bar for bar in node_bars(node)}
+
+    @admin.display(description="Health", ordering="status")
+    def health(self, node: Node) -> str:
+        return format_html('<span class="badge s-{}">{}</span>', node.status, node.get_status_display())
+
+    @admin.display(description="CPU (cores)")
     def cpu(self, node: Node) -> str:
-        used, total = node.cpu_allocated_millicores, node.cpu_millicores
-        return f"{used / 1000:g}/{total / 1000:g} ({_pct(used, total)})"
+        return _bar_html(self._bars(node)["cpu"])
 
-    @admin.display(description="Memory used")
+    @admin.display(description="Memory")
     def memory(self, node: Node) -> str:
-        return _pct(node.memory_allocated_bytes, node.memory_bytes)
+        return _bar_html(self._bars(node)["memory"])
 
-    @admin.display(description="GPU used")
+    @admin.display(description="GPU")
     def gpu(self, node: Node) -> str:
-        return f"{node.gpu_allocated}/{node.gpu_count}"
+        return _bar_html(self._bars(node)["gpu"])
 
-    @admin.action(description="Drain: take no new work")
+    @admin.display(description="Storage")
+    def storage(self, node: Node) -> str:
+        return _bar_html(self._bars(node)["storage"])
+
+    @admin.display(description="Last heartbeat", ordering="last_heartbeat")
+    def heartbeat(self, node: Node) -> str:
+        from cnetsite.templatetags.console import ago
+
+        return ago(node.last_heartbeat)
+
+    @admin.action(description="Drain: take no new work", permissions=["change"])
     def drain(self, request, queryset):
         changed = sum(node_set_schedulable(node_id=n.node_id, schedulable=False) for n in queryset)
         self.message_user(request, f"{changed} node(s) draining", messages.SUCCESS)
 
-    @admin.action(description="Make schedulable again")
+    @admin.action(description="Make schedulable again", permissions=["change"])
     def make_schedulable(self, request, queryset):
         changed = sum(node_set_schedulable(node_id=n.node_id, schedulable=True) for n in queryset)
         self.message_user(request, f"{changed} node(s) schedulable", messages.SUCCESS)
+
+    # --- pages of our own: topology, a node, drain / undrain -------------------------------
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("topology/", view(self.topology_view), name="nodes_node_topology"),
+            path("<int:object_id>/schedulable/", view(require_POST(self.schedulable_view)),
+                 name="nodes_node_schedulable"),
+            *super().get_urls(),
+        ]
+
+    def topology_view(self, request):
+        from workloads.selectors import workload_active_counts_by_node
+
+        active = workload_active_counts_by_node(user=request.user)
+        roots = node_tree()
+        _annotate_tree(roots, active, self._bars)
+        context = self.admin_site.each_context(request) | {
+            "title": "Topology", "roots": roots, "opts": self.opts,
+            "node_total": sum(_count(root) for root in roots),
+        }
+        return TemplateResponse(request, "admin/nodes/node/topology.html", context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        from workloads.models import ACTIVE
+        from workloads.selectors import workload_list
+
+        node = get_object_or_404(Node.objects.select_related("parent").prefetch_related("peers", "children"),
+                                 pk=object_id)
+        visible = workload_list(user=request.user).filter(node=node)
+        context = self.admin_site.each_context(request) | {
+            "title": node.node_id, "node": node, "opts": self.opts, "bars": self._bars(node).values(),
+            "active": visible.filter(status__in=ACTIVE).order_by("-created_at")[:100],
+            "recent": visible.exclude(status__in=ACTIVE).order_by("-created_at")[:10],
+            "can_change": self.has_change_permission(request, node),
+            "usage": node.usage or {},
+        }
+        return TemplateResponse(request, "admin/nodes/node/detail.html", context)
+
+    def schedulable_view(self, request, object_id):
+        node = get_object_or_404(Node, pk=object_id)
+        if not self.has_change_permission(request, node):
+            raise PermissionDenied
+        schedulable = request.POST.get("schedulable") == "1"
+        if node_set_schedulable(node_id=node.node_id, schedulable=schedulable):
+            done = "takes new work again" if schedulable else "is draining: it takes no new work"
+            self.message_user(request, f"{node.node_id} {done}", messages.SUCCESS)
+        else:
+            self.message_user(request, f"{node.node_id} is {node.status}; nothing changed", messages.WARNING)
+        return redirect(reverse("admin:nodes_node_change", args=[node.pk]))
+
+
+def _annotate_tree(nodes, active: dict, bars) -> None:
+    for node in nodes:
+        node.active_count = active.get(node.pk, 0)
+        node.bar_list = list(bars(node).values())
+        _annotate_tree(node.tree_children, active, bars)
+
+
+def _count(node) -> int:
+    return 1 + sum(_count(child) for child in node.tree_children)

@@ -86,3 +86,20 @@ def _sum_usage(rows) -> dict:
     total["cpu_cores_busy"] = round(total["cpu_cores_busy"], 2)
     return total
 
+
+
+def node_tree() -> list[Node]:
+    """The topology as a forest: roots in order, each node's ``tree_children`` filled in.
+
+    One query (plus one for peers): materialized paths sort parents before their children.
+    A node whose parent is missing from the rows (deleted meanwhile) is shown as a root.
+    """
+    nodes = list(Node.objects.prefetch_related("peers").order_by("depth", "node_id"))
+    by_pk = {node.pk: node for node in nodes}
+    roots = []
+    for node in nodes:
+        node.tree_children = []
+    for node in nodes:
+        parent = by_pk.get(node.parent_id)
+        (parent.tree_children if parent else roots).append(node)
+    return roots

@@ -2,7 +2,7 @@ from django.db.models import Count, QuerySet
 
 from cnetsite.errors import InvalidRequest
 
-from .models import Workload, WorkloadLog, WorkloadStatus
+from .models import ACTIVE, Workload, WorkloadEvent, WorkloadLog, WorkloadStatus
 
 
 def workload_list(*, user) -> QuerySet[Workload]:
@@ -33,3 +33,20 @@ def workload_counts_by_status(*, user) -> dict[str, int]:
         workload_list(user=user).order_by().values("status").annotate(n=Count("pk")).values_list("status", "n")
     )
     return {status: counts.get(status, 0) for status in WorkloadStatus.values} | {"total": sum(counts.values())}
+
+
+def workload_events_recent(*, user, limit: int = 20) -> QuerySet[WorkloadEvent]:
+    """The latest events (placements, transitions, notes) on workloads the user may see."""
+    events = WorkloadEvent.objects.select_related("workload").order_by("-id")
+    if not user.is_staff:
+        events = events.filter(workload__owner=user)
+    return events[:limit]
+
+
+def workload_active_counts_by_node(*, user) -> dict[int, int]:
+    """How many scheduled/running workloads (that the user may see) each node holds, by node pk."""
+    rows = (
+        workload_list(user=user).filter(status__in=ACTIVE, node__isnull=False)
+        .order_by().values("node").annotate(n=Count("pk")).values_list("node", "n")
+    )
+    return dict(rows)

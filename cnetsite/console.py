@@ -1,0 +1,152 @@
+"""The console's composition root: what the dashboard and the node pages show.
+
+Reads only, through the apps' selectors; turns rows into bars (allocated / capacity, plus the
+usage the agent measured) that the templates draw. Writes happen in the ModelAdmins, which
+call services.
+"""
+
+from dataclasses import dataclass
+
+from django.db.models import Count
+from django.template.response import TemplateResponse
+
+from nodes.models import Node, NodeStatus
+from nodes.resources import MILLICORES_PER_CORE
+from nodes.selectors import cluster_stats
+from workloads.models import WorkloadStatus
+from workloads.selectors import (
+    workload_active_counts_by_node,
+    workload_counts_by_status,
+    workload_events_recent,
+)
+
+# The dashboard draws at most this many nodes; the node pages show all of them.
+DASHBOARD_NODES = 40
+RESOURCE_LABELS = {"cpu": "CPU", "memory": "Memory", "gpu": "GPU", "storage": "Storage"}
+
+
+def human_bytes(amount: float) -> str:
+    value = float(amount or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _amount(name: str, value: float) -> str:
+    if name == "cpu":
+        return f"{value:g}"
+    if name == "gpu":
+        return f"{int(value)}"
+    return human_bytes(value)
+
+
+def _pct(part: float, whole: float) -> float | None:
+    if not whole:
+        return None
+    return max(0.0, min(100.0, part * 100 / whole))
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One resource: what is allocated of the capacity, and what the machine measured as used."""
+
+    name: str
+    allocated: float
+    capacity: float
+    measured_pct: float | None = None
+
+    @property
+    def label(self) -> str:
+        return RESOURCE_LABELS[self.name]
+
+    @property
+    def pct(self) -> float | None:
+        return _pct(self.allocated, self.capacity)
+
+    @property
+    def width(self) -> str:
+        """CSS width, with '.' as the decimal mark whatever the locale."""
+        return f"{self.pct or 0:.1f}%"
+
+    @property
+    def measured_width(self) -> str:
+        return f"{self.measured_pct or 0:.1f}%"
+
+    @property
+    def level(self) -> str:
+        pct = self.pct or 0
+        return "crit" if pct >= 90 else "warn" if pct >= 70 else "ok"
+
+    @property
+    def text(self) -> str:
+        if not self.capacity:
+            return "none"
+        unit = " cores" if self.name == "cpu" else ""
+        return f"{_amount(self.name, self.allocated)} / {_amount(self.name, self.capacity)}{unit}"
+
+    @property
+    def pct_text(self) -> str:
+        return "–" if self.pct is None else f"{self.pct:.0f}%"
+
+
+def node_bars(node: Node) -> list[Bar]:
+    usage = node.usage or {}
+    return [
+        Bar("cpu", node.cpu_allocated_millicores / MILLICORES_PER_CORE, node.cpu_millicores / MILLICORES_PER_CORE,
+            usage.get("cpu_percent")),
+        Bar("memory", node.memory_allocated_bytes, node.memory_bytes,
+            _pct(usage.get("memory_used_bytes", 0), usage.get("memory_total_bytes", 0))),
+        Bar("gpu", node.gpu_allocated, node.gpu_count),
+        Bar("storage", node.storage_allocated_bytes, node.storage_bytes,
+            _pct(usage.get("disk_used_bytes", 0), usage.get("disk_total_bytes", 0))),
+    ]
+
+
+def cluster_bars() -> list[Bar]:
+    """Totals over live (not offline) nodes; measured usage weighs each machine by its size."""
+    stats = cluster_stats()
+    capacity, allocated = stats["capacity"], stats["allocated"]
+    measured = {"cpu": [0.0, 0.0], "memory": [0, 0], "storage": [0, 0]}
+    for usage in Node.objects.exclude(status=NodeStatus.OFFLINE).values_list("usage", flat=True):
+        if not usage:
+            continue
+        cores = usage.get("cpu_count", 0)
+        measured["cpu"][0] += usage.get("cpu_percent", 0) / 100 * cores
+        measured["cpu"][1] += cores
+        measured["memory"][0] += usage.get("memory_used_bytes", 0)
+        measured["memory"][1] += usage.get("memory_total_bytes", 0)
+        measured["storage"][0] += usage.get("disk_used_bytes", 0)
+        measured["storage"][1] += usage.get("disk_total_bytes", 0)
+    return [
+        Bar(name, allocated[name], capacity[name], _pct(*measured[name]) if name in measured else None)
+        for name in ("cpu", "memory", "gpu", "storage")
+    ]
+
+
+def node_rows(nodes, *, user) -> list[dict]:
+    running = workload_active_counts_by_node(user=user)
+    return [{"node": node, "bars": node_bars(node), "running": running.get(node.pk, 0)} for node in nodes]
+
+
+def dashboard_context(*, user) -> dict:
+    node_total = Node.objects.count()
+    nodes = Node.objects.select_related("parent").order_by("depth", "node_id")[:DASHBOARD_NODES]
+    health = dict(Node.objects.order_by().values("status").annotate(n=Count("pk")).values_list("status", "n"))
+    counts = workload_counts_by_status(user=user)
+    return {
+        "cluster_bars": cluster_bars(),
+        "node_rows": node_rows(nodes, user=user),
+        "node_total": node_total,
+        "node_health": [(status, label, health.get(status, 0)) for status, label in NodeStatus.choices],
+        "nodes_attention": Node.objects.exclude(status=NodeStatus.READY).order_by("status", "node_id")[:10],
+        "workload_counts": [(status, label, counts[status]) for status, label in WorkloadStatus.choices],
+        "workload_total": counts["total"],
+        "events": workload_events_recent(user=user, limit=15),
+    }
+
+
+def dashboard_live(request):
+    """The dashboard's live part alone: the page fetches it every few seconds and swaps it in."""
+    return TemplateResponse(request, "admin/console/_dashboard.html", dashboard_context(user=request.user))

@@ -1,0 +1,47 @@
+"""Template helpers of the console: bars, status badges, amounts."""
+
+import json
+
+from django import template
+from django.utils import timezone
+
+from cnetsite.console import human_bytes as _human_bytes
+
+register = template.Library()
+
+
+@register.inclusion_tag("admin/console/_bar.html")
+def resource_bar(bar, compact=False):
+    return {"bar": bar, "compact": compact}
+
+
+@register.inclusion_tag("admin/console/_badge.html")
+def status_badge(status, label=None):
+    return {"status": status, "label": label or status}
+
+
+@register.filter
+def human_bytes(amount):
+    return _human_bytes(amount)
+
+
+@register.filter
+def cores(millicores):
+    return f"{(millicores or 0) / 1000:g}"
+
+
+@register.filter
+def pretty_json(value):
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+@register.filter
+def ago(moment):
+    """'4s ago', '3m ago', '2h ago', '5d ago': short enough for a table cell."""
+    if not moment:
+        return "never"
+    seconds = max(0, int((timezone.now() - moment).total_seconds()))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
