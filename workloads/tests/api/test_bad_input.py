@@ -1,0 +1,133 @@
+"""Bad input is refused whole: 400 naming the field (413 for size), and nothing written."""
+
+import copy
+import json
+
+import pytest
+
+from tests.helpers import GiB, make_node
+from workloads.models import Workload, WorkloadEvent
+
+pytestmark = pytest.mark.django_db
+
+PROCESS = {
+    "name": "p",
+    "type": "process",
+    "requirements": {"cpu": 1.0, "memory": 536870912},
+    "config": {"command": "sleep", "args": ["60"], "env": {"TEST": "value"}},
+}
+CONTAINER = {"name": "c", "type": "container", "requirements": {"cpu": 1.0, "memory": 536870912},
+             "config": {"image": "nginx:alpine"}}
+MLMODEL = {"name": "m", "type": "mlmodel", "requirements": {"cpu": 1.0, "memory": 536870912},
+           "config": {"model_path": "models/model.joblib"}}
+
+
+@pytest.fixture(autouse=True)
+def nodes():
+    make_node("local", cpu=4, memory=8 * GiB,
+              capabilities={name: {"available": True} for name in ("process", "container", "mlmodel")})
+    make_node("big", cpu=8, memory=32 * GiB)
+
+
+def changed(base, path, value):
+    """A copy of ``base`` with the dotted ``path`` set to ``value`` (or removed for ``...``)."""
+    body = copy.deepcopy(base)
+    *parents, last = path.split(".")
+    target = body
+    for key in parents:
+        target = target[key]
+    if value is ...:
+        del target[last]
+    else:
+        target[last] = value
+    return body
+
+
+CASES = [
+    ("requirements.cpu", PROCESS, 0),
+    ("requirements.cpu", PROCESS, -1),
+    ("requirements.cpu", PROCESS, 1e9),
+    ("requirements.cpu", PROCESS, True),
+    ("requirements.cpu", PROCESS, "1"),
+    ("requirements.cpu", PROCESS, 0.0001),
+    ("requirements.memory", PROCESS, 0),
+    ("requirements.memory", PROCESS, -536870912),
+    ("requirements.memory", PROCESS, 2**70),
+    ("requirements.memory", PROCESS, 1.5),
+    ("requirements.memory", PROCESS, "512Mi"),
+    ("requirements.gpu", PROCESS, -1),
+    ("requirements.disk", PROCESS, 1),
+    ("type", PROCESS, "vm"),
+    ("config", PROCESS, "sleep 60"),
+    ("config", PROCESS, ...),
+    ("config.command", PROCESS, ...),
+    ("config.command", PROCESS, ["sleep", "60"]),
+    ("config.image", CONTAINER, ...),
+    ("config.model_path", MLMODEL, ...),
+    ("config.args", PROCESS, [1, 2]),
+    ("config.args", PROCESS, "60"),
+    ("config.env", PROCESS, {"TEST": 1}),
+    ("config.env", PROCESS, {"TEST": None}),
+    ("config.env", PROCESS, ["TEST=value"]),
+    ("config.working_dir", PROCESS, "../escape"),
+    ("config.working_dir", PROCESS, "/etc"),
+    ("config.model_path", MLMODEL, "/etc/passwd"),
+    ("config.model_path", MLMODEL, "models/../../x"),
+    ("config.shell", PROCESS, True),
+    ("config.imagee", CONTAINER, "typo"),
+    ("strategy", PROCESS, "round_robin"),
+    ("node", PROCESS, "ghost-node"),
+    ("colour", PROCESS, "blue"),
+    ("name", PROCESS, ...),
+    ("name", PROCESS, 5),
+    ("priority", PROCESS, "high"),
+]
+
+
+@pytest.mark.parametrize("path, base, value", CASES, ids=[f"{p}={v!r}" for p, _b, v in CASES])
+def test_bad_field_is_400_naming_it_and_writes_nothing(api, path, base, value):
+    before = (Workload.objects.count(), WorkloadEvent.objects.count())
+    response = api.post("/api/workloads", changed(base, path, value), format="json")
+    assert response.status_code == 400, response.content
+    detail = response.json()["detail"]
+    # The message names the field (its last part at least, e.g. "config.args.0: ...").
+    assert path.split(".")[-1] in detail or path in detail, detail
+    assert (Workload.objects.count(), WorkloadEvent.objects.count()) == before
+
+
+def test_malformed_json_is_400_and_writes_nothing(api):
+    response = api.post("/api/workloads", data='{"name": "x", "type": ', content_type="application/json")
+    assert response.status_code == 400
+    assert "JSON" in response.json()["detail"]
+    assert Workload.objects.count() == 0 and WorkloadEvent.objects.count() == 0
+
+
+def test_a_body_that_is_not_an_object_is_400(api):
+    response = api.post("/api/workloads", data="[1, 2]", content_type="application/json")
+    assert response.status_code == 400
+    assert Workload.objects.count() == 0
+
+
+def test_a_body_over_one_mebibyte_is_413_and_writes_nothing(api):
+    body = changed(PROCESS, "config.env", {"BIG": "x" * (1024 * 1024)})
+    response = api.post("/api/workloads", data=json.dumps(body), content_type="application/json")
+    assert response.status_code == 413
+    assert "body" in response.json()["detail"]
+    assert Workload.objects.count() == 0 and WorkloadEvent.objects.count() == 0
+
+
+def test_a_request_larger_than_every_node_even_empty_is_400_naming_the_largest(api):
+    body = changed(PROCESS, "requirements.memory", 64 * GiB)
+    response = api.post("/api/workloads", body, format="json")
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert detail.startswith("requirements:")
+    assert "big" in detail and "32.0 GiB" in detail
+    assert Workload.objects.count() == 0 and WorkloadEvent.objects.count() == 0
+
+
+def test_more_cpu_than_any_node_is_refused_too(api):
+    response = api.post("/api/workloads", changed(PROCESS, "requirements.cpu", 64.0), format="json")
+    assert response.status_code == 400
+    assert "big" in response.json()["detail"]
+    assert Workload.objects.count() == 0

@@ -1,0 +1,250 @@
+"""The workload lifecycle: one state machine, release exactly once, pending placement."""
+
+import threading
+
+import pytest
+from django.db import connection
+
+from cnetsite.errors import InvalidRequest, StateConflict
+from nodes.models import Node
+from nodes.resources import Resources
+from tests.helpers import GiB, make_node
+from workloads.models import EventKind, Workload, WorkloadEvent, WorkloadLog, WorkloadStatus
+from workloads.selectors import workload_log_tail
+from workloads.services import (
+    ALLOWED,
+    workload_delete,
+    workload_logs_append,
+    workload_stop,
+    workload_submit,
+    workload_transition,
+    workloads_place_pending,
+)
+
+S = WorkloadStatus
+PROCESS = {"command": "sleep", "args": ["60"]}
+
+
+def submit(owner=None, *, cpu=1.0, memory=GiB, name="w", **extra) -> Workload:
+    return workload_submit(
+        owner=owner, name=name, type="process", config=PROCESS,
+        requirements=Resources(cpu=round(cpu * 1000), memory=memory), **extra,
+    )
+
+
+def node_allocated(node_id="local") -> dict:
+    return Node.objects.get(node_id=node_id).allocated()
+
+
+def transitions(workload) -> list[tuple[str, str]]:
+    return list(
+        WorkloadEvent.objects.filter(workload=workload, kind=EventKind.TRANSITION)
+        .order_by("id").values_list("from_status", "to_status")
+    )
+
+
+@pytest.mark.django_db
+def test_submit_places_on_the_local_node_and_records_submission_and_placement():
+    make_node("local")
+    workload = submit()
+    assert workload.status == S.SCHEDULED and workload.node.node_id == "local"
+    assert transitions(workload) == [("", "pending"), ("pending", "scheduled")]
+    placement = WorkloadEvent.objects.get(workload=workload, kind=EventKind.PLACEMENT)
+    assert placement.node_id == "local" and placement.details[-1]["fits"] is True
+    assert node_allocated()["cpu"] == 1000 and node_allocated()["memory"] == GiB
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("start, to", [
+    (S.PENDING, S.RUNNING), (S.PENDING, S.SUCCEEDED), (S.SCHEDULED, S.SUCCEEDED),
+    (S.STOPPED, S.RUNNING), (S.STOPPED, S.PENDING), (S.SUCCEEDED, S.RUNNING), (S.RUNNING, S.SCHEDULED),
+])
+def test_disallowed_moves_are_refused_and_change_nothing(start, to):
+    assert to not in ALLOWED[start]
+    make_node("local")
+    workload = submit()
+    Workload.objects.filter(pk=workload.pk).update(status=start)
+    events = WorkloadEvent.objects.count()
+    allocated = node_allocated()
+    assert workload_transition(workload_id=workload.pk, to=to, reason="test") is False
+    assert Workload.objects.get(pk=workload.pk).status == start
+    assert WorkloadEvent.objects.count() == events
+    assert node_allocated() == allocated
+
+
+@pytest.mark.django_db
+def test_every_transition_records_an_event_with_from_to_and_reason():
+    make_node("local")
+    workload = submit()
+    assert workload_transition(workload_id=workload.pk, to=S.RUNNING, reason="agent started it")
+    assert workload_transition(workload_id=workload.pk, to=S.SUCCEEDED, reason="exit 0", exit_code=0)
+    assert transitions(workload) == [("", "pending"), ("pending", "scheduled"), ("scheduled", "running"),
+                                     ("running", "succeeded")]
+    last = WorkloadEvent.objects.filter(workload=workload, kind=EventKind.TRANSITION).last()
+    assert last.reason == "exit 0" and last.node_id == "local"
+    workload.refresh_from_db()
+    assert workload.exit_code == 0 and workload.finished_at is not None and workload.started_at is not None
+
+
+@pytest.mark.django_db
+def test_reaching_a_terminal_state_releases_resources_exactly_once():
+    make_node("local")
+    workload = submit(cpu=2, memory=3 * GiB)
+    assert node_allocated()["cpu"] == 2000
+    workload_transition(workload_id=workload.pk, to=S.RUNNING)
+    assert workload_transition(workload_id=workload.pk, to=S.FAILED, reason="exit 1")
+    assert node_allocated() == {"cpu": 0, "gpu": 0, "memory": 0, "storage": 0}
+    # Every later attempt to end it again is refused and releases nothing more.
+    for to in (S.FAILED, S.STOPPED, S.LOST, S.SUCCEEDED):
+        assert workload_transition(workload_id=workload.pk, to=to) is False
+    assert node_allocated() == {"cpu": 0, "gpu": 0, "memory": 0, "storage": 0}
+
+
+def _race_to(workload_id, to, barrier, results) -> None:
+    try:
+        barrier.wait()
+        results[to] = workload_transition(workload_id=workload_id, to=to, reason=f"race to {to}")
+    finally:
+        connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_of_two_racing_transitions_exactly_one_wins_and_release_happens_once():
+    make_node("local", cpu=4)
+    other = submit(cpu=1, name="bystander")  # keeps something allocated so a double release would show
+    for round_ in range(10):
+        workload = submit(cpu=2, name=f"racer-{round_}")
+        workload_transition(workload_id=workload.pk, to=S.RUNNING)
+        barrier = threading.Barrier(2)
+        results = {}
+        threads = [threading.Thread(target=_race_to, args=(workload.pk, to, barrier, results))
+                   for to in (S.SUCCEEDED, S.STOPPED)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(results.values()) == [False, True]
+        winner = next(to for to, won in results.items() if won)
+        assert Workload.objects.get(pk=workload.pk).status == winner
+        assert transitions(workload)[-1] == ("running", winner)
+        assert len(transitions(workload)) == 4
+        assert node_allocated()["cpu"] == other.cpu_millicores
+
+
+@pytest.mark.django_db
+def test_a_workload_that_fits_nowhere_now_stays_pending_with_a_reason_per_node():
+    make_node("local", cpu=2, memory=2 * GiB)
+    make_node("child-1", parent="local", cpu=2, memory=2 * GiB)
+    submit(memory=GiB + GiB // 2, name="filler-local")
+    submit(memory=GiB + GiB // 2, name="filler-child")
+    waiting = submit(memory=GiB)
+    assert waiting.status == S.PENDING and waiting.node is None
+    assert "local: needs 1.0 GiB memory, 512.0 MiB free" in waiting.reason
+    assert "child-1: needs 1.0 GiB memory, 512.0 MiB free" in waiting.reason
+    placement = WorkloadEvent.objects.get(workload=waiting, kind=EventKind.PLACEMENT)
+    assert {d["node"] for d in placement.details} == {"local", "child-1"}
+
+
+@pytest.mark.django_db
+def test_pending_work_is_placed_when_resources_are_released_highest_priority_first_then_oldest():
+    make_node("local", cpu=2)
+    filler = submit(cpu=2, name="filler")
+    old_low = submit(cpu=2, name="old-low", priority=0)
+    old_high = submit(cpu=2, name="old-high", priority=5)
+    new_high = submit(cpu=2, name="new-high", priority=5)
+    assert {w.status for w in (old_low, old_high, new_high)} == {S.PENDING}
+
+    def status(w):
+        return Workload.objects.get(pk=w.pk).status
+
+    assert workloads_place_pending() == 0
+    workload_stop(workload=filler)
+    assert workloads_place_pending() == 1
+    assert (status(old_high), status(new_high), status(old_low)) == (S.SCHEDULED, S.PENDING, S.PENDING)
+    workload_stop(workload=Workload.objects.get(pk=old_high.pk))
+    assert workloads_place_pending() == 1
+    assert (status(new_high), status(old_low)) == (S.SCHEDULED, S.PENDING)
+    workload_stop(workload=Workload.objects.get(pk=new_high.pk))
+    assert workloads_place_pending() == 1
+    assert status(old_low) == S.SCHEDULED
+    assert node_allocated()["cpu"] == 2000
+
+
+@pytest.mark.django_db
+def test_per_submission_strategy_overrides_the_settings_default(settings):
+    make_node("local", cpu=16, memory=64 * GiB)
+    make_node("snug", parent="local", cpu=1, memory=GiB)
+    assert submit().node.node_id == "local"
+    best = submit(strategy="best_fit")
+    assert best.node.node_id == "snug" and best.strategy == "best_fit"
+    settings.CNET_DEFAULT_STRATEGY = "best_fit"
+    make_node("snug-2", parent="local", cpu=1, memory=GiB)
+    by_default = submit()
+    assert by_default.strategy == "best_fit" and by_default.node.node_id == "snug-2"
+
+
+@pytest.mark.django_db
+def test_submit_refuses_unknown_strategy_and_node_and_writes_nothing():
+    make_node("local")
+    with pytest.raises(InvalidRequest) as caught:
+        submit(strategy="nope")
+    assert caught.value.field == "strategy"
+    with pytest.raises(InvalidRequest) as caught:
+        submit(node="ghost")
+    assert caught.value.field == "node" and "ghost" in str(caught.value)
+    assert Workload.objects.count() == 0 and WorkloadEvent.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_request_no_node_could_ever_hold_is_refused_naming_the_largest_node():
+    make_node("local", cpu=4, memory=8 * GiB)
+    make_node("big", cpu=8, memory=32 * GiB)
+    with pytest.raises(InvalidRequest) as caught:
+        submit(memory=64 * GiB)
+    assert caught.value.field == "requirements"
+    assert "big" in str(caught.value) and "64.0 GiB" in str(caught.value)
+    assert Workload.objects.count() == 0 and WorkloadEvent.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_stop_a_pending_or_scheduled_workload_ends_it_and_releases_once():
+    make_node("local", cpu=1)
+    scheduled = submit(cpu=1)
+    pending = submit(cpu=1)
+    assert workload_stop(workload=pending).status == S.STOPPED
+    assert workload_stop(workload=scheduled).status == S.STOPPED
+    assert node_allocated()["cpu"] == 0
+    with pytest.raises(StateConflict):
+        workload_stop(workload=scheduled)
+    assert node_allocated()["cpu"] == 0
+
+
+@pytest.mark.django_db
+def test_stop_a_running_workload_asks_its_agent_and_keeps_resources_until_it_exits():
+    make_node("local", cpu=1)
+    workload = submit(cpu=1)
+    workload_transition(workload_id=workload.pk, to=S.RUNNING)
+    stopped = workload_stop(workload=Workload.objects.get(pk=workload.pk))
+    assert stopped.status == S.RUNNING and stopped.stop_requested_at is not None
+    assert node_allocated()["cpu"] == 1000
+
+
+@pytest.mark.django_db
+def test_delete_of_a_live_workload_releases_its_resources():
+    make_node("local", cpu=1)
+    workload = submit(cpu=1)
+    workload_delete(workload=workload)
+    assert not Workload.objects.filter(pk=workload.pk).exists()
+    assert node_allocated()["cpu"] == 0
+
+
+@pytest.mark.django_db
+def test_log_chunks_are_stored_once_and_read_back_as_a_tail():
+    make_node("local")
+    workload = submit()
+    workload_logs_append(workload_id=workload.pk, chunks=[(0, "stdout", "line 1\nline 2\n"), (1, "stderr", "line 3\n")])
+    workload_logs_append(workload_id=workload.pk, chunks=[(1, "stderr", "line 3\n"), (2, "stdout", "line 4\n")])
+    assert WorkloadLog.objects.filter(workload=workload).count() == 3
+    assert workload_log_tail(workload=workload, lines=None) == ["line 1", "line 2", "line 3", "line 4"]
+    assert workload_log_tail(workload=workload, lines=3) == ["line 2", "line 3", "line 4"]
+    assert workload_log_tail(workload=workload, lines=0) == []
