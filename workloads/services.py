@@ -1,6 +1,7 @@
 """Writes on workloads: submit, place, the one state machine, stop, delete, logs."""
 
 import logging
+import time
 from collections.abc import Iterable
 
 from django.conf import settings
@@ -8,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from cnetsite.errors import InvalidRequest, StateConflict
+from cnetsite.metrics import observe_placement
 from nodes.models import Node, NodeStatus
 from nodes.resources import Resources, human
 from nodes.selectors import node_could_ever_hold, node_largest
@@ -190,12 +192,15 @@ def workload_place(*, workload_id) -> bool:
         if workload is None:
             return False
         local = workload.submitted_node.node_id if workload.submitted_node else settings.CNET_LOCAL_NODE_ID
+        started = time.perf_counter()
         decision = place(
             requirements=workload.requirements,
             local_node_id=local,
             strategy=strategy_get(workload.strategy),
             capability=workload.type if workload.type != "process" else None,
         )
+        observe_placement(seconds=time.perf_counter() - started, strategy=workload.strategy,
+                          placed=decision.placed)
         summary = decision.summary()
         if not decision.placed:
             if workload.reason != summary:

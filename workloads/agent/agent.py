@@ -11,16 +11,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.db import close_old_connections
+from django.db import IntegrityError, close_old_connections
 from django.db.models import Max
 from django.utils import timezone
 
+from cnetsite.errors import InvalidRequest
 from nodes.detect import sample_usage
 from nodes.models import Node, NodeStatus
 from nodes.resources import Resources
-from nodes.services import node_heartbeat, node_mark_offline, node_register
+from nodes.services import (
+    node_heartbeat,
+    node_link,
+    node_mark_offline,
+    node_register,
+    node_set_schedulable,
+)
 
-from ..executors.base import AgentContext, ExecutorError, Handle, executor_for
+from ..executors.base import EXECUTORS, AgentContext, ExecutorError, Handle, executor_for
 from ..executors.limits import detect_limiter
 from ..models import ACTIVE, Workload, WorkloadLog, WorkloadStatus
 from ..services import workload_logs_append, workload_note, workload_requeue, workload_transition
@@ -71,19 +78,65 @@ class Agent:
             capabilities=config.capabilities,
         )
         self._last_status_check = 0.0
+        # Parent/peer names that named no registered node yet: linked on a later heartbeat.
+        self.pending_links: list[tuple[str, str]] = []
 
     # How often the supervisor asks the database whether its work is still its own.
     STATUS_CHECK_SECONDS = 2.0
 
     # --- membership -----------------------------------------------------------------------
     def register(self) -> Node:
-        node = node_register(
+        """Register (or update) this node. A parent or peer that has not registered yet does
+        not stop the agent: it is linked by a later heartbeat, once it has come up."""
+        parent, peers, self.pending_links = self._resolve_links()
+        fields = dict(
             node_id=self.config.node_id, address=self.config.address, port=self.config.port,
-            capacity=self.config.capacity, parent=self.config.parent, peers=self.config.peers,
+            capacity=self.config.capacity, peers=[peer.node_id for peer in peers],
             labels=self.config.labels, capabilities=self.config.capabilities,
         )
+        try:
+            node = node_register(parent=parent.node_id if parent else None, **fields)
+        except InvalidRequest as error:  # the parent link would make a cycle: run without it
+            logger.error("node %s: ignoring parent %r: %s", self.config.node_id, self.config.parent, error)
+            node = node_register(parent=None, **fields)
         self.epoch = node.agent_epoch
+        for kind, name in self.pending_links:
+            logger.warning("node %s: %s %r is not registered yet; will link it when it is",
+                           self.config.node_id, kind, name)
         return node
+
+    def _resolve_links(self) -> tuple[Node | None, list[Node], list[tuple[str, str]]]:
+        pending = []
+        parent = None
+        if self.config.parent:
+            parent = resolve_link(self.config.parent, me=self.config.node_id)
+            if parent is None:
+                pending.append(("parent", self.config.parent))
+        peers = []
+        for name in self.config.peers:
+            found = resolve_link(name, me=self.config.node_id)
+            if found is None:
+                pending.append(("peer", name))
+            else:
+                peers.append(found)
+        return parent, peers, pending
+
+    def link_pending_once(self) -> bool:
+        """Link the parent and peers that were not registered when this agent started."""
+        if not self.pending_links:
+            return False
+        before = len(self.pending_links)
+        parent, peers, pending = self._resolve_links()
+        if len(pending) == before:
+            return False
+        try:
+            node_link(node_id=self.config.node_id, parent=parent, peers=peers)
+        except InvalidRequest as error:  # e.g. the parent link would make a cycle: say so once
+            logger.error("node %s: cannot link %s: %s", self.config.node_id, self.config.parent, error)
+            pending = [(kind, name) for kind, name in pending if kind != "parent"]
+        self.pending_links = pending
+        logger.info("node %s: linked late parent/peers; still waiting for %s", self.config.node_id, pending or "none")
+        return True
 
     def heartbeat_once(self) -> bool:
         usage = sample_usage(storage_path=self.config.data_dir) | {"workloads_running": len(self.handles)}
@@ -91,12 +144,14 @@ class Agent:
         if status is None:
             logger.warning("node %s: heartbeat refused (another agent took over); re-registering", self.config.node_id)
             self.register()
-        elif status == NodeStatus.OFFLINE:
+        elif status == NodeStatus.OFFLINE and self.accepting:
             # We were cut off long enough to be declared offline: our work was lost and may
             # run elsewhere now. Kill local copies before rejoining, never run duplicates.
             logger.warning("node %s: was declared offline; dropping stale work and rejoining", self.config.node_id)
             self.drop_stale(force=True)
             self.register()
+        else:
+            self.link_pending_once()
         return True
 
     # --- called from the Celery worker ----------------------------------------------------
@@ -145,19 +200,33 @@ class Agent:
         with self.lock:
             items = list(self.handles.items())
         for workload_id, supervised in items:
-            exit_ = supervised.handle.poll()
-            busy |= self._ship_logs(workload_id, supervised, final=exit_ is not None)
-            if exit_ is None:
-                self._enforce(workload_id, supervised)
-            else:
-                self._finish(workload_id, supervised, exit_)
-                busy = True
+            # One workload's failure (a deleted row, a vanished cgroup) must not stall the others.
+            try:
+                busy |= self._supervise_one(workload_id, supervised)
+            except Exception:
+                logger.exception("workload %s: supervising failed; will retry", workload_id)
         if busy:
             self._save_state()
         if time.monotonic() - self._last_status_check > self.STATUS_CHECK_SECONDS:
             self._last_status_check = time.monotonic()
             busy |= self.drop_stale()
         return busy
+
+    def _supervise_one(self, workload_id: str, supervised: Supervised) -> bool:
+        exit_ = supervised.handle.poll()
+        try:
+            busy = self._ship_logs(workload_id, supervised, final=exit_ is not None)
+        except IntegrityError:
+            # The row is gone (deleted while running): nothing to report to, so just end it.
+            if Workload.objects.filter(pk=workload_id).exists():
+                raise
+            self._drop(workload_id, "its workload was deleted")
+            return True
+        if exit_ is None:
+            self._enforce(workload_id, supervised)
+            return busy
+        self._finish(workload_id, supervised, exit_)
+        return True
 
     def _ship_logs(self, workload_id: str, supervised: Supervised, *, final: bool) -> bool:
         chunks = []
@@ -167,6 +236,16 @@ class Agent:
         if chunks:
             workload_logs_append(workload_id=workload_id, chunks=chunks)
         return bool(chunks)
+
+    def _drop(self, workload_id: str, why: str) -> Supervised | None:
+        """Kill the local copy of a workload and forget it."""
+        with self.lock:
+            supervised = self.handles.pop(workload_id, None)
+        if supervised:
+            logger.warning("workload %s: %s; killing the local copy", workload_id, why)
+            supervised.handle.kill()
+            supervised.handle.cleanup()
+        return supervised
 
     def _enforce(self, workload_id: str, supervised: Supervised) -> None:
         now = time.monotonic()
@@ -198,7 +277,11 @@ class Agent:
             self.handles.pop(workload_id, None)
 
     def drop_stale(self, *, force: bool = False) -> bool:
-        """Kill local work the database no longer says runs here (lost, stopped, deleted)."""
+        """Kill local work the database no longer says runs here (lost, stopped, deleted).
+
+        ``force``: this node was declared offline, so all of its work counts as lost (it may
+        already run elsewhere); kill every local copy and record the loss if the control
+        loop has not yet (it may not: this node is about to rejoin)."""
         with self.lock:
             ids = list(self.handles)
         if not ids:
@@ -214,44 +297,62 @@ class Agent:
         for workload_id in ids:
             if workload_id in still_ours:
                 continue
-            with self.lock:
-                supervised = self.handles.pop(workload_id, None)
-            if supervised:
-                logger.warning("workload %s: no longer ours in the database; killing the local copy", workload_id)
-                supervised.handle.kill()
-                supervised.handle.cleanup()
+            why = "this node was declared offline" if force else "no longer ours in the database"
+            if self._drop(workload_id, why):
                 dropped = True
+                if force:
+                    workload_transition(
+                        workload_id=workload_id, to=S.LOST, expect=ACTIVE, only_on=self.config.node_id,
+                        reason=f"node {self.config.node_id} was declared offline; its local copy was killed",
+                    )
         self._save_state()
         return dropped
 
     # --- after a restart ------------------------------------------------------------------
     def reconcile(self) -> None:
         """Make what runs here match what the database says runs here."""
-        self._kill_unknown_survivors()
+        previous = self._kill_unknown_survivors()
         for workload in Workload.objects.filter(node__node_id=self.config.node_id, status__in=ACTIVE):
             workload_id = str(workload.pk)
             if workload.status == S.SCHEDULED:
                 self.start(workload_id)
                 continue
+            # Resume log shipping where the last run stopped, not from the start (no duplicates).
+            offsets = (previous.get(workload_id) or {}).get("log_offsets")
+            if offsets:
+                workload.runtime = {**(workload.runtime or {}), "log_offsets": offsets}
             try:
                 handle = executor_for(workload.type).adopt(workload, self.context)
             except ExecutorError:
                 handle = None
             if handle is None:
                 workload_transition(workload_id=workload_id, to=S.LOST, expect=[S.RUNNING],
-                                    only_on=self.config.node_id, reason="its process ended while the agent was down; exit code unknown")
+                                    only_on=self.config.node_id,
+                                    reason="its process ended while the agent was down; exit code unknown")
                 continue
             with self.lock:
                 self.handles[workload_id] = Supervised(handle, seq=self._next_seq(workload_id))
             workload_note(workload_id=workload_id, reason=f"re-adopted by the restarted agent on {self.config.node_id}")
             logger.info("workload %s: re-adopted", workload_id)
+        self._reap_orphans()
         self._save_state()
 
-    def _kill_unknown_survivors(self) -> None:
-        """Processes from the last run whose workloads are no longer running here."""
+    def _reap_orphans(self) -> None:
+        """What executors find on this node for work not supervised here now (e.g. containers)."""
+        with self.lock:
+            known = set(self.handles)
+        for executor in EXECUTORS.values():
+            try:
+                executor.reap_orphans(known=known, context=self.context)
+            except Exception:
+                logger.exception("node %s: %s executor could not reap orphans", self.config.node_id, executor.type)
+
+    def _kill_unknown_survivors(self) -> dict:
+        """Processes from the last run whose workloads are no longer running here.
+        Returns the last run's saved state."""
         previous = self._load_state()
         if not previous:
-            return
+            return {}
         running_here = set(
             str(pk) for pk in Workload.objects.filter(
                 pk__in=list(previous), status=S.RUNNING, node__node_id=self.config.node_id
@@ -269,6 +370,7 @@ class Agent:
                 logger.warning("workload %s: killing a survivor the database no longer runs here", workload_id)
                 handle.kill()
                 handle.cleanup()
+        return previous
 
     def _next_seq(self, workload_id: str) -> int:
         last = WorkloadLog.objects.filter(workload_id=workload_id).aggregate(m=Max("seq"))["m"]
@@ -292,26 +394,82 @@ class Agent:
             return {}
 
     # --- shutdown -------------------------------------------------------------------------
-    def shutdown(self) -> None:
-        """Stop taking work, end or hand back running work per policy, and go offline."""
+    def begin_shutdown(self) -> None:
+        """Stop taking work: starts are ignored and placement stops choosing this node."""
         with self.lock:
             self.accepting = False
-            running = list(self.handles)
-        for workload_id in running:
-            workload_note(workload_id=workload_id,
-                          reason=f"agent on {self.config.node_id} shutting down ({self.config.shutdown_policy})")
-            if self.config.shutdown_policy == "requeue":
-                # Hand it back first, so the kill below is not reported as its end.
-                workload_requeue(workload_id=workload_id, reason=f"handed back: agent on {self.config.node_id} shut down")
-            else:
-                Workload.objects.filter(pk=workload_id, stop_requested_at__isnull=True).update(
-                    stop_requested_at=timezone.now()
-                )
-            self.stop(workload_id)
-        deadline = time.monotonic() + self.config.stop_grace_seconds + 5
-        while self.handles and time.monotonic() < deadline:
+        node_set_schedulable(node_id=self.config.node_id, schedulable=False)
+
+    def shutdown(self) -> None:
+        """Stop taking work, end or hand back running work per policy, and go offline.
+
+        Each step is isolated (a workload deleted meanwhile must not keep the node from going
+        offline), and the node is marked offline whatever happened before."""
+        try:
+            self.begin_shutdown()
+            # Work placed here but not started yet never ran: hand it back whatever the policy.
+            for workload_id in Workload.objects.filter(
+                node__node_id=self.config.node_id, status=S.SCHEDULED
+            ).values_list("pk", flat=True):
+                self._guarded(workload_requeue, workload_id=workload_id,
+                              reason=f"handed back: agent on {self.config.node_id} shut down")
+            with self.lock:
+                running = list(self.handles)
+            for workload_id in running:
+                self._guarded(self._end_for_shutdown, workload_id=workload_id)
+            deadline = time.monotonic() + self.config.stop_grace_seconds + 5
+            next_beat = 0.0
+            while self.handles and time.monotonic() < deadline:
+                close_old_connections()
+                if time.monotonic() >= next_beat:  # still alive: don't let liveness declare us lost
+                    self._guarded(node_heartbeat, node_id=self.config.node_id, usage={"shutting_down": True},
+                                  epoch=self.epoch)
+                    next_beat = time.monotonic() + self.config.heartbeat_seconds
+                self.supervise_once()
+                time.sleep(0.1)
+        finally:
             close_old_connections()
-            self.supervise_once()
-            time.sleep(0.1)
-        node_mark_offline(node_id=self.config.node_id, epoch=self.epoch)
-        logger.info("node %s: agent stopped", self.config.node_id)
+            node_mark_offline(node_id=self.config.node_id, epoch=self.epoch)
+            logger.info("node %s: agent stopped", self.config.node_id)
+
+    def _end_for_shutdown(self, *, workload_id: str) -> None:
+        if not Workload.objects.filter(pk=workload_id).exists():
+            self._drop(workload_id, "its workload was deleted")
+            return
+        workload_note(workload_id=workload_id,
+                      reason=f"agent on {self.config.node_id} shutting down ({self.config.shutdown_policy})")
+        if self.config.shutdown_policy == "requeue":
+            # Hand it back first, so the kill below is not reported as its end.
+            workload_requeue(workload_id=workload_id, reason=f"handed back: agent on {self.config.node_id} shut down")
+        else:
+            Workload.objects.filter(pk=workload_id, stop_requested_at__isnull=True).update(
+                stop_requested_at=timezone.now()
+            )
+        self.stop(workload_id)
+
+    def _guarded(self, step, **kwargs) -> None:
+        try:
+            step(**kwargs)
+        except Exception:
+            logger.exception("node %s: shutdown step %s%s failed; going on",
+                             self.config.node_id, getattr(step, "__name__", step), kwargs)
+
+
+def resolve_link(name: str, *, me: str | None = None) -> Node | None:
+    """The registered node a config names (node_id or address:port), or None if not yet.
+
+    Never this node itself (``me``): a stale row of ours may still advertise the address a
+    config now gives another node. Among several at one address, a live one wins. A node
+    that advertises the wildcard 0.0.0.0 (the seed's "listen everywhere") answers to
+    loopback names on its port, so configs written for one machine link up."""
+    others = Node.objects.exclude(node_id=me) if me else Node.objects.all()
+    found = others.filter(node_id=name).first()
+    host, _, port = name.rpartition(":")
+    if found is None and port.isdigit():
+        hosts = [host]
+        if host in {"127.0.0.1", "localhost", "::1", "[::1]"}:
+            hosts.append("0.0.0.0")
+        candidates = others.filter(address__in=hosts, port=int(port))
+        found = (candidates.exclude(status=NodeStatus.OFFLINE).order_by("pk").first()
+                 or candidates.order_by("pk").first())
+    return found

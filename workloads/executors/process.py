@@ -46,9 +46,13 @@ class ProcessHandle(Handle):
                 return None
             self._kill_group(signal.SIGKILL)  # leftovers of the group die with the leader
             return self._exit(code)
-        # Re-adopted after an agent restart: not our child, so no exit code to wait for.
+        # Re-adopted after an agent restart: not our child, so no exit code to wait for,
+        # unless it is still a zombie (its new parent has not reaped it yet): then /proc says.
         if _alive(self.pid, self.create_time):
             return None
+        code = _zombie_exit_code(self.pid, self.create_time)
+        if code is not None:
+            return self._exit(code)
         return Exit(None, "process ended while re-adopted after an agent restart; exit code unknown")
 
     def _exit(self, code: int) -> Exit:
@@ -167,6 +171,20 @@ def _alive(pid: int, create_time: float | None) -> bool:
         return same and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def _zombie_exit_code(pid: int, create_time: float | None) -> int | None:
+    """The exit code of an unreaped process from /proc/<pid>/stat (field 52, Linux >= 3.5)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return None
+        if create_time is not None and abs(proc.create_time() - create_time) >= 0.01:
+            return None
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return os.waitstatus_to_exitcode(int(fields[-1])) if len(fields) >= 50 else None
+    except (psutil.Error, OSError, ValueError):
+        return None
 
 
 def _nice(pid: int) -> None:

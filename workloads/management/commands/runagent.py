@@ -6,6 +6,8 @@ its tasks start or stop work and return at once.
 """
 
 import logging
+import os
+import select
 import signal
 import threading
 import time
@@ -30,7 +32,8 @@ class Command(BaseCommand):
 
     def run_from_argv(self, argv):
         # The seed writes "-config"; argparse alone would not accept the single dash.
-        super().run_from_argv([arg if arg != "-config" else "--config" for arg in argv])
+        super().run_from_argv([f"-{arg}" if arg == "-config" or arg.startswith("-config=") else arg
+                               for arg in argv])
 
     def add_arguments(self, parser):
         parser.add_argument("--config", help="the seed's YAML config (agent, resources, parent, peers)")
@@ -55,6 +58,11 @@ class Command(BaseCommand):
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        wakeup = SignalWakeup()
+        # A workload that exits wakes the supervisor at once: a short job is reported done in
+        # milliseconds, not after up to SUPERVISE_SECONDS. Interrupted system calls restart.
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.siginterrupt(signal.SIGCHLD, False)
 
         agent = Agent(config)
         set_current_agent(agent)
@@ -73,10 +81,34 @@ class Command(BaseCommand):
                 agent.supervise_once()
             except Exception:
                 logger.exception("agent %s: loop step failed; continuing", config.node_id)
-            stop.wait(SUPERVISE_SECONDS)
+            wakeup.wait(SUPERVISE_SECONDS)
+        agent.begin_shutdown()  # starts that still arrive are ignored; placement skips us
         worker_state.should_terminate = 0  # the worker thread finishes its task and exits
         thread.join(timeout=10)
         agent.shutdown()
+
+
+class SignalWakeup:
+    """Sleep until a signal (SIGCHLD, SIGTERM, ...) arrives or the timeout passes.
+
+    The kernel may hand a signal to any thread, and one taken by a Celery thread does not
+    interrupt the main thread's ``Event.wait``; the wakeup fd, written by the C-level handler
+    whichever thread runs it, does.
+    """
+
+    def __init__(self):
+        self.read_fd, write_fd = os.pipe()
+        for fd in (self.read_fd, write_fd):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def wait(self, timeout: float) -> None:
+        select.select([self.read_fd], [], [], timeout)
+        try:  # drain before the next pass, so a signal during that pass wakes the next wait
+            while os.read(self.read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
 
 
 def start_worker(node_id: str) -> tuple[WorkController, threading.Thread]:
