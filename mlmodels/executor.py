@@ -1,0 +1,315 @@
+"""The ``mlmodel`` executor: training runs and model servers, on the agent's node.
+
+A workload of type ``mlmodel`` is one of two things:
+
+- **a training run** (its config has a ``command``, the seed's deployment): the command runs
+  like a process; when it exits 0 the script's ``evaluate`` is run for metrics, and the
+  artifact it wrote at ``model_path`` is stored in the registry as a new version *before*
+  the workload is reported succeeded, so it survives the node.
+- **a model server** (no ``command``: seed 000's ``config.model_path/model_type/framework/port``):
+  gunicorn runs ``mlmodels.server``, which loads the artifact once and answers on ``port``.
+  The artifact comes from the registry (``model_version``, written under the agent's data
+  folder and checked against its sha256) or from the workload's working directory, never
+  from anywhere else.
+
+Registered from ``MlmodelsConfig.ready()``; ``workloads`` never imports this module.
+"""
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+from workloads.executors.base import AgentContext, Executor, ExecutorError, Exit, Handle
+from workloads.executors.limits import Limits
+from workloads.executors.process import ProcessExecutor, ProcessHandle, log_path, resolve_command, spawn, working_dir
+
+from .inference import sha256_file
+
+logger = logging.getLogger(__name__)
+
+EVALUATE_TIMEOUT_SECONDS = 300
+
+
+def ml_python() -> str:
+    """The interpreter "python"/"python3" means in an ML deployment: the agent's own, which has
+    the ML requirements installed (the system python3 usually has no scikit-learn)."""
+    return getattr(settings, "CNET_ML_PYTHON", "") or os.environ.get("CNET_ML_PYTHON") or sys.executable
+
+
+def inside(root: Path, relative: str) -> Path:
+    """``root/relative`` resolved (symlinks too), refused if it leaves ``root``."""
+    if Path(relative).is_absolute() or "\x00" in relative:
+        raise ExecutorError(f"model_path {relative!r} must be relative to the working directory")
+    root = root.resolve()
+    path = (root / relative).resolve()
+    if root != path and root not in path.parents:
+        raise ExecutorError(f"model_path {relative!r} leaves the working directory")
+    return path
+
+
+def max_artifact_bytes() -> int:
+    return int(getattr(settings, "CNET_ML_MAX_ARTIFACT_BYTES", 0) or os.environ.get(
+        "CNET_ML_MAX_ARTIFACT_BYTES", 512 * 1024 * 1024))
+
+
+class TrainingHandle(Handle):
+    """A training command, then its ``evaluate``, then the artifact stored as a version."""
+
+    workload_type = "mlmodel"
+
+    def __init__(self, *, inner: ProcessHandle, workload_id: str, config: dict, cwd: Path, env: dict,
+                 context: AgentContext):
+        self.inner = inner
+        self.workload_id = workload_id
+        self.config = config
+        self.cwd = cwd
+        self.env = env
+        self.context = context
+        self.phase = "train"
+        self.evaluation: subprocess.Popen | None = None
+        self.evaluation_deadline = 0.0
+        self.evaluation_offset = 0
+        self.stopping = False
+        self.result: Exit | None = None
+
+    def runtime(self) -> dict:
+        return {**self.inner.runtime(), "ml": "training", "phase": self.phase}
+
+    def offsets(self) -> dict:
+        return self.inner.offsets()
+
+    def read_logs(self, *, final=False):
+        return self.inner.read_logs(final=final)
+
+    def memory_bytes(self):
+        return self.inner.memory_bytes()
+
+    def terminate(self) -> None:
+        self.stopping = True
+        self.inner.terminate()
+        if self.evaluation and self.evaluation.poll() is None:
+            self.evaluation.terminate()
+
+    def kill(self) -> None:
+        self.stopping = True
+        self.inner.kill()
+        if self.evaluation and self.evaluation.poll() is None:
+            self.evaluation.kill()
+
+    def cleanup(self) -> None:
+        self.inner.cleanup()
+
+    def poll(self) -> Exit | None:
+        if self.result is not None:
+            return self.result
+        if self.phase == "train":
+            ended = self.inner.poll()
+            if ended is None:
+                return None
+            if ended.code != 0 or ended.oom or self.stopping:
+                self.result = ended
+                return ended
+            try:
+                self.artifact = self._artifact()
+            except ExecutorError as error:
+                self.result = Exit(None, f"training exited 0 but {error}")
+                return self.result
+            if not self._start_evaluation():
+                return self._store(metrics={})
+            return None
+        # phase == "evaluate"
+        code = self.evaluation.poll()
+        if code is None and time.monotonic() < self.evaluation_deadline:
+            return None
+        if code is None:
+            self.evaluation.kill()
+            self.evaluation.wait()
+            self._note(f"evaluate did not finish in {EVALUATE_TIMEOUT_SECONDS}s; stored without metrics")
+        if self.stopping:
+            self.result = Exit(code, "stopped during evaluation")
+            return self.result
+        return self._store(metrics=self._metrics() if code == 0 else {})
+
+    def _artifact(self) -> Path:
+        path = inside(self.cwd, self.config["model_path"])
+        if not path.is_file():
+            raise ExecutorError(f"it wrote no artifact at model_path {self.config['model_path']!r}")
+        size = path.stat().st_size
+        if size > max_artifact_bytes():
+            raise ExecutorError(f"its artifact is {size} bytes, over the limit of {max_artifact_bytes()}")
+        return path
+
+    def _evaluate_argv(self) -> list[str] | None:
+        args = list(self.config.get("args") or [])
+        command = self.config.get("command")
+        if "train" in args:
+            at = args.index("train")
+            target = args[at + 1] if len(args) > at + 1 else self.config["model_path"]
+            return [command, *args[:at], "evaluate", target]
+        if self.config.get("script_path"):
+            return [command, self.config["script_path"], "evaluate", self.config["model_path"]]
+        return None
+
+    def _start_evaluation(self) -> bool:
+        argv = self._evaluate_argv()
+        if argv is None:
+            return False
+        argv[0] = ml_python() if argv[0] in {"python", "python3"} else resolve_command(argv[0], self.env.get("PATH"))
+        out_path = log_path(self.context.log_dir, self.workload_id, "stdout")
+        self.evaluation_offset = out_path.stat().st_size if out_path.exists() else 0
+        with open(out_path, "ab") as out, open(log_path(self.context.log_dir, self.workload_id, "stderr"), "ab") as err:
+            try:
+                self.evaluation = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                                   env=self.env, cwd=self.cwd, start_new_session=True)
+            except OSError as error:
+                self._note(f"evaluate could not start ({error}); stored without metrics")
+                return False
+        self.phase = "evaluate"
+        self.evaluation_deadline = time.monotonic() + EVALUATE_TIMEOUT_SECONDS
+        return True
+
+    def _metrics(self) -> dict:
+        out_path = log_path(self.context.log_dir, self.workload_id, "stdout")
+        with open(out_path, "rb") as file:
+            file.seek(self.evaluation_offset)
+            lines = file.read(1024 * 1024).decode("utf-8", errors="replace").splitlines()
+        for line in reversed(lines):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                metrics = data.get("metrics")
+                return metrics if isinstance(metrics, dict) else {}
+        return {}
+
+    def _store(self, *, metrics: dict) -> Exit:
+        from .services import model_version_store_from_training
+
+        try:
+            version = model_version_store_from_training(
+                workload_id=self.workload_id, data=self.artifact.read_bytes(), metrics=metrics,
+                filename=self.artifact.name,
+            )
+        except Exception as error:  # the run must end either way; say why it failed
+            logger.exception("workload %s: storing the artifact failed", self.workload_id)
+            self.result = Exit(None, f"training exited 0 but its artifact could not be stored: {error}")
+            return self.result
+        self.result = Exit(0, f"exited with code 0; artifact stored as version {version.number} "
+                              f"(sha256 {version.checksum[:12]}, {version.size_bytes} bytes)")
+        return self.result
+
+    def _note(self, message: str) -> None:
+        from workloads.services import workload_note
+
+        workload_note(workload_id=self.workload_id, reason=message)
+
+
+class MLModelExecutor(Executor):
+    type = "mlmodel"
+
+    def start(self, workload, context: AgentContext) -> Handle:
+        if workload.config.get("command"):
+            return self._start_training(workload, context)
+        return self._start_serving(workload, context)
+
+    def _start_training(self, workload, context: AgentContext) -> TrainingHandle:
+        config = workload.config
+        env = {**os.environ, **config.get("env", {}),
+               "CNET_WORKLOAD_ID": str(workload.pk), "CNET_NODE_ID": context.node_id}
+        command = config["command"]
+        command = ml_python() if command in {"python", "python3"} else resolve_command(command, env.get("PATH"))
+        cwd = working_dir(context.work_dir, config.get("working_dir"))
+        inner = spawn(workload_id=str(workload.pk), argv=[command, *config.get("args", [])], env=env, cwd=cwd,
+                      context=context,
+                      limits=Limits(memory_bytes=workload.memory_bytes, cpu_millicores=workload.cpu_millicores))
+        return TrainingHandle(inner=inner, workload_id=str(workload.pk), config=config, cwd=cwd, env=env,
+                              context=context)
+
+    def _start_serving(self, workload, context: AgentContext) -> ProcessHandle:
+        config = workload.config
+        if config.get("model_version"):
+            artifact, checksum = self._from_registry(config["model_version"])
+        else:
+            cwd = working_dir(context.work_dir, config.get("working_dir"))
+            artifact = inside(cwd, config["model_path"])
+            if not artifact.is_file():
+                raise ExecutorError(f"model_path {config['model_path']!r} is not a file in the working directory")
+            checksum, _size = sha256_file(str(artifact))
+        host = workload.node.address if workload.node_id and workload.node.address else "127.0.0.1"
+        port = config.get("port") or free_port(host)
+        base = Path(settings.BASE_DIR)
+        argv = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", "1",
+                "--worker-class", "gthread", "--threads", str(settings_int("CNET_ML_SERVER_THREADS", 4)),
+                "--keep-alive", "75", "--timeout", "60", "--graceful-timeout", "3", "--chdir", str(base),
+                "--log-level", "warning", "mlmodels.server:app"]
+        env = {**os.environ, **config.get("env", {}), "CNET_MODEL_ARTIFACT": str(artifact),
+               "CNET_MODEL_CHECKSUM": checksum, "CNET_MODEL_TYPE": config.get("model_type", ""),
+               "CNET_MODEL_VERSION": str(config.get("model_version", "")),
+               "CNET_WORKLOAD_ID": str(workload.pk), "CNET_NODE_ID": context.node_id,
+               # One process serves; numpy's own thread pools would only fight its threads.
+               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        handle = spawn(workload_id=str(workload.pk), argv=argv, env=env, cwd=base, context=context,
+                       limits=Limits(memory_bytes=workload.memory_bytes, cpu_millicores=workload.cpu_millicores))
+        handle.workload_type = "mlmodel"
+        handle.extra["serving"] = {"address": host, "port": port, "checksum": checksum,
+                                   "model_version": config.get("model_version")}
+        return handle
+
+    def _from_registry(self, version_id: str) -> tuple[Path, str]:
+        from .models import ModelVersion
+
+        row = ModelVersion.objects.filter(pk=version_id).values("checksum", "filename").first()
+        if row is None:
+            raise ExecutorError(f"model version {version_id} is not in the registry")
+        suffix = Path(row["filename"]).suffix or ".joblib"
+        path = Path(settings.DATA_DIR) / "models" / f"{row['checksum']}{suffix}"
+        if path.is_file() and sha256_file(str(path))[0] == row["checksum"]:
+            return path, row["checksum"]
+        data = bytes(ModelVersion.objects.values_list("artifact", flat=True).get(pk=version_id))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        if sha256_file(str(tmp))[0] != row["checksum"]:
+            tmp.unlink()
+            raise ExecutorError(f"model version {version_id}: artifact does not match its checksum")
+        tmp.replace(path)
+        return path, row["checksum"]
+
+    def adopt(self, workload, context: AgentContext) -> Handle | None:
+        handle = ProcessExecutor().adopt(workload, context)
+        if handle is None:
+            return None
+        handle.workload_type = "mlmodel"
+        serving = (workload.runtime or {}).get("serving")
+        if serving:
+            handle.extra["serving"] = serving
+        return handle
+
+
+def settings_int(name: str, default: int) -> int:
+    return int(getattr(settings, name, 0) or os.environ.get(name, default))
+
+
+def free_port(host: str) -> int:
+    """A free port for a model server: from ``CNET_ML_SERVE_PORTS`` ("lo-hi") if set, else any."""
+    span = getattr(settings, "CNET_ML_SERVE_PORTS", "") or os.environ.get("CNET_ML_SERVE_PORTS", "")
+    candidates = [0]
+    if span:
+        low, _, high = span.partition("-")
+        candidates = list(range(int(low), int(high or low) + 1))
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise ExecutorError(f"no free port for a model server in {span}")

@@ -1,0 +1,136 @@
+"""The seed's ML API, with the seed's own request bodies (auth header aside)."""
+
+import copy
+
+import pytest
+
+from mlmodels.models import MLModel, ModelRun
+from tests.helpers import make_node
+from workloads.models import Workload, WorkloadStatus
+
+ML = {"process": {"available": True}, "mlmodel": {"available": True}}
+
+SEED_LINEAR = {
+    "name": "linear-regression-model",
+    "model_type": "linear_regression",
+    "model_path": "models/linear_regression_model.joblib",
+    "script_path": "examples/ml_models/simple_linear_regression.py",
+    "command": "python3",
+    "args": ["examples/ml_models/simple_linear_regression.py", "train", "models/linear_regression_model.joblib",
+             "1000"],
+    "working_dir": ".",
+    "env": {"PYTHONPATH": "examples/ml_models"},
+    "resources": {"cpu_limit": 1.0, "memory_limit": 512000000, "disk_limit": 1000000000},
+}
+SEED_NEURAL = {
+    "name": "neural-network-model",
+    "model_type": "neural_network",
+    "model_path": "models/neural_network_model.h5",
+    "script_path": "examples/ml_models/neural_network.py",
+    "command": "python3",
+    "args": ["examples/ml_models/neural_network.py", "train", "models/neural_network_model.h5", "1000", "50"],
+    "working_dir": ".",
+    "env": {"PYTHONPATH": "examples/ml_models"},
+    "resources": {"cpu_limit": 2.0, "memory_limit": 1024000000, "disk_limit": 2000000000},
+}
+
+
+@pytest.fixture
+def node(db):
+    return make_node("local", cpu=4, capabilities=ML)
+
+
+@pytest.mark.parametrize("body", [SEED_LINEAR, SEED_NEURAL], ids=["linear", "neural"])
+def test_deploy_seed_body_runs_training_as_a_placed_mlmodel_workload(api, node, body):
+    response = api.post("/api/ml/models", body, format="json")
+    assert response.status_code == 201, response.data
+    data = response.data
+    assert data["name"] == body["name"] and data["type"] == "ml_model"
+    assert data["command"] == "python3" and data["args"] == body["args"] and data["working_dir"] == "."
+    assert data["env"] == {**body["env"], "MODEL_PATH": body["model_path"], "MODEL_TYPE": body["model_type"]}
+    assert data["resources"] == body["resources"]
+    assert data["status"] == "scheduled" and data["created_at"] and "started_at" in data
+    run = ModelRun.objects.get(model_id=data["id"])
+    workload = run.workload
+    assert workload.type == "mlmodel" and workload.node_id == node.pk
+    assert workload.cpu_millicores == round(body["resources"]["cpu_limit"] * 1000)
+    assert workload.memory_bytes == body["resources"]["memory_limit"]
+    assert workload.storage_bytes == body["resources"]["disk_limit"]
+    assert workload.config["env"]["MODEL_PATH"] == body["model_path"]
+    assert workload.config["env"]["MODEL_TYPE"] == body["model_type"]
+
+
+def test_list_is_a_plain_array_with_the_seed_fields(api, node, django_assert_max_num_queries):
+    for i in range(3):
+        api.post("/api/ml/models", {**SEED_LINEAR, "name": f"m{i}"}, format="json")
+    with django_assert_max_num_queries(4):
+        response = api.get("/api/ml/models")
+    assert response.status_code == 200 and isinstance(response.data, list) and len(response.data) == 3
+    for item in response.data:
+        assert {"id", "name", "type", "status", "command", "args", "env", "working_dir", "resources",
+                "created_at", "started_at"} <= set(item)
+        assert set(item["resources"]) == {"cpu_limit", "memory_limit", "disk_limit"}
+
+
+def test_get_and_delete_stop_the_training_run(api, node):
+    model_id = api.post("/api/ml/models", SEED_LINEAR, format="json").data["id"]
+    assert api.get(f"/api/ml/models/{model_id}").data["id"] == model_id
+    workload_id = ModelRun.objects.get(model_id=model_id).workload_id
+    assert api.delete(f"/api/ml/models/{model_id}").status_code == 204
+    assert not MLModel.objects.filter(pk=model_id).exists()
+    assert Workload.objects.get(pk=workload_id).status == WorkloadStatus.STOPPED
+    assert api.get(f"/api/ml/models/{model_id}").status_code == 404
+
+
+def test_logs_and_tasks_follow_the_seed(api, node):
+    model_id = api.post("/api/ml/models", SEED_LINEAR, format="json").data["id"]
+    logs = api.get(f"/api/ml/models/{model_id}/logs?lines=100")
+    assert logs.status_code == 200 and logs.data["lines"] == [] and "logs" in logs.data
+    assert api.get(f"/api/ml/models/{model_id}/logs?lines=-1").status_code == 400
+    tasks = api.get("/api/tasks")
+    assert tasks.status_code == 200 and isinstance(tasks.data, list)
+    assert [t["id"] for t in tasks.data] == [str(ModelRun.objects.get(model_id=model_id).workload_id)]
+    assert all("log_file" in t and "log" in t for t in tasks.data)  # jq '.[].log_file'
+    assert api.get(f"/api/tasks/{tasks.data[0]['id']}").data["kind"] == "training"
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"name": 5}, "name"),
+    ({"model_path": "../outside.joblib"}, "model_path"),
+    ({"model_path": "/etc/passwd"}, "model_path"),
+    ({"working_dir": "../.."}, "working_dir"),
+    ({"args": "train"}, "args"),
+    ({"env": {"A": 1}}, "env"),
+    ({"resources": {"cpu_limit": 0}}, "resources"),
+    ({"resources": {"cpu_limit": 1, "memory_limit": "512MB"}}, "resources"),
+    ({"resources": {"gpu": 1}}, "resources"),
+    ({"resources": {"cpu_limit": 64.0}}, "resources"),  # no node could ever hold it
+    ({"env": {"MODEL_PATH": "elsewhere.joblib"}}, "env"),
+    ({"colour": "blue"}, "colour"),
+    ({"node": "no-such-node"}, "node"),
+    ({"model_type": "a b"}, "model_type"),
+])
+def test_bad_deploy_is_refused_whole_naming_the_field(api, node, change, field):
+    body = {**copy.deepcopy(SEED_LINEAR), **change}
+    response = api.post("/api/ml/models", body, format="json")
+    assert response.status_code == 400, response.data
+    assert response.data["detail"].startswith(field), response.data
+    assert not MLModel.objects.exists() and not Workload.objects.exists()
+
+
+def test_missing_required_fields_are_named(api, node):
+    response = api.post("/api/ml/models", {"name": "x"}, format="json")
+    assert response.status_code == 400 and "model_path" in response.data
+
+
+def test_users_see_only_their_own_models(api, user_api, node):
+    model_id = api.post("/api/ml/models", SEED_LINEAR, format="json").data["id"]
+    assert user_api.get("/api/ml/models").data == []
+    assert user_api.get(f"/api/ml/models/{model_id}").status_code == 404
+    assert user_api.post(f"/api/ml/models/{model_id}/predict", {"input_data": 1}, format="json").status_code == 404
+    assert user_api.get("/api/tasks").data == []
+
+
+def test_unauthenticated_is_refused(client, node):
+    assert client.get("/api/ml/models").status_code in (401, 403)
+    assert client.get("/api/tasks").status_code in (401, 403)
