@@ -53,7 +53,9 @@ class Command(BaseCommand):
                      "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME],
         }
         if not no_agent:
-            children["agent"] = [python, manage, "runagent"] + (["--config", agent_config] if agent_config else [])
+            # Like the seed's single node, the local agent advertises the address it is served on.
+            where = ["--config", agent_config] if agent_config else ["--port", str(port)]
+            children["agent"] = [python, manage, "runagent", *where]
         supervise(children, self.stdout)
 
 
