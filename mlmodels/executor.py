@@ -55,8 +55,7 @@ def inside(root: Path, relative: str) -> Path:
 
 
 def max_artifact_bytes() -> int:
-    return int(getattr(settings, "CNET_ML_MAX_ARTIFACT_BYTES", 0) or os.environ.get(
-        "CNET_ML_MAX_ARTIFACT_BYTES", 512 * 1024 * 1024))
+    return settings.CNET_ML_MAX_ARTIFACT_BYTES
 
 
 class TrainingHandle(Handle):

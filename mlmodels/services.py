@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import time
+from datetime import timedelta
 from pathlib import PurePosixPath
 
 from django.db import IntegrityError, transaction
@@ -282,8 +283,10 @@ def prediction_task_run(*, task_id) -> bool:
     return True
 
 
-def prediction_tasks_run_pending(*, limit: int = 100) -> int:
-    ids = PredictionTask.objects.filter(status=TaskStatus.PENDING).order_by("created_at").values_list(
-        "pk", flat=True)[:limit]
+def prediction_tasks_run_pending(*, older_than_seconds: float = 0, limit: int = 100) -> int:
+    """Run prediction tasks whose message never arrived (broker down when they were made)."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    ids = PredictionTask.objects.filter(status=TaskStatus.PENDING, created_at__lte=cutoff).order_by(
+        "created_at").values_list("pk", flat=True)[:limit]
     return sum(prediction_task_run(task_id=pk) for pk in list(ids))
 

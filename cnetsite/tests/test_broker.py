@@ -20,9 +20,9 @@ def test_filesystem_broker_never_hands_out_a_partial_message():
             try:
                 while len(received) < count:
                     try:
-                        message = queue.get(timeout=10)
+                        message = queue.get(timeout=30)
                     except queue.Empty:
-                        errors.append("timed out waiting for messages")
+                        errors.append(f"timed out after {len(received)} messages")
                         return
                     received.append(message.payload["n"])
                     message.ack()

@@ -93,3 +93,15 @@ def test_versions_of_another_model_or_user_are_not_reachable(api, user_api, mode
     assert api.post(f"/api/ml/models/{model.pk}/versions/{version.pk}/promote").status_code == 404
     assert api.get(f"/api/ml/models/{model.pk}/versions/{version.pk}/download").status_code == 404
     assert user_api.get(f"/api/ml/models/{other.pk}/versions").status_code == 404
+
+
+def test_artifact_uploads_may_exceed_the_json_body_limit(api, model, settings):
+    settings.CNET_MAX_UPLOAD_BYTES = 4 * 1024 * 1024
+    data = b"\0" * (2 * 1024 * 1024)  # twice the 1 MiB JSON limit
+    up = api.post(f"/api/ml/models/{model.pk}/versions", {"file": SimpleUploadedFile("big.joblib", data)},
+                  format="multipart")
+    assert up.status_code == 201, up.content
+    assert up.data["size_bytes"] == len(data)
+    too_big = api.post(f"/api/ml/models/{model.pk}/versions",
+                       {"file": SimpleUploadedFile("huge.joblib", b"\0" * (5 * 1024 * 1024))}, format="multipart")
+    assert too_big.status_code == 413
