@@ -3,6 +3,7 @@
 import logging
 from dataclasses import dataclass, field
 
+from django.db import connection
 from django.db.models import Case, F, IntegerField, Q, Value, When
 
 from nodes.models import RESOURCES, Node, NodeStatus
@@ -60,18 +61,11 @@ def place(
     to the next candidate. A request that fits nowhere returns an unplaced decision whose
     reasons say, per node, why not.
     """
-    local = Node.objects.filter(node_id=local_node_id).values("pk", "path", "status").first()
-    # With no local node registered, every node is a candidate, shallowest first.
-    scope = _scope(local) if local else Node.objects.annotate(tier=Value(TIER_DESCENDANT))
+    origin = _origin(local_node_id)
     reasons: list[dict] = []
     tried: set[int] = set()
     for _round in range(MAX_ROUNDS):
-        rows = (
-            scope.filter(_fits(requirements), status=NodeStatus.READY)
-            .exclude(pk__in=tried)
-            .order_by(*strategy.db_order(requirements))
-            .values(*SNAPSHOT_FIELDS)[:PREFETCH]
-        )
+        rows = _candidates(origin, requirements, strategy, tried, capability)
         candidates = [_snapshot(row) for row in rows]
         if capability:
             candidates = _capable(candidates, capability, reasons)
@@ -82,25 +76,105 @@ def place(
             tried.add(node.pk)
             if node_allocate(node_pk=node.pk, requirements=requirements):
                 reasons.append({"node": node.node_id, "fits": True, "reason": _chosen(node, strategy)})
-                if local and node.tier != TIER_LOCAL:
-                    reasons[:0] = _explain(scope.filter(pk=local["pk"]), requirements)
+                if origin.local and node.tier != TIER_LOCAL:
+                    reasons.insert(0, _why_not(origin.local, requirements, capability))
                 logger.info("placed on %s by %s", node.node_id, strategy.name)
                 return Decision(node, reasons)
             reasons.append({"node": node.node_id, "fits": False, "reason": "lost a race for capacity; tried the next"})
         tried.update(row["pk"] for row in rows)
-    return Decision(None, reasons + _explain(scope.exclude(pk__in=tried), requirements, capability))
+    return Decision(None, reasons + _explain(_scope(origin).exclude(pk__in=tried), requirements, capability))
 
 
-def _scope(local: dict):
-    """Local node, its descendants, its peers and their descendants, tagged with a tier."""
-    peers = list(Node.objects.filter(peers=local["pk"]).values("pk", "path"))
-    in_scope = Q(path__startswith=local["path"])
-    for peer in peers:
-        in_scope |= Q(path__startswith=peer["path"])
+@dataclass(frozen=True)
+class _Origin:
+    """The node a request was submitted at (as it was read) and its peers' (pk, path)."""
+
+    local: NodeSnapshot | None
+    path: str = ""
+    peers: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def key(self) -> tuple:
+        return (self.local.pk, self.path, self.peers) if self.local else ()
+
+
+def _origin(local_node_id: str) -> _Origin:
+    """The local node's row and its peers' paths, in one round trip."""
+    table, links = connection.ops.quote_name(Node._meta.db_table), Node.peers.through._meta.db_table
+    columns = ", ".join(f"n.{connection.ops.quote_name(column)}" for column in _COLUMNS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1, {columns} FROM {table} n WHERE n.node_id = %s "
+            f"UNION ALL SELECT 0, {columns} FROM {table} n "
+            f"JOIN {connection.ops.quote_name(links)} p ON p.from_node_id = n.id "
+            f"JOIN {table} l ON l.id = p.to_node_id WHERE l.node_id = %s",
+            [local_node_id, local_node_id],
+        )
+        rows = [(is_local, _decoded(dict(zip(_COLUMNS, values, strict=True))))
+                for is_local, *values in cursor.fetchall()]
+    local = next((row for is_local, row in rows if is_local), None)
+    if local is None:
+        return _Origin(None)
+    peers = tuple(sorted((row["id"], row["path"]) for is_local, row in rows if not is_local))
+    return _Origin(_snapshot({**local, "pk": local["id"], "tier": TIER_LOCAL}), local["path"], peers)
+
+
+# Node columns read raw by ``_origin`` (a snapshot plus the path).
+_COLUMNS = ("id", "path", *(name for name in SNAPSHOT_FIELDS if name not in ("pk", "tier")))
+# Compiled candidate queries by everything they are built from. Building and compiling the
+# ORM query costs several times what Postgres needs to run it, and a cluster sees the same
+# few (strategy, request, submitting node) shapes again and again.
+_CANDIDATE_SQL: dict[tuple, tuple[str, tuple]] = {}
+_CANDIDATE_SQL_MAX = 256
+
+
+def _candidates(origin: _Origin, requirements: Resources, strategy: Strategy, tried: set[int],
+                capability: str | None = None) -> list[dict]:
+    """The best ``PREFETCH`` fitting, ready (and capable) nodes in scope, in the strategy's order: one query."""
+    # ``db_order`` depends on the request only (it mirrors ``sort_key``), so the class is the key.
+    key = (type(strategy), requirements, origin.key, frozenset(tried), capability)
+    compiled = _CANDIDATE_SQL.get(key)
+    if compiled is None:
+        # Capability filters in the query: a post-filter of the first few fetched would miss a
+        # capable node behind MAX_ROUNDS * PREFETCH incapable ones.
+        capable = {f"capabilities__{capability}__available": True} if capability else {}
+        queryset = (
+            _scope(origin)
+            .filter(_fits(requirements), status=NodeStatus.READY, **capable)
+            .exclude(pk__in=tried)
+            .order_by(*strategy.db_order(requirements))
+            .values(*SNAPSHOT_FIELDS)[:PREFETCH]
+        )
+        compiled = queryset.query.sql_with_params()
+        if len(_CANDIDATE_SQL) >= _CANDIDATE_SQL_MAX:
+            _CANDIDATE_SQL.clear()
+        _CANDIDATE_SQL[key] = compiled
+    sql, params = compiled
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        names = [column[0] for column in cursor.description]
+        return [_decoded(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+
+
+def _decoded(row: dict) -> dict:
+    """A raw row as the ORM would give it: JSON columns come back from the cursor as text."""
+    row["capabilities"] = Node._meta.get_field("capabilities").from_db_value(row["capabilities"], None, connection)
+    return row
+
+
+def _scope(origin: _Origin):
+    """Local node, its descendants, its peers and their descendants, tagged with a tier.
+
+    With no local node registered, every node is a candidate, shallowest first."""
+    if origin.local is None:
+        return Node.objects.annotate(tier=Value(TIER_DESCENDANT))
+    in_scope = Q(path__startswith=origin.path)
+    for _pk, path in origin.peers:
+        in_scope |= Q(path__startswith=path)
     tier = Case(
-        When(pk=local["pk"], then=Value(0)),
-        When(path__startswith=local["path"], then=Value(1)),
-        When(pk__in=[peer["pk"] for peer in peers], then=Value(2)),
+        When(pk=origin.local.pk, then=Value(0)),
+        When(path__startswith=origin.path, then=Value(1)),
+        When(pk__in=[pk for pk, _path in origin.peers], then=Value(2)),
         default=Value(3),
         output_field=IntegerField(),
     )
@@ -148,14 +222,15 @@ def _chosen(node: NodeSnapshot, strategy: Strategy) -> str:
 
 def _explain(queryset, requirements: Resources, capability: str | None = None) -> list[dict]:
     """Why each node in ``queryset`` cannot take the request now (nearest nodes first)."""
-    reasons = []
-    for row in queryset.order_by("tier", "depth", "node_id").values(*SNAPSHOT_FIELDS)[:EXPLAIN_LIMIT]:
-        node = _snapshot(row)
-        if node.status != NodeStatus.READY:
-            why = f"node is {node.status}"
-        elif capability and not node.capabilities.get(capability, {}).get("available"):
-            why = f"cannot run {capability} workloads"
-        else:
-            why = "; ".join(requirements.shortfalls(node.free)) or "fits, but was taken by a racing placement"
-        reasons.append({"node": node.node_id, "fits": False, "reason": why})
-    return reasons
+    rows = queryset.order_by("tier", "depth", "node_id").values(*SNAPSHOT_FIELDS)[:EXPLAIN_LIMIT]
+    return [_why_not(_snapshot(row), requirements, capability) for row in rows]
+
+
+def _why_not(node: NodeSnapshot, requirements: Resources, capability: str | None = None) -> dict:
+    if node.status != NodeStatus.READY:
+        why = f"node is {node.status}"
+    elif capability and not node.capabilities.get(capability, {}).get("available"):
+        why = f"cannot run {capability} workloads"
+    else:
+        why = "; ".join(requirements.shortfalls(node.free)) or "fits, but was taken by a racing placement"
+    return {"node": node.node_id, "fits": False, "reason": why}
