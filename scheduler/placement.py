@@ -77,7 +77,7 @@ def place(
             if node_allocate(node_pk=node.pk, requirements=requirements):
                 reasons.append({"node": node.node_id, "fits": True, "reason": _chosen(node, strategy)})
                 if origin.local and node.tier != TIER_LOCAL:
-                    reasons.insert(0, _why_not(origin.local, requirements, capability))
+                    reasons[:0] = _passed_over(origin, node, requirements, strategy, capability)
                 logger.info("placed on %s by %s", node.node_id, strategy.name)
                 return Decision(node, reasons)
             reasons.append({"node": node.node_id, "fits": False, "reason": "lost a race for capacity; tried the next"})
@@ -220,17 +220,30 @@ def _chosen(node: NodeSnapshot, strategy: Strategy) -> str:
     return f"chosen by {strategy.name}: {TIER_NAMES[node.tier]}, fits ({free} free before)"
 
 
-def _explain(queryset, requirements: Resources, capability: str | None = None) -> list[dict]:
-    """Why each node in ``queryset`` cannot take the request now (nearest nodes first)."""
+def _passed_over(origin: _Origin, chosen: NodeSnapshot, requirements: Resources, strategy: Strategy,
+                 capability: str | None) -> list[dict]:
+    """The nodes nearer than the chosen one (local first), each with why it did not get the work."""
+    nearer = (
+        Q(tier__lt=chosen.tier)
+        | Q(tier=chosen.tier, depth__lt=chosen.depth)
+        | Q(tier=chosen.tier, depth=chosen.depth, node_id__lt=chosen.node_id)
+    )
+    return _explain(_scope(origin).filter(nearer), requirements, capability,
+                    fits_reason=f"fits, but {strategy.name} preferred {chosen.node_id}")
+
+
+def _explain(queryset, requirements: Resources, capability: str | None = None,
+             fits_reason: str = "fits, but was taken by a racing placement") -> list[dict]:
+    """Why each node in ``queryset`` did not take the request (nearest nodes first)."""
     rows = queryset.order_by("tier", "depth", "node_id").values(*SNAPSHOT_FIELDS)[:EXPLAIN_LIMIT]
-    return [_why_not(_snapshot(row), requirements, capability) for row in rows]
+    return [_why_not(_snapshot(row), requirements, capability, fits_reason) for row in rows]
 
 
-def _why_not(node: NodeSnapshot, requirements: Resources, capability: str | None = None) -> dict:
+def _why_not(node: NodeSnapshot, requirements: Resources, capability: str | None, fits_reason: str) -> dict:
     if node.status != NodeStatus.READY:
         why = f"node is {node.status}"
     elif capability and not node.capabilities.get(capability, {}).get("available"):
         why = f"cannot run {capability} workloads"
     else:
-        why = "; ".join(requirements.shortfalls(node.free)) or "fits, but was taken by a racing placement"
-    return {"node": node.node_id, "fits": False, "reason": why}
+        why = "; ".join(requirements.shortfalls(node.free))
+    return {"node": node.node_id, "fits": not why, "reason": why or fits_reason}

@@ -65,6 +65,24 @@ def test_place_goes_to_peers_after_the_whole_subtree_then_to_peers_descendants(t
     assert decision.node.node_id == "peer-child"
 
 
+def test_every_node_passed_over_before_the_chosen_one_has_a_reason(tree):
+    for node_id in ("local", "child-1", "grandchild"):
+        fill(node_id, leave_memory=1 * GiB)
+    decision = place(requirements=req(memory=2 * GiB), local_node_id="local", strategy=DefaultStrategy())
+    assert decision.node.node_id == "peer-1"
+    assert [(r["node"], r["fits"]) for r in decision.reasons] == [
+        ("local", False), ("child-1", False), ("grandchild", False), ("peer-1", True),
+    ]
+    assert all(r["reason"] == "needs 2.0 GiB memory, 1.0 GiB free" for r in decision.reasons[:3])
+
+
+def test_best_fit_says_why_a_nearer_node_that_fits_was_not_chosen(tree):
+    fill("child-1", leave_memory=2 * GiB)  # the snuggest fit for 2 GiB
+    decision = place(requirements=req(memory=2 * GiB), local_node_id="local", strategy=BestFitStrategy())
+    assert decision.node.node_id == "child-1"
+    assert decision.reasons[0] == {"node": "local", "fits": True, "reason": "fits, but best_fit preferred child-1"}
+
+
 def test_a_request_that_fits_nowhere_now_claims_nothing_and_gives_a_reason_for_every_candidate(tree):
     for node_id in ("local", "child-1", "grandchild", "peer-1", "peer-child"):
         fill(node_id, leave_memory=1 * GiB)
