@@ -6,4 +6,5 @@ class WorkloadsConfig(AppConfig):
     verbose_name = "Workloads"
 
     def ready(self) -> None:
-        from .executors import process  # noqa: F401  registers the process executor
+        # Importing an executor module registers it with the registry.
+        from .executors import container, process  # noqa: F401
