@@ -72,6 +72,8 @@ class Node(models.Model):
         indexes = [
             # Liveness loop: "ready/unhealthy nodes whose heartbeat is older than T".
             models.Index(fields=["status", "last_heartbeat"], name="node_status_heartbeat"),
+            # place(), default strategy: "nodes of one subtree, nearest first" walks this in order.
+            models.Index(fields=["depth", "node_id"], name="node_depth_order"),
         ]
 
     def __str__(self) -> str:

@@ -10,7 +10,15 @@ from nodes.models import RESOURCES, Node, NodeStatus
 from nodes.resources import NAMES, Resources, human
 from nodes.services import node_allocate
 
-from .strategies import TIER_DESCENDANT, TIER_LOCAL, TIER_NAMES, NodeSnapshot, Strategy
+from .strategies import (
+    TIER_DESCENDANT,
+    TIER_LOCAL,
+    TIER_NAMES,
+    TIER_PEER,
+    TIER_PEER_DESCENDANT,
+    NodeSnapshot,
+    Strategy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +90,7 @@ def place(
                 return Decision(node, reasons)
             reasons.append({"node": node.node_id, "fits": False, "reason": "lost a race for capacity; tried the next"})
         tried.update(row["pk"] for row in rows)
-    return Decision(None, reasons + _explain(_scope(origin).exclude(pk__in=tried), requirements, capability))
+    return Decision(None, reasons + _explain(origin, tried, requirements, capability))
 
 
 @dataclass(frozen=True)
@@ -130,22 +138,42 @@ _CANDIDATE_SQL_MAX = 256
 
 def _candidates(origin: _Origin, requirements: Resources, strategy: Strategy, tried: set[int],
                 capability: str | None = None) -> list[dict]:
-    """The best ``PREFETCH`` fitting, ready (and capable) nodes in scope, in the strategy's order: one query."""
-    # ``db_order`` depends on the request only (it mirrors ``sort_key``), so the class is the key.
-    key = (type(strategy), requirements, origin.key, frozenset(tried), capability)
-    compiled = _CANDIDATE_SQL.get(key)
-    if compiled is None:
-        # Capability filters in the query: a post-filter of the first few fetched would miss a
-        # capable node behind MAX_ROUNDS * PREFETCH incapable ones.
-        capable = {f"capabilities__{capability}__available": True} if capability else {}
-        queryset = (
-            _scope(origin)
-            .filter(_fits(requirements), status=NodeStatus.READY, **capable)
+    """The best ``PREFETCH`` fitting, ready (and capable) nodes in scope, in the strategy's order.
+
+    A tier-major strategy is asked tier by tier, nearest first, and the first tier with room
+    ends the search: each query then walks the (depth, node_id) index of one subtree instead
+    of sorting the whole scope on a computed tier. Others get one query over the scope."""
+    tiers = (None,)
+    if strategy.tier_major and origin.local:
+        tiers = _TIERS if origin.peers else _TIERS[:2]
+    for tier in tiers:
+        rows = _run_cached(
+            (type(strategy), requirements, origin.key, frozenset(tried), capability, tier),
+            lambda tier=tier: _scope(origin, tier)
+            .filter(_fits(requirements), status=NodeStatus.READY, **_capable_filter(capability))
             .exclude(pk__in=tried)
             .order_by(*strategy.db_order(requirements))
-            .values(*SNAPSHOT_FIELDS)[:PREFETCH]
+            .values(*SNAPSHOT_FIELDS)[:PREFETCH],
         )
-        compiled = queryset.query.sql_with_params()
+        if rows:
+            return rows
+    return []
+
+
+_TIERS = (TIER_LOCAL, TIER_DESCENDANT, TIER_PEER, TIER_PEER_DESCENDANT)
+
+
+def _capable_filter(capability: str | None) -> dict:
+    # In the query, not after it: a post-filter of the first few fetched would miss a capable
+    # node behind MAX_ROUNDS * PREFETCH incapable ones.
+    return {f"capabilities__{capability}__available": True} if capability else {}
+
+
+def _run_cached(key: tuple, build) -> list[dict]:
+    """Run the query ``build()`` makes, compiling it only the first time ``key`` is seen."""
+    compiled = _CANDIDATE_SQL.get(key)
+    if compiled is None:
+        compiled = build().query.sql_with_params()
         if len(_CANDIDATE_SQL) >= _CANDIDATE_SQL_MAX:
             _CANDIDATE_SQL.clear()
         _CANDIDATE_SQL[key] = compiled
@@ -162,23 +190,28 @@ def _decoded(row: dict) -> dict:
     return row
 
 
-def _scope(origin: _Origin):
-    """Local node, its descendants, its peers and their descendants, tagged with a tier.
+def _scope(origin: _Origin, tier: int | None = None):
+    """Local node, its descendants, its peers and their descendants, tagged with a tier;
+    only one tier's nodes when ``tier`` is given.
 
     With no local node registered, every node is a candidate, shallowest first."""
     if origin.local is None:
         return Node.objects.annotate(tier=Value(TIER_DESCENDANT))
-    in_scope = Q(path__startswith=origin.path)
-    for _pk, path in origin.peers:
-        in_scope |= Q(path__startswith=path)
-    tier = Case(
-        When(pk=origin.local.pk, then=Value(0)),
-        When(path__startswith=origin.path, then=Value(1)),
-        When(pk__in=[pk for pk, _path in origin.peers], then=Value(2)),
-        default=Value(3),
-        output_field=IntegerField(),
-    )
-    return Node.objects.filter(in_scope).annotate(tier=tier)
+    local, subtree = Q(pk=origin.local.pk), Q(path__startswith=origin.path)
+    by_tier = {TIER_LOCAL: local, TIER_DESCENDANT: subtree & ~local}
+    in_scope = subtree
+    if origin.peers:
+        peers = Q(pk__in=[pk for pk, _path in origin.peers])
+        peer_subtrees = Q()
+        for _pk, path in origin.peers:
+            peer_subtrees |= Q(path__startswith=path)
+        by_tier |= {TIER_PEER: peers & ~subtree, TIER_PEER_DESCENDANT: peer_subtrees & ~peers & ~subtree}
+        in_scope |= peer_subtrees
+    if tier is not None:
+        return Node.objects.filter(by_tier[tier]).annotate(tier=Value(tier, output_field=IntegerField()))
+    tagged = Case(*(When(condition, then=Value(t)) for t, condition in by_tier.items()),
+                  output_field=IntegerField())
+    return Node.objects.filter(in_scope).annotate(tier=tagged)
 
 
 def _fits(requirements: Resources) -> Q:
@@ -228,15 +261,22 @@ def _passed_over(origin: _Origin, chosen: NodeSnapshot, requirements: Resources,
         | Q(tier=chosen.tier, depth__lt=chosen.depth)
         | Q(tier=chosen.tier, depth=chosen.depth, node_id__lt=chosen.node_id)
     )
-    return _explain(_scope(origin).filter(nearer), requirements, capability,
-                    fits_reason=f"fits, but {strategy.name} preferred {chosen.node_id}")
-
-
-def _explain(queryset, requirements: Resources, capability: str | None = None,
-             fits_reason: str = "fits, but was taken by a racing placement") -> list[dict]:
-    """Why each node in ``queryset`` did not take the request (nearest nodes first)."""
-    rows = queryset.order_by("tier", "depth", "node_id").values(*SNAPSHOT_FIELDS)[:EXPLAIN_LIMIT]
+    rows = _run_cached(("passed over", origin.key, chosen.pk),
+                       lambda: _nearest_first(_scope(origin).filter(nearer)))
+    fits_reason = f"fits, but {strategy.name} preferred {chosen.node_id}"
     return [_why_not(_snapshot(row), requirements, capability, fits_reason) for row in rows]
+
+
+def _explain(origin: _Origin, tried: set[int], requirements: Resources, capability: str | None) -> list[dict]:
+    """Why each node in scope that was not tried cannot take the request now (nearest first)."""
+    rows = _run_cached(("unplaced", origin.key, frozenset(tried)),
+                       lambda: _nearest_first(_scope(origin).exclude(pk__in=tried)))
+    fits_reason = "fits, but was taken by a racing placement"
+    return [_why_not(_snapshot(row), requirements, capability, fits_reason) for row in rows]
+
+
+def _nearest_first(queryset):
+    return queryset.order_by("tier", "depth", "node_id").values(*SNAPSHOT_FIELDS)[:EXPLAIN_LIMIT]
 
 
 def _why_not(node: NodeSnapshot, requirements: Resources, capability: str | None, fits_reason: str) -> dict:

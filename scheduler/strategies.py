@@ -45,6 +45,9 @@ class NodeSnapshot:
 class Strategy(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
+    # True when every node of a nearer tier beats every node of a farther one: place() may
+    # then look tier by tier and stop at the first tier with room (cheap at 10,000 nodes).
+    tier_major: ClassVar[bool] = False
 
     def rank(self, requirements: Resources, nodes: Sequence[NodeSnapshot]) -> list[NodeSnapshot]:
         """The nodes that fit, most preferred first."""
@@ -64,6 +67,7 @@ class DefaultStrategy(Strategy):
 
     name = "default"
     description = "local → descendants (nearest first) → peers → peers' descendants"
+    tier_major = True
 
     def sort_key(self, requirements, node):
         return (node.tier, node.depth, node.node_id)
