@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.conf import settings
 from django.db import IntegrityError, close_old_connections
 from django.db.models import Max
 from django.utils import timezone
@@ -27,6 +28,7 @@ from nodes.services import (
     node_set_schedulable,
 )
 
+from ..dispatch import request_pending_placement
 from ..executors.base import EXECUTORS, AgentContext, ExecutorError, Handle, executor_for
 from ..executors.limits import detect_limiter
 from ..models import ACTIVE, Workload, WorkloadLog, WorkloadStatus
@@ -78,6 +80,13 @@ class Agent:
             capabilities=config.capabilities,
         )
         self._last_status_check = 0.0
+        # Self-fencing (fence_once): one heartbeat before the control plane may declare this
+        # node offline and run its work elsewhere, a host that cannot reach the database kills
+        # that work itself; it could not learn of the decision until it is back in touch.
+        offline = settings.CNET_OFFLINE_AFTER_SECONDS
+        self.fence_after = max(offline - config.heartbeat_seconds, offline / 2)
+        self.last_contact = time.monotonic()  # when the last heartbeat the database took began
+        self.fenced: dict[str, Supervised] = {}
         # Parent/peer names that named no registered node yet: linked on a later heartbeat.
         self.pending_links: list[tuple[str, str]] = []
 
@@ -88,6 +97,7 @@ class Agent:
     def register(self) -> Node:
         """Register (or update) this node. A parent or peer that has not registered yet does
         not stop the agent: it is linked by a later heartbeat, once it has come up."""
+        contact = time.monotonic()
         parent, peers, self.pending_links = self._resolve_links()
         fields = dict(
             node_id=self.config.node_id, address=self.config.address, port=self.config.port,
@@ -100,6 +110,8 @@ class Agent:
             logger.error("node %s: ignoring parent %r: %s", self.config.node_id, self.config.parent, error)
             node = node_register(parent=None, **fields)
         self.epoch = node.agent_epoch
+        self.last_contact = contact
+        request_pending_placement()  # a node joined: pending work may fit now
         for kind, name in self.pending_links:
             logger.warning("node %s: %s %r is not registered yet; will link it when it is",
                            self.config.node_id, kind, name)
@@ -140,7 +152,10 @@ class Agent:
 
     def heartbeat_once(self) -> bool:
         usage = sample_usage(storage_path=self.config.data_dir) | {"workloads_running": len(self.handles)}
+        contact = time.monotonic()
         status = node_heartbeat(node_id=self.config.node_id, usage=usage, epoch=self.epoch)
+        self.last_contact = contact
+        self._report_fenced()
         if status is None:
             logger.warning("node %s: heartbeat refused (another agent took over); re-registering", self.config.node_id)
             self.register()
@@ -153,6 +168,37 @@ class Agent:
         else:
             self.link_pending_once()
         return True
+
+    def fence_once(self) -> bool:
+        """Kill all local work once no heartbeat has reached the database for ``fence_after``
+        seconds. Runs in a thread of its own and touches neither the database nor the lock: the
+        main loop may hang on a dead connection meanwhile, and ``start`` holds the lock while it
+        talks to the database."""
+        silent = time.monotonic() - self.last_contact
+        if silent < self.fence_after or not self.handles:
+            return False
+        for workload_id in list(self.handles):
+            supervised = self.handles.pop(workload_id, None)
+            if supervised is not None:
+                logger.error("workload %s: node %s has not reached the database for %.1fs; killing the local "
+                             "copy before it can be declared lost and run elsewhere (self-fencing)",
+                             workload_id, self.config.node_id, silent)
+                supervised.handle.kill()
+                self.fenced[workload_id] = supervised
+        return True
+
+    def _report_fenced(self) -> None:
+        """Back in touch: record fenced work as lost (if the control plane has not), so its
+        restart policy applies."""
+        for workload_id, supervised in list(self.fenced.items()):
+            supervised.handle.poll()  # reaps the killed process
+            supervised.handle.cleanup()
+            workload_transition(
+                workload_id=workload_id, to=S.LOST, expect=ACTIVE, only_on=self.config.node_id,
+                reason=f"node {self.config.node_id} could not reach the database for {self.fence_after:g}s; "
+                       "its agent killed the local copy (self-fencing)",
+            )
+            self.fenced.pop(workload_id, None)
 
     # --- called from the Celery worker ----------------------------------------------------
     def start(self, workload_id: str) -> None:
@@ -286,11 +332,12 @@ class Agent:
             ids = list(self.handles)
         if not ids:
             return False
-        still_ours = set(
-            str(pk) for pk in Workload.objects.filter(
-                pk__in=ids, status=S.RUNNING, node__node_id=self.config.node_id
-            ).values_list("pk", flat=True)
-        )
+        rows = Workload.objects.filter(pk__in=ids, status=S.RUNNING, node__node_id=self.config.node_id)
+        still_ours = set()
+        for pk, stop_requested_at in rows.values_list("pk", "stop_requested_at"):
+            still_ours.add(str(pk))
+            if stop_requested_at:
+                self.stop(str(pk))  # its stop message may have been lost; stop() is idempotent
         if force:
             still_ours = set()
         dropped = False
