@@ -69,6 +69,7 @@ class Command(BaseCommand):
         agent.register()
         agent.reconcile()
         worker, thread = start_worker(config.node_id)
+        threading.Thread(target=fence_loop, args=(agent, stop), name="self-fence", daemon=True).start()
         self.stdout.write(f"agent {config.node_id} ready: queue {node_queue(config.node_id)}, "
                           f"limits via {agent.context.limiter.kind}")
         next_beat = 0.0
@@ -86,6 +87,15 @@ class Command(BaseCommand):
         worker_state.should_terminate = 0  # the worker thread finishes its task and exits
         thread.join(timeout=10)
         agent.shutdown()
+
+
+def fence_loop(agent: Agent, stop: threading.Event) -> None:
+    """Self-fencing beside the main loop, which may hang on a dead database connection."""
+    while not stop.wait(SUPERVISE_SECONDS):
+        try:
+            agent.fence_once()
+        except Exception:
+            logger.exception("agent %s: self-fencing check failed; continuing", agent.config.node_id)
 
 
 class SignalWakeup:

@@ -1,0 +1,287 @@
+"""Issue 8 on real hosts: a control plane and three agents in network namespaces (conftest.py),
+each failure ending with nothing lost and nothing run twice.
+
+The proof a workload gives of where and when it ran is a file every host can see: the writer
+appends "<node> <time>" to it every 0.2 s (and prints a numbered line, shipped as its log).
+"""
+
+import signal
+import sys
+import time
+
+import psutil
+from django.db import connection
+
+from nodes.models import Node, NodeStatus
+from tests.helpers import wait_for
+from workloads.models import Workload, WorkloadEvent, WorkloadStatus
+
+from .conftest import AGENTS, MEASURED, MiB
+
+S = WorkloadStatus
+WRITER = """\
+import os, sys, time
+path, node, i = sys.argv[1], os.environ["CNET_NODE_ID"], 0
+while True:
+    with open(path, "a") as proof:
+        proof.write(f"{node} {time.time():.3f}\\n")
+    print(f"tick {i}", flush=True)
+    i += 1
+    time.sleep(0.2)
+"""
+COUNTER = """\
+import sys, time
+for i in range(int(sys.argv[1])):
+    print(f"line {i}", flush=True)
+    time.sleep(0.2)
+"""
+
+
+def submit(cluster, *, name: str, code: str, args=(), cpu: float = 0.25, node: str = "h8-parent", **extra) -> str:
+    body = {"name": name, "type": "process", "node": node, "requirements": {"cpu": cpu, "memory": 64 * MiB},
+            "config": {"command": sys.executable, "args": ["-u", "-c", code, *map(str, args)]}, **extra}
+    status, data = cluster.api.post("/api/workloads", body)
+    assert status == 201, data
+    return data["id"]
+
+
+def row(workload_id) -> Workload:
+    return Workload.objects.select_related("node").get(pk=workload_id)
+
+
+def wait_status(workload_id, *statuses: str, node: str | None = None, timeout: float = 30.0) -> Workload:
+    def reached():
+        workload = row(workload_id)
+        ok = workload.status in statuses and (node is None or (workload.node and workload.node.node_id == node))
+        return workload if ok else None
+
+    try:
+        return wait_for(reached, timeout=timeout, message=f"workload {workload_id} {statuses}")
+    except AssertionError:
+        workload = row(workload_id)
+        raise AssertionError(f"workload {workload_id} is {workload.status} on {workload.node} ({workload.reason}),"
+                             f" not {statuses} on {node or 'any node'} after {timeout}s") from None
+
+
+def node_status(node_id: str) -> str:
+    return Node.objects.values_list("status", flat=True).get(node_id=node_id)
+
+
+def proof_lines(path) -> list[tuple[str, float]]:
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        node, _, stamp = line.partition(" ")
+        if stamp:
+            lines.append((node, float(stamp)))
+    return lines
+
+
+def largest_gap(lines: list[tuple[str, float]], start: float, end: float) -> float:
+    stamps = [stamp for _node, stamp in lines if start <= stamp <= end]
+    return max((b - a for a, b in zip(stamps, stamps[1:], strict=False)), default=float("inf"))
+
+
+def logs(cluster, workload_id) -> list[str]:
+    status, data = cluster.api.get(f"/api/workloads/{workload_id}/logs")
+    assert status == 200, data
+    return data["lines"]
+
+
+def transitions(workload_id) -> list[tuple[str, str, str, str]]:
+    return list(WorkloadEvent.objects.filter(workload_id=workload_id, kind="transition").order_by("id")
+                .values_list("from_status", "to_status", "node_id", "reason"))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# --- the cluster itself -----------------------------------------------------------------------
+def test_every_host_reaches_the_database_and_the_broker_by_address(cluster):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT host(client_addr) FROM pg_stat_activity WHERE datname = %s "
+                       "AND client_addr IS NOT NULL", ["cnet_h8"])
+        db_clients = {addr for (addr,) in cursor.fetchall()}
+    agents = {cluster.lab.address(host) for host in AGENTS}
+    assert agents | {cluster.lab.address("cp")} <= db_clients
+    import redis
+
+    broker = redis.Redis(unix_socket_path=str(cluster.lab.root / "redis.sock"))
+    broker_clients = {client["addr"].rsplit(":", 1)[0] for client in broker.client_list()}
+    assert agents | {cluster.lab.address("cp")} <= broker_clients
+
+    on_child = submit(cluster, name="spills-to-child", code=COUNTER, args=[3], cpu=1.5)
+    workload = wait_status(on_child, S.SUCCEEDED, S.FAILED)
+    assert (workload.status, workload.node.node_id) == (S.SUCCEEDED, "h8-child")
+    assert logs(cluster, on_child) == ["line 0", "line 1", "line 2"]
+
+
+# --- a host cut off ---------------------------------------------------------------------------
+def test_cut_off_host_is_replaced_elsewhere_and_never_runs_alongside_its_replacement(cluster):
+    proof = cluster.shared / "cut.txt"
+    workload_id = submit(cluster, name="cut", code=WRITER, args=[proof], cpu=1.5, restart_policy="on-failure")
+    first = wait_status(workload_id, S.RUNNING, node="h8-child")
+    old_pid = first.runtime["pid"]
+    wait_for(lambda: len(proof_lines(proof)) >= 3, timeout=10, message="the writer writes")
+    epoch = Node.objects.get(node_id="h8-child").agent_epoch
+
+    cut_at = time.time()
+    cluster.lab.set_link("child", False)
+    seen: dict[str, float] = {}
+
+    def offline():
+        seen.setdefault(node_status("h8-child"), time.time())
+        return NodeStatus.OFFLINE in seen
+
+    wait_for(offline, timeout=30, message="h8-child offline")
+    assert NodeStatus.UNHEALTHY in seen and seen[NodeStatus.UNHEALTHY] < seen[NodeStatus.OFFLINE], seen
+    replacement = wait_status(workload_id, S.RUNNING, node="h8-peer", timeout=30)
+    new_first = wait_for(lambda: next((stamp for node, stamp in proof_lines(proof) if node == "h8-peer"), None),
+                         timeout=10, message="the replacement writes")
+    moves = transitions(workload_id)
+    lost = [reason for _from, to, node, reason in moves if to == S.LOST and node == "h8-child"]
+    assert lost and "offline" in lost[0], moves
+    assert replacement.restart_count == 1 and replacement.runtime["pid"] != old_pid
+
+    # The partition outlasts the replacement's start a while; then the link comes back: the old
+    # host's copy is gone and its node rejoins by itself.
+    wait_for(lambda: len([1 for node, _stamp in proof_lines(proof) if node == "h8-peer"]) >= 10, timeout=10,
+             message="the replacement keeps writing")
+    cluster.lab.set_link("child", True)
+    restored_at = time.time()
+    wait_for(lambda: Node.objects.filter(node_id="h8-child", status=NodeStatus.READY, agent_epoch__gt=epoch
+                                         ).exists(), timeout=60, message="h8-child rejoined")
+    rejoined_at = time.time()
+    wait_for(lambda: not pid_alive(old_pid), timeout=10, message="the stale copy ended")
+    assert cluster.lab.alive("child"), "the agent itself survived the cut"
+    assert "self-fencing" in cluster.lab.log("child"), "the cut-off agent killed its copy itself"
+    assert list(cluster.workload_pids(workload_id).values()) == ["peer"]
+
+    # The proof: after the replacement's first line, the old host wrote nothing.
+    lines = proof_lines(proof)
+    old_last = max(stamp for node, stamp in lines if node == "h8-child")
+    assert old_last < new_first, f"two copies ran at once: h8-child wrote at {old_last}, h8-peer from {new_first}"
+    assert row(workload_id).status == S.RUNNING and row(workload_id).restart_count == 1
+    MEASURED.append(
+        f"cut -> replacement running: {new_first - cut_at:.1f}s (unhealthy after {seen['unhealthy'] - cut_at:.1f}s, "
+        f"offline after {seen['offline'] - cut_at:.1f}s; old copy's last line {old_last - cut_at:.1f}s after "
+        f"the cut, {new_first - old_last:.1f}s before the replacement's first; rejoined "
+        f"{rejoined_at - restored_at:.1f}s after the link came back)")
+
+
+# --- the broker stopped for 15 s ----------------------------------------------------------------
+def test_broker_outage_accepts_submissions_runs_them_after_and_leaves_running_work_alone(cluster):
+    proof = cluster.shared / "broker.txt"
+    steady = submit(cluster, name="steady", code=WRITER, args=[proof], cpu=0.5)
+    pid = wait_status(steady, S.RUNNING).runtime["pid"]
+    wait_for(lambda: len(proof_lines(proof)) >= 3, timeout=10, message="the writer writes")
+    logs_before = len(logs(cluster, steady))
+
+    stopped_at = time.time()
+    cluster.stop_redis()
+    during, post_seconds = [], []
+    for i in range(2):
+        started = time.monotonic()
+        during.append(submit(cluster, name=f"during-{i}", code=COUNTER, args=[2]))
+        post_seconds.append(time.monotonic() - started)
+    for workload_id in during:  # accepted: recorded, placed, waiting for its doorbell
+        assert row(workload_id).status in (S.PENDING, S.SCHEDULED)
+    time.sleep(max(0.0, stopped_at + 15 - time.time()))  # the outage itself, not synchronisation
+    assert all(row(workload_id).status in (S.PENDING, S.SCHEDULED) for workload_id in during)
+    assert pid_alive(pid) and row(steady).status == S.RUNNING
+    assert len(logs(cluster, steady)) > logs_before + 30, "logs kept reaching the database"
+    cluster.lab.restart("redis")
+    cluster.wait_redis()
+    back_at = time.time()
+
+    ran_after = []
+    for workload_id in during:
+        workload = wait_status(workload_id, S.SUCCEEDED, S.FAILED, timeout=60)
+        assert workload.status == S.SUCCEEDED and workload.exit_code == 0, workload.reason
+        assert workload.started_at.timestamp() > back_at
+        ran_after.append(workload.started_at.timestamp() - back_at)
+        assert logs(cluster, workload_id) == ["line 0", "line 1"]
+        assert [to for _from, to, _node, _why in transitions(workload_id)].count(S.RUNNING) == 1
+
+    # Running work never noticed: same process, no pause in its output, and it still obeys a stop,
+    # which travels through the broker that came back.
+    assert row(steady).status == S.RUNNING and row(steady).runtime["pid"] == pid
+    assert largest_gap(proof_lines(proof), stopped_at, back_at) < 1.0
+    status, _data = cluster.api.post(f"/api/workloads/{steady}/stop")
+    assert status in (200, 202)
+    wait_status(steady, S.STOPPED, timeout=30)
+    assert not pid_alive(pid)
+    MEASURED.append(
+        f"broker stopped 15s: {len(during)} submissions during the outage answered 201 in "
+        f"{max(post_seconds):.2f}s at most and ran {min(ran_after):.1f}-{max(ran_after):.1f}s after it returned; "
+        f"running work's output never paused over {largest_gap(proof_lines(proof), stopped_at, back_at):.2f}s")
+
+
+# --- the control plane killed and restarted --------------------------------------------------
+def test_control_plane_killed_mid_flight_work_goes_on_and_is_recorded(cluster):
+    proof = cluster.shared / "control-plane.txt"
+    steady = submit(cluster, name="steady", code=WRITER, args=[proof], cpu=0.5)
+    job = submit(cluster, name="job", code=COUNTER, args=[25], cpu=1.5)  # ~5 s, on h8-child
+    steady_pid = wait_status(steady, S.RUNNING).runtime["pid"]
+    job_pid = wait_status(job, S.RUNNING, node="h8-child").runtime["pid"]
+
+    killed_at = time.time()
+    cluster.kill_control_plane()
+    wait_for(lambda: not pid_alive(job_pid), timeout=30, message="the job finished with the control plane down")
+    wait_for(lambda: len([1 for _n, stamp in proof_lines(proof) if stamp > killed_at]) >= 10, timeout=10,
+             message="the writer keeps writing")
+    cluster.restart_control_plane()
+    back_at = time.time()
+
+    status, data = cluster.api.get(f"/api/workloads/{job}")
+    assert status == 200 and (data["status"], data["exit_code"]) == (S.SUCCEEDED, 0), data
+    assert logs(cluster, job) == [f"line {i}" for i in range(25)]
+    assert row(steady).status == S.RUNNING and row(steady).runtime["pid"] == steady_pid
+    assert largest_gap(proof_lines(proof), killed_at, back_at) < 1.0
+    # Its first ticks after the restart declare nobody offline: agents kept heartbeating.
+    after = submit(cluster, name="after", code=COUNTER, args=[1])
+    assert wait_status(after, S.SUCCEEDED, S.FAILED).status == S.SUCCEEDED
+    assert Node.objects.filter(status=NodeStatus.READY).count() == len(AGENTS)
+    assert not WorkloadEvent.objects.filter(workload_id__in=[steady, job, after], to_status=S.LOST).exists()
+    MEASURED.append(f"control plane (web, control worker, beat) kill -9'd for {back_at - killed_at:.1f}s: "
+                    f"a job ended meanwhile and its exit and {len(logs(cluster, job))} log lines were all there; "
+                    f"running work's output never paused")
+
+
+# --- an agent killed and restarted -----------------------------------------------------------
+def test_agent_killed_and_restarted_readopts_its_work_across_the_network(cluster):
+    proof = cluster.shared / "agent.txt"
+    workload_id = submit(cluster, name="adopted", code=WRITER, args=[proof], cpu=1.5, restart_policy="on-failure")
+    pid = wait_status(workload_id, S.RUNNING, node="h8-child").runtime["pid"]
+    wait_for(lambda: len(logs(cluster, workload_id)) >= 3, timeout=10, message="logs shipped")
+    epoch = Node.objects.get(node_id="h8-child").agent_epoch
+
+    killed_at = time.time()
+    cluster.lab.kill("child", signal.SIGKILL)
+    assert pid_alive(pid), "the workload outlives its agent"
+    cluster.start_agent("child")
+    cluster.wait_registered("child", after_epoch=epoch)
+    wait_for(lambda: WorkloadEvent.objects.filter(workload_id=workload_id, reason__startswith="re-adopted").exists(),
+             timeout=30, message="re-adopted")
+    readopted_at = time.time()
+
+    workload = row(workload_id)
+    assert (workload.status, workload.node.node_id, workload.runtime["pid"]) == (S.RUNNING, "h8-child", pid)
+    shipped = len(logs(cluster, workload_id))
+    wait_for(lambda: len(logs(cluster, workload_id)) >= shipped + 5, timeout=10, message="log shipping resumed")
+    status, _data = cluster.api.post(f"/api/workloads/{workload_id}/stop")
+    assert status in (200, 202)
+    wait_status(workload_id, S.STOPPED, timeout=30)
+    assert not pid_alive(pid)
+    lines = logs(cluster, workload_id)
+    assert lines == [f"tick {i}" for i in range(len(lines))], "every line once, in order, none missing"
+    assert {node for node, _stamp in proof_lines(proof)} == {"h8-child"}
+    assert [to for _from, to, _node, _why in transitions(workload_id)] == [S.PENDING, S.SCHEDULED, S.RUNNING,
+                                                                          S.STOPPED]
+    MEASURED.append(f"agent kill -9'd and restarted: its workload re-adopted {readopted_at - killed_at:.1f}s after "
+                    f"the kill, {len(lines)} log lines each exactly once")
