@@ -27,7 +27,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from common import ensure_database  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,17 +36,6 @@ PY = ROOT / ".venv" / "bin" / "python"
 IMAGE = "cnet-test/busybox:latest"
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/cnet_bench_containers"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/14"
-
-
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin = urlunsplit(parts._replace(path="/postgres", scheme="postgresql"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def setup(env: dict) -> str:

@@ -68,5 +68,24 @@ class OwnedOnly:
         return obj is None or request.user.is_staff or getattr(obj, "owner_id", None) == request.user.pk
 
 
+class DeletesThroughService:
+    """Admin deletes call the app's service (which stops live work first), never a bare row delete."""
+
+    def delete_through_service(self, obj) -> None:
+        raise NotImplementedError
+
+    def delete_model(self, request, obj):
+        self.delete_through_service(obj)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            self.delete_through_service(obj)
+
+    def get_deleted_objects(self, objs, request):
+        # Its dependent rows (events, log chunks, versions) go with it; they need no permission of their own.
+        deleted, counts, _perms_needed, protected = super().get_deleted_objects(objs, request)
+        return deleted, counts, set(), protected
+
+
 class ConsoleAdminConfig(AdminConfig):
     default_site = "cnetsite.admin_site.ConsoleSite"

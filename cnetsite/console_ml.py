@@ -17,7 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from cnetsite.admin_site import OwnedOnly
+from cnetsite.admin_site import DeletesThroughService, OwnedOnly
 from cnetsite.errors import DomainError
 from workloads.forms import flatten_errors, number_value, size_value
 
@@ -103,7 +103,7 @@ class DeployForm(forms.Form):
             self.add_error(field, message if field else f"{path_}: {message}")
 
 
-class MLModelConsole(OwnedOnly):
+class MLModelConsole(OwnedOnly, DeletesThroughService):
     """Console pages for MLModelAdmin (a mixin: mlmodels/admin.py keeps its registrations)."""
 
     list_display = ["name_link", "status_badge", "model_type", "promoted", "version_count", "serving",
@@ -165,21 +165,10 @@ class MLModelConsole(OwnedOnly):
 
     serving.short_description = "Serving"
 
-    # Deleting goes through the service: its training run and servers are stopped first.
-    def delete_model(self, request, obj):
+    def delete_through_service(self, obj):
         from mlmodels.services import model_delete
 
-        model_delete(model=obj)
-
-    def delete_queryset(self, request, queryset):
-        from mlmodels.services import model_delete
-
-        for model in queryset:
-            model_delete(model=model)
-
-    def get_deleted_objects(self, objs, request):
-        deleted, counts, _perms_needed, protected = super().get_deleted_objects(objs, request)
-        return deleted, counts, set(), protected
+        model_delete(model=obj)  # its training run and servers are stopped first
 
     def get_urls(self):
         view = self.admin_site.admin_view

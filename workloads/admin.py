@@ -14,7 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from cnetsite.admin_site import OwnedOnly
+from cnetsite.admin_site import DeletesThroughService, OwnedOnly
 from cnetsite.errors import DomainError
 from nodes.models import Node
 
@@ -28,7 +28,7 @@ NODE_CHOICES_SHOWN = 500
 
 
 @admin.register(Workload)
-class WorkloadAdmin(OwnedOnly, admin.ModelAdmin):
+class WorkloadAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
     list_display = ["name_link", "status_badge", "type", "node", "requirements", "owner", "exit_code", "created_at"]
     list_display_links = None
     list_filter = ["status", "type", "node", "strategy"]
@@ -75,18 +75,8 @@ class WorkloadAdmin(OwnedOnly, admin.ModelAdmin):
         if stopped:
             self.message_user(request, f"stop requested for {stopped} workload(s)", messages.SUCCESS)
 
-    # Deleting goes through the service: a live workload is stopped first.
-    def delete_model(self, request, obj):
-        workload_delete(workload=obj)
-
-    def delete_queryset(self, request, queryset):
-        for workload in queryset:
-            workload_delete(workload=workload)
-
-    def get_deleted_objects(self, objs, request):
-        # Its events and log chunks go with it; they need no permission of their own.
-        deleted, counts, _perms_needed, protected = super().get_deleted_objects(objs, request)
-        return deleted, counts, set(), protected
+    def delete_through_service(self, obj):
+        workload_delete(workload=obj)  # a live workload is stopped first
 
     # --- pages of our own ----------------------------------------------------------------
 

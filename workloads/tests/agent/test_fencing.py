@@ -3,7 +3,6 @@ its work itself, before the control plane may run it elsewhere (tests/cluster cu
 
 import time
 import uuid
-from pathlib import Path
 
 import psutil
 import pytest
@@ -11,11 +10,10 @@ from django.conf import settings
 
 from nodes.resources import Resources
 from tests.helpers import wait_for
-from workloads.agent.agent import Agent, AgentSettings
 from workloads.models import Workload, WorkloadStatus
 from workloads.services import workload_submit
 
-from .test_links import CREATED, remove_node_cgroups  # noqa: F401 - autouse cleanup
+from .test_links import agent_for, remove_node_cgroups  # noqa: F401 - autouse cleanup
 
 S = WorkloadStatus
 
@@ -23,13 +21,7 @@ S = WorkloadStatus
 @pytest.mark.django_db(transaction=True)
 def test_a_silent_agent_kills_its_work_and_reports_it_lost_once_back_in_touch():
     node_id = f"fence-{uuid.uuid4().hex[:6]}"
-    CREATED.append(node_id)
-    data_dir = Path(settings.DATA_DIR)
-    agent = Agent(AgentSettings(
-        node_id=node_id, address="127.0.0.1", port=18330, capacity=Resources(cpu=1000, gpu=0, memory=2**30, storage=0),
-        parent=None, peers=[], labels={}, work_dir=data_dir, data_dir=data_dir, heartbeat_seconds=2,
-        capabilities={"process": {"available": True}},
-    ))
+    agent = agent_for(node_id, port=18330, heartbeat_seconds=2)
     agent.register()
     assert agent.fence_after == settings.CNET_OFFLINE_AFTER_SECONDS - 2
     workload = workload_submit(owner=None, name="fenced", type="process", node=node_id,

@@ -28,13 +28,14 @@ def remove_node_cgroups():
                 pass
 
 
-def agent_for(node_id: str, *, port: int, parent=None, peers=()) -> Agent:
+def agent_for(node_id: str, *, port: int, parent=None, peers=(), **overrides) -> Agent:
+    """An in-process agent for a 1-CPU, 1 GiB node (its cgroup folders removed after the test)."""
     data_dir = Path(settings.DATA_DIR)
     CREATED.append(node_id)
     return Agent(AgentSettings(
         node_id=node_id, address="127.0.0.1", port=port, capacity=Resources(cpu=1000, gpu=0, memory=2**30, storage=0),
         parent=parent, peers=list(peers), labels={}, work_dir=data_dir, data_dir=data_dir,
-        capabilities={"process": {"available": True}},
+        capabilities={"process": {"available": True}}, **overrides,
     ))
 
 
