@@ -34,14 +34,6 @@ def info(model) -> dict:
             "loss": float(model.loss_)}
 
 
-def metrics(model, x, y) -> dict:
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-
-    pred = model.predict(x)
-    return {"r2": float(r2_score(y, pred)), "mse": float(mean_squared_error(y, pred)),
-            "mae": float(mean_absolute_error(y, pred)), "n_samples": int(len(y))}
-
-
 def train(model_path: str, rest: list[str]) -> dict:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPRegressor
@@ -62,14 +54,14 @@ def train(model_path: str, rest: list[str]) -> dict:
     ml_common.save(model, model_path)
     ml_common.log(f"saved to {model_path} after {model.n_iter_} epochs, loss {model.loss_:.4f}")
     return {"status": "success", "model_path": model_path, "model_info": info(model),
-            "metrics": metrics(model, x, y)}
+            "metrics": ml_common.metrics(model, x, y)}
 
 
 def evaluate(model_path: str) -> dict:
     model = ml_common.load(model_path)
     x, y = data(500, seed=7)
     return {"status": "success", "model_path": model_path, "model_info": info(model),
-            "metrics": metrics(model, x, y)}
+            "metrics": ml_common.metrics(model, x, y)}
 
 
 if __name__ == "__main__":
