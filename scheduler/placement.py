@@ -66,31 +66,80 @@ def place(
     """Choose a node by ``strategy`` and take ``requirements`` from it with one conditional UPDATE.
 
     Candidates are the local node, its subtree and its peers' subtrees. A lost race moves on
-    to the next candidate. A request that fits nowhere returns an unplaced decision whose
-    reasons say, per node, why not.
+    to the next candidate. Every node passed over before the chosen one gets a reason; a
+    request that fits nowhere returns an unplaced decision whose reasons say, per node, why not.
     """
     origin = _origin(local_node_id)
+    if strategy.tier_major and origin.local:
+        return _place_nearest_first(origin, requirements, strategy, capability)
+    return _place_ranked(origin, requirements, strategy, capability)
+
+
+def _place_nearest_first(origin: "_Origin", requirements: Resources, strategy: Strategy,
+                         capability: str | None) -> Decision:
+    """Tier-major strategies: walk the scope nearest first and claim the first node that holds.
+
+    One query per tier reads its nearest ``EXPLAIN_LIMIT`` nodes whether they fit or not, so
+    the nodes passed over get their reasons from the same rows; the local node comes from
+    ``_origin``. Only a tier with more nodes than that is searched further, by the fits filter.
+    """
+    reasons: list[dict] = []
+    tried: set[int] = set()
+    for tier in _TIERS if origin.peers else _TIERS[:2]:
+        nearest = [origin.local] if tier == TIER_LOCAL else _tier_nearest(origin, tier)
+        nearest.sort(key=lambda node: strategy.sort_key(requirements, node))
+        chosen = _claim_first(nearest, requirements, capability, reasons, tried)
+        if chosen is None and len(nearest) == EXPLAIN_LIMIT:
+            for _round in range(MAX_ROUNDS):
+                rows = _candidates(origin, requirements, strategy, tried, capability, tier)
+                further = [_snapshot(row) for row in rows]
+                if not further:
+                    break
+                chosen = _claim_first(further, requirements, capability, [], tried)
+                if chosen:
+                    break
+        if chosen:
+            return _placed(chosen, strategy, reasons[:EXPLAIN_LIMIT])
+    return Decision(None, reasons[:EXPLAIN_LIMIT])
+
+
+def _place_ranked(origin: "_Origin", requirements: Resources, strategy: Strategy,
+                  capability: str | None) -> Decision:
+    """Other strategies: fetch their best few fitting nodes, rank them in Python, claim in order."""
     reasons: list[dict] = []
     tried: set[int] = set()
     for _round in range(MAX_ROUNDS):
         rows = _candidates(origin, requirements, strategy, tried, capability)
-        candidates = [_snapshot(row) for row in rows]
-        if capability:
-            candidates = _capable(candidates, capability, reasons)
-        ranked = strategy.rank(requirements, candidates)
-        if not ranked and not rows:
+        if not rows:
             break
-        for node in ranked:
-            tried.add(node.pk)
-            if node_allocate(node_pk=node.pk, requirements=requirements):
-                reasons.append({"node": node.node_id, "fits": True, "reason": _chosen(node, strategy)})
-                if origin.local and node.tier != TIER_LOCAL:
-                    reasons[:0] = _passed_over(origin, node, requirements, strategy, capability)
-                logger.info("placed on %s by %s", node.node_id, strategy.name)
-                return Decision(node, reasons)
-            reasons.append({"node": node.node_id, "fits": False, "reason": "lost a race for capacity; tried the next"})
-        tried.update(row["pk"] for row in rows)
+        ranked = strategy.rank(requirements, [_snapshot(row) for row in rows])
+        chosen = _claim_first(ranked, requirements, capability, reasons, tried)
+        if chosen:
+            if origin.local and chosen.tier != TIER_LOCAL:
+                reasons[:0] = _passed_over(origin, chosen, requirements, strategy, capability)
+            return _placed(chosen, strategy, reasons)
     return Decision(None, reasons + _explain(origin, tried, requirements, capability))
+
+
+def _claim_first(nodes: list[NodeSnapshot], requirements: Resources, capability: str | None,
+                 reasons: list[dict], tried: set[int]) -> NodeSnapshot | None:
+    """Claim the first node (in the given order) that can hold the request; note why each other could not."""
+    fits_reason = "fits, but was taken by a racing placement"
+    for node in nodes:
+        tried.add(node.pk)
+        why = _why_not(node, requirements, capability, fits_reason)
+        if not why["fits"]:
+            reasons.append(why)
+        elif node_allocate(node_pk=node.pk, requirements=requirements):
+            return node
+        else:
+            reasons.append({"node": node.node_id, "fits": False, "reason": "lost a race for capacity; tried the next"})
+    return None
+
+
+def _placed(node: NodeSnapshot, strategy: Strategy, reasons: list[dict]) -> Decision:
+    logger.info("placed on %s by %s", node.node_id, strategy.name)
+    return Decision(node, [*reasons, {"node": node.node_id, "fits": True, "reason": _chosen(node, strategy)}])
 
 
 @dataclass(frozen=True)
@@ -137,27 +186,24 @@ _CANDIDATE_SQL_MAX = 256
 
 
 def _candidates(origin: _Origin, requirements: Resources, strategy: Strategy, tried: set[int],
-                capability: str | None = None) -> list[dict]:
-    """The best ``PREFETCH`` fitting, ready (and capable) nodes in scope, in the strategy's order.
+                capability: str | None = None, tier: int | None = None) -> list[dict]:
+    """The best ``PREFETCH`` fitting, ready (and capable) nodes in scope (or in one tier of it),
+    not yet tried, in the strategy's order: one query."""
+    return _run_cached(
+        ("candidates", type(strategy), requirements, origin.key, frozenset(tried), capability, tier),
+        lambda: _scope(origin, tier)
+        .filter(_fits(requirements), status=NodeStatus.READY, **_capable_filter(capability))
+        .exclude(pk__in=tried)
+        .order_by(*strategy.db_order(requirements))
+        .values(*SNAPSHOT_FIELDS)[:PREFETCH],
+    )
 
-    A tier-major strategy is asked tier by tier, nearest first, and the first tier with room
-    ends the search: each query then walks the (depth, node_id) index of one subtree instead
-    of sorting the whole scope on a computed tier. Others get one query over the scope."""
-    tiers = (None,)
-    if strategy.tier_major and origin.local:
-        tiers = _TIERS if origin.peers else _TIERS[:2]
-    for tier in tiers:
-        rows = _run_cached(
-            (type(strategy), requirements, origin.key, frozenset(tried), capability, tier),
-            lambda tier=tier: _scope(origin, tier)
-            .filter(_fits(requirements), status=NodeStatus.READY, **_capable_filter(capability))
-            .exclude(pk__in=tried)
-            .order_by(*strategy.db_order(requirements))
-            .values(*SNAPSHOT_FIELDS)[:PREFETCH],
-        )
-        if rows:
-            return rows
-    return []
+
+def _tier_nearest(origin: _Origin, tier: int) -> list[NodeSnapshot]:
+    """The nearest ``EXPLAIN_LIMIT`` nodes of one tier, fitting or not: it walks the (depth,
+    node_id) index of one subtree instead of sorting the whole scope on a computed tier."""
+    rows = _run_cached(("nearest", origin.key, tier), lambda: _nearest_first(_scope(origin, tier)))
+    return [_snapshot(row) for row in rows]
 
 
 _TIERS = (TIER_LOCAL, TIER_DESCENDANT, TIER_PEER, TIER_PEER_DESCENDANT)
@@ -236,16 +282,6 @@ def _snapshot(row: dict) -> NodeSnapshot:
         status=row["status"],
         capabilities=row["capabilities"] or {},
     )
-
-
-def _capable(candidates: list[NodeSnapshot], capability: str, reasons: list[dict]) -> list[NodeSnapshot]:
-    capable = []
-    for node in candidates:
-        if node.capabilities.get(capability, {}).get("available"):
-            capable.append(node)
-        else:
-            reasons.append({"node": node.node_id, "fits": False, "reason": f"cannot run {capability} workloads"})
-    return capable
 
 
 def _chosen(node: NodeSnapshot, strategy: Strategy) -> str:

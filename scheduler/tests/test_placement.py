@@ -76,6 +76,21 @@ def test_every_node_passed_over_before_the_chosen_one_has_a_reason(tree):
     assert all(r["reason"] == "needs 2.0 GiB memory, 1.0 GiB free" for r in decision.reasons[:3])
 
 
+def test_a_fitting_node_beyond_the_explained_nearest_ones_is_still_found():
+    from scheduler.placement import EXPLAIN_LIMIT
+
+    make_node("root")
+    children = [f"c{i:03d}" for i in range(EXPLAIN_LIMIT + 5)]
+    for node_id in children:
+        make_node(node_id, parent="root")
+    for node_id in ["root", *children[: EXPLAIN_LIMIT + 2]]:
+        fill(node_id)
+    decision = place(requirements=req(), local_node_id="root", strategy=DefaultStrategy())
+    assert decision.node.node_id == children[EXPLAIN_LIMIT + 2]
+    assert len(decision.reasons) == EXPLAIN_LIMIT + 1  # the nearest EXPLAIN_LIMIT passed over, then the chosen
+    assert decision.reasons[0]["node"] == "root" and not decision.reasons[0]["fits"]
+
+
 def test_best_fit_says_why_a_nearer_node_that_fits_was_not_chosen(tree):
     fill("child-1", leave_memory=2 * GiB)  # the snuggest fit for 2 GiB
     decision = place(requirements=req(memory=2 * GiB), local_node_id="local", strategy=BestFitStrategy())
