@@ -237,6 +237,8 @@ CNET_UNHEALTHY_AFTER_BEATS = env_int("CNET_UNHEALTHY_AFTER_BEATS", 3)
 CNET_OFFLINE_AFTER_SECONDS = env_float("CNET_OFFLINE_AFTER_SECONDS", 18.0)
 CNET_REDISPATCH_AFTER_SECONDS = env_float("CNET_REDISPATCH_AFTER_SECONDS", 30.0)
 CNET_STOP_GRACE_SECONDS = env_float("CNET_STOP_GRACE_SECONDS", 10.0)
+# Agent environment variables a workload sees although they look like configuration or credentials.
+CNET_WORKLOAD_ENV_PASSTHROUGH = env_list("CNET_WORKLOAD_ENV_PASSTHROUGH")
 CNET_LOG_DIR = Path(env_str("CNET_LOG_DIR", str(DATA_DIR / "logs")))
 CNET_WORK_DIR = Path(env_str("CNET_WORK_DIR", str(BASE_DIR)))
 
@@ -262,7 +264,7 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"queue": "control", "expires": CNET_CONTROL_TICK_SECONDS * 2},
     },
     "stranded-predictions": {
-        "task": "mlmodels.run_stranded_predictions",
+        "task": "mlmodels.dispatch_stranded_predictions",
         "schedule": 10.0,
         "options": {"queue": "control", "expires": 20.0},
     },

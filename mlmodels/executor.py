@@ -26,7 +26,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from workloads.executors.base import AgentContext, Executor, ExecutorError, Exit, Handle
+from workloads.executors.base import AgentContext, Executor, ExecutorError, Exit, Handle, workload_env
 from workloads.executors.limits import Limits
 from workloads.executors.process import ProcessExecutor, ProcessHandle, log_path, resolve_command, spawn, working_dir
 
@@ -221,8 +221,7 @@ class MLModelExecutor(Executor):
 
     def _start_training(self, workload, context: AgentContext) -> TrainingHandle:
         config = workload.config
-        env = {**os.environ, **config.get("env", {}),
-               "CNET_WORKLOAD_ID": str(workload.pk), "CNET_NODE_ID": context.node_id}
+        env = workload_env(workload, context)
         command = config["command"]
         command = ml_python() if command in {"python", "python3"} else resolve_command(command, env.get("PATH"))
         cwd = working_dir(context.work_dir, config.get("working_dir"))
@@ -249,12 +248,12 @@ class MLModelExecutor(Executor):
                 "--worker-class", "gthread", "--threads", str(settings_int("CNET_ML_SERVER_THREADS", 4)),
                 "--keep-alive", "75", "--timeout", "60", "--graceful-timeout", "3", "--chdir", str(base),
                 "--log-level", "warning", "mlmodels.server:app"]
-        env = {**os.environ, **config.get("env", {}), "CNET_MODEL_ARTIFACT": str(artifact),
-               "CNET_MODEL_CHECKSUM": checksum, "CNET_MODEL_TYPE": config.get("model_type", ""),
-               "CNET_MODEL_VERSION": str(config.get("model_version", "")),
-               "CNET_WORKLOAD_ID": str(workload.pk), "CNET_NODE_ID": context.node_id,
-               # One process serves; numpy's own thread pools would only fight its threads.
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env = workload_env(
+            workload, context, CNET_MODEL_ARTIFACT=str(artifact), CNET_MODEL_CHECKSUM=checksum,
+            CNET_MODEL_TYPE=config.get("model_type", ""), CNET_MODEL_VERSION=str(config.get("model_version", "")),
+            # One process serves; numpy's own thread pools would only fight its threads.
+            OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+        )
         handle = spawn(workload_id=str(workload.pk), argv=argv, env=env, cwd=base, context=context,
                        limits=Limits(memory_bytes=workload.memory_bytes, cpu_millicores=workload.cpu_millicores))
         handle.workload_type = "mlmodel"

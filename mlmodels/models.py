@@ -122,7 +122,7 @@ class TaskStatus(models.TextChoices):
 
 
 class PredictionTask(models.Model):
-    """The seed's asynchronous prediction: created by predict, run by a control worker."""
+    """The seed's asynchronous prediction: created by predict, run on an agent that runs models."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     model = models.ForeignKey(MLModel, on_delete=models.CASCADE, related_name="prediction_tasks")

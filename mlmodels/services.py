@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from cnetsite.errors import InvalidRequest, StateConflict
+from nodes.models import Node, NodeStatus
 from nodes.resources import Resources
 from workloads.models import ACTIVE, TERMINAL, Workload, WorkloadType
 from workloads.services import workload_stop, workload_submit
@@ -231,20 +232,34 @@ def _predict_remote(*, model: MLModel, endpoints: list[dict], input_data) -> dic
 
 
 def prediction_task_create(*, model: MLModel, input_data, owner=None) -> PredictionTask:
-    from .tasks import run_prediction as run_prediction_task
-
     task = PredictionTask.objects.create(model=model, version_id=model.promoted_version_id, owner=owner,
                                          input_data=input_data)
     task_id = str(task.pk)
-    transaction.on_commit(lambda: _publish(run_prediction_task, task_id))
+    transaction.on_commit(lambda: prediction_task_dispatch(task_id=task_id))
     return task
 
 
-def _publish(task, task_id: str) -> None:
+def prediction_task_dispatch(*, task_id: str) -> bool:
+    """Send a prediction to an agent that runs models. Loading an artifact unpickles what a
+    user uploaded or trained, so it happens where user code already runs, never on the control
+    plane. No such node, or the broker down: it stays pending and the sweep sends it again."""
+    from workloads.dispatch import node_queue
+
+    from .tasks import run_prediction as run_prediction_task
+
+    node_id = (
+        Node.objects.filter(status=NodeStatus.READY, capabilities__mlmodel__available=True)
+        .order_by("cpu_allocated_millicores", "node_id").values_list("node_id", flat=True).first()
+    )
+    if node_id is None:
+        logger.warning("prediction %s: no ready node runs models; left pending", task_id)
+        return False
     try:
-        task.apply_async(args=[task_id], queue="control")
-    except Exception:  # broker down: the task stays pending; prediction_tasks_run_pending picks it up
+        run_prediction_task.apply_async(args=[task_id], queue=node_queue(node_id))
+    except Exception:  # broker down
         logger.warning("prediction %s: could not publish; left pending", task_id, exc_info=True)
+        return False
+    return True
 
 
 _CACHE = inference.ModelCache(size=4)
@@ -283,10 +298,11 @@ def prediction_task_run(*, task_id) -> bool:
     return True
 
 
-def prediction_tasks_run_pending(*, older_than_seconds: float = 0, limit: int = 100) -> int:
-    """Run prediction tasks whose message never arrived (broker down when they were made)."""
+def prediction_tasks_dispatch_stranded(*, older_than_seconds: float, limit: int = 100) -> int:
+    """Send again prediction tasks still pending after a while (no node then, broker down, or
+    an agent that died holding the message); running one twice is harmless (idempotent)."""
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
     ids = PredictionTask.objects.filter(status=TaskStatus.PENDING, created_at__lte=cutoff).order_by(
         "created_at").values_list("pk", flat=True)[:limit]
-    return sum(prediction_task_run(task_id=pk) for pk in list(ids))
+    return sum(prediction_task_dispatch(task_id=str(pk)) for pk in list(ids))
 

@@ -1,11 +1,12 @@
-"""Celery entry points (control queue): thin wrappers over services."""
+"""Celery entry points: thin wrappers over services. Predictions run on an agent's node queue,
+the sweep on the control queue."""
 
 from celery import shared_task
 
-from .services import prediction_task_run, prediction_tasks_run_pending
+from .services import prediction_task_run, prediction_tasks_dispatch_stranded
 
 # A prediction task's own message normally runs it within milliseconds; the sweep only
-# picks up those still pending after this long (their message was lost).
+# sends again those still pending after this long.
 SWEEP_AFTER_SECONDS = 10
 
 
@@ -14,6 +15,6 @@ def run_prediction(task_id: str) -> bool:
     return prediction_task_run(task_id=task_id)
 
 
-@shared_task(name="mlmodels.run_stranded_predictions", acks_late=True)
-def run_stranded_predictions() -> int:
-    return prediction_tasks_run_pending(older_than_seconds=SWEEP_AFTER_SECONDS)
+@shared_task(name="mlmodels.dispatch_stranded_predictions", acks_late=True)
+def dispatch_stranded_predictions() -> int:
+    return prediction_tasks_dispatch_stranded(older_than_seconds=SWEEP_AFTER_SECONDS)

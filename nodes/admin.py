@@ -48,7 +48,16 @@ class NodeAdmin(admin.ModelAdmin):
         return False  # nodes join by running an agent (runagent registers them)
 
     def has_delete_permission(self, request, obj=None):
-        return request.user.is_superuser
+        # A node still holding scheduled or running work is not deleted: that work would be
+        # left active with no node, out of reach of the liveness loop. Drain it first.
+        from workloads.models import ACTIVE  # the admin is a composition root
+
+        return request.user.is_superuser and (obj is None or not obj.workloads.filter(status__in=ACTIVE).exists())
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # it would skip the per-node check above
+        return actions
 
     def changelist_view(self, request, extra_context=None):
         return super().changelist_view(request, {"title": "Nodes", **(extra_context or {})})

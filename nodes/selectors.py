@@ -24,14 +24,6 @@ def node_list() -> QuerySet[Node]:
     return Node.objects.select_related("parent").prefetch_related("children", "peers")
 
 
-def node_free(node: Node) -> Resources:
-    return Resources(**node.free())
-
-
-def node_capacity(node: Node) -> Resources:
-    return Resources(**node.capacity())
-
-
 def node_largest() -> Node | None:
     """The registered node with the most memory then cpu: named when a request fits nowhere."""
     return Node.objects.order_by("-memory_bytes", "-cpu_millicores", "node_id").first()

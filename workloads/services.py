@@ -52,7 +52,7 @@ RESTARTS_ON = {
 
 def workload_transition(
     *, workload_id, to: str, reason: str = "", expect: Iterable[str] | None = None,
-    only_on: str | None = None, **fields
+    only_on: str | None = None, restart: bool = True, **fields
 ) -> bool:
     """Move a workload to ``to`` if the table allows it from its current state.
 
@@ -60,12 +60,14 @@ def workload_transition(
     only the winner records the event and releases the node's resources. ``expect``
     narrows the states the caller is willing to move from; ``only_on`` (a node_id) makes an
     agent's report count only while the workload is still placed on that agent's node, so
-    a stale copy can never end a workload that now runs elsewhere. Returns whether it moved.
+    a stale copy can never end a workload that now runs elsewhere. A workload that ends in a
+    state its restart policy names goes back to pending, unless a user asked it to stop or
+    the caller re-queues it itself (``restart=False``). Returns whether it moved.
     """
     with transaction.atomic():
         row = Workload.objects.filter(pk=workload_id).values(
             "status", "node_id", "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes",
-            "restart_policy", "restart_count", "max_restarts", "node__node_id",
+            "restart_policy", "restart_count", "max_restarts", "node__node_id", "stop_requested_at",
         ).first()
         if row is None:
             return False
@@ -97,7 +99,7 @@ def workload_transition(
             node_release(node_pk=row["node_id"], requirements=_requirements(row))
             transaction.on_commit(request_pending_placement)
         logger.info("workload %s: %s -> %s (%s)", workload_id, current, to, reason)
-    if to in RESTARTS_ON and row["restart_policy"] in RESTARTS_ON[to]:
+    if restart and not row["stop_requested_at"] and row["restart_policy"] in RESTARTS_ON.get(to, ()):
         _restart(workload_id=workload_id, row=row, ended=to)
     return True
 
@@ -123,10 +125,10 @@ def _restart(*, workload_id, row: dict, ended: str) -> None:
 
 def workload_requeue(*, workload_id, reason: str) -> bool:
     """Hand a scheduled or running workload back to the queue (its node is going away)."""
-    if not workload_transition(workload_id=workload_id, to=S.LOST, expect=ACTIVE, reason=reason):
+    if not workload_transition(workload_id=workload_id, to=S.LOST, expect=ACTIVE, reason=reason, restart=False):
         return False
     if workload_transition(workload_id=workload_id, to=S.PENDING, expect=[S.LOST], reason="requeued"):
-        transaction.on_commit(request_pending_placement)
+        workload_place(workload_id=workload_id)
     return True
 
 
@@ -256,13 +258,20 @@ def workload_stop(*, workload: Workload, reason: str = "stopped by user") -> Wor
 
 
 def workload_delete(*, workload: Workload) -> None:
-    """Delete a workload; a live one is stopped first so nothing runs on unrecorded."""
-    if workload.status not in TERMINAL:
-        node_id = workload.node.node_id if workload.node else None
-        workload_transition(workload_id=workload.pk, to=S.STOPPED, reason="deleted by user")
-        if node_id and workload.status in ACTIVE:
-            dispatch_stop(workload_id=workload.pk, node_id=node_id)
-    Workload.objects.filter(pk=workload.pk).delete()
+    """Delete a workload; a live one is stopped first (its resources released, its process told
+    to end), so nothing runs on unrecorded and nothing stays allocated to a deleted row."""
+    while True:
+        row = Workload.objects.filter(pk=workload.pk).values("status", "node__node_id").first()
+        if row is None:
+            return
+        if row["status"] in TERMINAL and Workload.objects.filter(pk=workload.pk, status=row["status"]).delete()[0]:
+            return
+        if row["status"] not in TERMINAL and workload_transition(
+            workload_id=workload.pk, to=S.STOPPED, reason="deleted by user", expect=[row["status"]],
+            restart=False,
+        ) and row["status"] in ACTIVE and row["node__node_id"]:
+            dispatch_stop(workload_id=workload.pk, node_id=row["node__node_id"])
+        # Lost a race (it moved meanwhile): read it again.
 
 
 def workload_logs_append(*, workload_id, chunks: Iterable[tuple[int, str, str]]) -> int:

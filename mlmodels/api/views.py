@@ -1,4 +1,5 @@
 from django.http import Http404, HttpResponse
+from django.utils.http import content_disposition_header
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -165,7 +166,7 @@ class MLModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.De
         if row is None:
             raise Http404
         response = HttpResponse(bytes(row["artifact"]), content_type="application/octet-stream")
-        response["Content-Disposition"] = f'attachment; filename="{row["filename"]}"'
+        response["Content-Disposition"] = content_disposition_header(True, row["filename"])
         response["X-Checksum-SHA256"] = row["checksum"]
         return response
 

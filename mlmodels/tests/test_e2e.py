@@ -14,7 +14,6 @@ from django.conf import settings
 from django.db import connection
 
 from mlmodels.models import ModelRun, ModelVersion
-from mlmodels.services import prediction_task_run
 from nodes.models import Node, NodeStatus
 from tests.helpers import wait_for
 from workloads.models import Workload, WorkloadStatus
@@ -91,8 +90,10 @@ def test_seed_deploy_train_predict_serve_on_a_real_agent(api, agent_process):
     # The seed's predict, nothing serving yet: a prediction task, its result under /api/tasks/{id}.
     answer = api.post(f"/api/ml/models/{model_id}/predict", {"input_data": 5.5}, format="json")
     assert answer.status_code == 202 and answer.data["message"] == "Prediction task created"
-    prediction_task_run(task_id=answer.data["prediction_task_id"])  # the control worker's job
-    task = api.get(f"/api/tasks/{answer.data['prediction_task_id']}").data
+    task_url = f"/api/tasks/{answer.data['prediction_task_id']}"
+    # The agent's worker runs it (artifacts are unpickled on agents, never on the control plane).
+    task = wait_for(lambda: (data := api.get(task_url).data)["status"] == "succeeded" and data,
+                    timeout=30, message="the agent ran the prediction")
     assert task["prediction"] == pytest.approx(14.0, abs=0.3)
 
     # Serve it on the agent's node and predict synchronously.

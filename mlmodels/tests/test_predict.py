@@ -108,7 +108,7 @@ def test_seed_async_form_prediction_task_then_result_under_tasks(api, admin_user
     assert response.data["message"] == "Prediction task created"
     task_id = response.data["prediction_task_id"]
     assert api.get(f"/api/tasks/{task_id}").data["status"] == "pending"
-    assert prediction_task_run(task_id=task_id)  # what the control worker's task does
+    assert prediction_task_run(task_id=task_id)  # what the agent's task does
     assert not prediction_task_run(task_id=task_id)  # idempotent
     task = api.get(f"/api/tasks/{task_id}").data
     assert task["status"] == "succeeded" and task["prediction"] == pytest.approx(14.0)

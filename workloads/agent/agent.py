@@ -214,15 +214,22 @@ class Agent:
                 return
             try:
                 handle = executor_for(workload.type).start(workload, self.context)
-            except ExecutorError as error:
-                workload_transition(workload_id=workload_id, to=S.FAILED, reason=str(error), expect=[S.SCHEDULED],
-                                    only_on=self.config.node_id)
+            except Exception as error:  # whatever went wrong, the workload must end saying so
+                if not isinstance(error, ExecutorError):
+                    logger.exception("workload %s: start failed", workload_id)
+                workload_transition(workload_id=workload_id, to=S.FAILED, expect=[S.SCHEDULED],
+                                    only_on=self.config.node_id, reason=str(error) or type(error).__name__)
                 return
-            if not workload_transition(
-                workload_id=workload_id, to=S.RUNNING, expect=[S.SCHEDULED], only_on=self.config.node_id,
-                reason=f"started on {self.config.node_id}",
-                runtime=handle.runtime(), agent_epoch=self.epoch,
-            ):
+            try:
+                running = workload_transition(
+                    workload_id=workload_id, to=S.RUNNING, expect=[S.SCHEDULED], only_on=self.config.node_id,
+                    reason=f"started on {self.config.node_id}",
+                    runtime=handle.runtime(), agent_epoch=self.epoch,
+                )
+            except Exception:
+                running = False  # not recorded as running: a re-dispatch must not find a copy here
+                logger.exception("workload %s: could not record its start; killing it", workload_id)
+            if not running:
                 # Stopped or re-placed while we were starting it: it must not run.
                 handle.kill()
                 handle.cleanup()
@@ -425,9 +432,10 @@ class Agent:
 
     def _save_state(self) -> None:
         with self.lock:
+            # list(): the fencing thread may pop entries without the lock (see fence_once).
             state = {
                 workload_id: {**s.handle.runtime(), "log_offsets": s.handle.offsets(), "type": s.handle.workload_type}
-                for workload_id, s in self.handles.items()
+                for workload_id, s in list(self.handles.items())
             }
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")

@@ -1,6 +1,5 @@
 """Request shapes (the seed's payloads) and response shapes. Business rules live in services."""
 
-from django.conf import settings
 from rest_framework import serializers
 
 from cnetsite.fields import (
@@ -14,6 +13,7 @@ from cnetsite.fields import (
 )
 from nodes.resources import MILLICORES_PER_CORE, Resources
 
+from ..container_policy import mount_allowed, network_allowed, privileged_allowed
 from ..models import RestartPolicy, Workload, WorkloadEvent, WorkloadType
 
 MAX_CORES = 100_000
@@ -125,18 +125,18 @@ class ContainerConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
         raise serializers.ValidationError("must be a string or a list of strings")
 
     def validate_privileged(self, value: bool) -> bool:
-        if value and not settings.CNET_CONTAINERS_ALLOW_PRIVILEGED:
+        if not privileged_allowed(value):
             raise serializers.ValidationError("privileged containers are not allowed on this cluster")
         return value
 
     def validate_network_mode(self, value: str) -> str:
-        if value == "host" and not settings.CNET_CONTAINERS_ALLOW_HOST_NETWORK:
-            raise serializers.ValidationError("host networking is not allowed on this cluster")
+        if not network_allowed(value):
+            raise serializers.ValidationError(f"network mode {value!r} is not allowed on this cluster")
         return value
 
     def validate_volumes(self, volumes: list[dict]) -> list[dict]:
         for volume in volumes:
-            if volume["source"].startswith(("/", ".")) and not settings.CNET_CONTAINERS_ALLOW_HOST_MOUNTS:
+            if not mount_allowed(volume["source"]):
                 raise serializers.ValidationError(
                     f"host bind mount {volume['source']!r} is not allowed on this cluster; use a named volume"
                 )

@@ -4,11 +4,20 @@
 its app's ``ready()``.
 """
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.conf import settings
+
 from .limits import CgroupLimiter
+
+# A workload's env is merged over the agent's, minus the agent's own configuration and
+# anything that looks like a credential: a user's `env` command must not print the
+# database URL or the secret key. CNET_WORKLOAD_ENV_PASSTHROUGH names exceptions.
+WITHHELD_PREFIXES = ("CNET_", "CELERY_", "DJANGO_", "DATABASE_", "PROMETHEUS_", "REDIS_", "POSTGRES", "PG")
+WITHHELD_WORDS = ("SECRET", "PASSWORD", "PASSWD", "TOKEN", "CREDENTIAL", "PRIVATE", "_KEY")
 
 
 class ExecutorError(Exception):
@@ -84,6 +93,19 @@ class Executor(ABC):
     def reap_orphans(self, *, known: set[str], context: AgentContext) -> list[str]:
         """Kill what this executor finds running on the node for workloads not in ``known``."""
         return []
+
+
+def workload_env(workload, context: AgentContext, **extra: str) -> dict[str, str]:
+    """A workload's environment: the agent's (less what is withheld), the user's ``env``, then ours."""
+    passthrough = set(settings.CNET_WORKLOAD_ENV_PASSTHROUGH)
+    inherited = {name: value for name, value in os.environ.items() if name in passthrough or not _withheld(name)}
+    return {**inherited, **workload.config.get("env", {}),
+            "CNET_WORKLOAD_ID": str(workload.pk), "CNET_NODE_ID": context.node_id, **extra}
+
+
+def _withheld(name: str) -> bool:
+    upper = name.upper()
+    return upper.startswith(WITHHELD_PREFIXES) or any(word in upper for word in WITHHELD_WORDS)
 
 
 EXECUTORS: dict[str, Executor] = {}

@@ -14,8 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from django.conf import settings
-
+from ..container_policy import mount_allowed, network_allowed, privileged_allowed
 from .base import AgentContext, Executor, ExecutorError, Exit, Handle, LogTail, register_executor
 from .process import log_path
 
@@ -407,14 +406,14 @@ class ContainerExecutor(Executor):
 
 def refuse_unsafe(config: dict) -> None:
     """The API refuses these with 400; refuse again here for rows written some other way."""
-    if config.get("privileged") and not settings.CNET_CONTAINERS_ALLOW_PRIVILEGED:
+    if not privileged_allowed(bool(config.get("privileged"))):
         raise ExecutorError("privileged containers are not allowed on this cluster")
     network = config.get("network_mode") or ""
-    if (network == "host" or network.startswith("container:")) and not settings.CNET_CONTAINERS_ALLOW_HOST_NETWORK:
+    if not network_allowed(network):
         raise ExecutorError(f"network_mode {network!r} is not allowed on this cluster")
     for volume in config.get("volumes") or []:
         source = str(volume.get("source", ""))
-        if source.startswith(("/", ".", "~")) and not settings.CNET_CONTAINERS_ALLOW_HOST_MOUNTS:
+        if not mount_allowed(source):
             raise ExecutorError(f"host bind mount {source!r} is not allowed on this cluster")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from .base import AgentContext, Executor, ExecutorError, Exit, Handle, LogTail, register_executor
+from .base import AgentContext, Executor, ExecutorError, Exit, Handle, LogTail, register_executor, workload_env
 from .limits import Limits
 
 logger = logging.getLogger(__name__)
@@ -97,8 +97,7 @@ class ProcessExecutor(Executor):
 
     def start(self, workload, context: AgentContext) -> ProcessHandle:
         config = workload.config
-        env = {**os.environ, **config.get("env", {}),
-               "CNET_WORKLOAD_ID": str(workload.pk), "CNET_NODE_ID": context.node_id}
+        env = workload_env(workload, context)
         argv = [resolve_command(config["command"], env.get("PATH")), *config.get("args", [])]
         cwd = working_dir(context.work_dir, config.get("working_dir"))
         return spawn(workload_id=str(workload.pk), argv=argv, env=env, cwd=cwd, context=context,
@@ -119,8 +118,9 @@ def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: A
           limits: Limits) -> ProcessHandle:
     """Start argv in its own session with output to the workload's log files, then limit it."""
     context.log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_path(context.log_dir, workload_id, "stdout"), "ab") as out, \
-            open(log_path(context.log_dir, workload_id, "stderr"), "ab") as err:
+    # "wb": a restarted workload begins new files; its earlier runs' output is in the database.
+    with open(log_path(context.log_dir, workload_id, "stdout"), "wb") as out, \
+            open(log_path(context.log_dir, workload_id, "stderr"), "wb") as err:
         try:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                                      cwd=cwd, start_new_session=True, close_fds=True)

@@ -52,7 +52,9 @@ def test_a_process_still_runs_on_a_node_without_an_engine(api):
 @pytest.mark.parametrize(("change", "field"), [
     ({"privileged": True}, "privileged"),
     ({"network_mode": "host"}, "network_mode"),
+    ({"network_mode": "container:victim"}, "network_mode"),
     ({"volumes": [{"source": "/etc", "target": "/host-etc"}]}, "volumes"),
+    ({"volumes": [{"source": "~/secrets", "target": "/s"}]}, "volumes"),
 ])
 def test_unsafe_container_requests_are_refused_with_400_and_nothing_written(api, change, field):
     make_node("local", cpu=4, memory=8 * GiB, capabilities=ENGINE)

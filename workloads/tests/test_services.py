@@ -248,3 +248,27 @@ def test_log_chunks_are_stored_once_and_read_back_as_a_tail():
     assert workload_log_tail(workload=workload, lines=None) == ["line 1", "line 2", "line 3", "line 4"]
     assert workload_log_tail(workload=workload, lines=3) == ["line 2", "line 3", "line 4"]
     assert workload_log_tail(workload=workload, lines=0) == []
+
+
+@pytest.mark.django_db
+def test_a_workload_asked_to_stop_is_not_restarted_when_its_node_is_lost():
+    make_node("local")
+    workload = submit(restart_policy="always")
+    workload_transition(workload_id=workload.pk, to=S.RUNNING)
+    workload_stop(workload=Workload.objects.get(pk=workload.pk))  # its agent never answers
+    assert workload_transition(workload_id=workload.pk, to=S.LOST, reason="node went offline")
+    workload.refresh_from_db()
+    assert workload.status == S.LOST and workload.restart_count == 0
+
+
+@pytest.mark.django_db
+def test_handing_work_back_does_not_use_up_its_restarts():
+    from workloads.services import workload_requeue
+
+    make_node("local")
+    workload = submit(restart_policy="on-failure", max_restarts=0)
+    assert workload_requeue(workload_id=workload.pk, reason="agent shut down")
+    workload.refresh_from_db()
+    assert workload.restart_count == 0 and workload.status == S.SCHEDULED  # placed again at once
+    notes = WorkloadEvent.objects.filter(workload=workload, reason__startswith="not restarted")
+    assert not notes.exists()

@@ -139,3 +139,15 @@ def test_cgroup_v1_limits_memory_and_cpu_and_reports_oom(context, started):
 def test_limits_dataclass_zero_means_no_limit(context, started):
     extra = CgroupLimiter(group="cnet/unit").apply(workload_id="x", pid=os.getpid(), limits=Limits(0, 0))
     assert extra == {}
+
+
+def test_the_agents_credentials_are_not_passed_to_workloads(context, started, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgres://user:hunter2@db/cnet")
+    monkeypatch.setenv("SECRET_KEY", "s3cret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws")
+    monkeypatch.setenv("FROM_AGENT", "agent")
+    code = "import os; print(sorted(k for k in os.environ if k in {'DATABASE_URL', 'SECRET_KEY', " \
+           "'AWS_SECRET_ACCESS_KEY', 'FROM_AGENT'}))"
+    handle, _ = run(context, started, workload(PY, "-c", code))
+    output = "".join(text for stream, text in handle.read_logs(final=True) if stream == "stdout")
+    assert output.strip() == "['FROM_AGENT']"
