@@ -1,5 +1,5 @@
 from django.conf import settings
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, F, Max, QuerySet, Sum
 
 from cnetsite.errors import NotFound
 
@@ -27,6 +27,14 @@ def node_list() -> QuerySet[Node]:
 def node_largest() -> Node | None:
     """The registered node with the most memory then cpu: named when a request fits nowhere."""
     return Node.objects.order_by("-memory_bytes", "-cpu_millicores", "node_id").first()
+
+
+def node_largest_free() -> Resources:
+    """The most of each resource free on any one ready node (not necessarily the same node)."""
+    free = Node.objects.filter(status=NodeStatus.READY).aggregate(
+        **{name: Max(F(capacity) - F(allocated)) for name, (capacity, allocated) in RESOURCES.items()}
+    )
+    return Resources(**{name: free[name] or 0 for name in RESOURCES})
 
 
 def node_could_ever_hold(*, requirements: Resources) -> bool:

@@ -12,7 +12,7 @@ from cnetsite.errors import InvalidRequest, StateConflict
 from cnetsite.metrics import observe_placement
 from nodes.models import Node, NodeStatus
 from nodes.resources import Resources, human
-from nodes.selectors import node_could_ever_hold, node_largest
+from nodes.selectors import node_could_ever_hold, node_largest, node_largest_free
 from nodes.services import node_release
 from scheduler.placement import place
 from scheduler.strategies import strategy_get
@@ -223,9 +223,16 @@ def workload_place(*, workload_id) -> bool:
 
 
 def workloads_place_pending(*, limit: int = 200) -> int:
-    """Place pending workloads, highest priority first, then oldest. Returns how many were placed."""
+    """Place pending workloads, highest priority first, then oldest. Returns how many were placed.
+
+    Only requests that fit the largest free slot of some ready node are tried, so a backlog
+    of big requests never hides a small one that would fit now."""
+    room = node_largest_free()
     ids = list(
-        Workload.objects.filter(status=S.PENDING)
+        Workload.objects.filter(
+            status=S.PENDING, cpu_millicores__lte=room.cpu, gpu_count__lte=room.gpu,
+            memory_bytes__lte=room.memory, storage_bytes__lte=room.storage,
+        )
         .order_by("-priority", "created_at")
         .values_list("pk", flat=True)[:limit]
     )

@@ -69,6 +69,7 @@ class Agent:
         self.config = config
         self.lock = threading.RLock()
         self.handles: dict[str, Supervised] = {}
+        self.starting: set[str] = set()  # being started by a worker thread, not yet supervised
         self.accepting = True
         self.epoch: int | None = None
         self.state_file = config.data_dir / "agent" / f"{config.node_id}.json"
@@ -202,40 +203,54 @@ class Agent:
 
     # --- called from the Celery worker ----------------------------------------------------
     def start(self, workload_id: str) -> None:
-        """Start a scheduled workload here. Idempotent: the status transition decides."""
+        """Start a scheduled workload here. Idempotent: the status transition decides.
+
+        The lock guards only the bookkeeping: a slow start (an image pull) must not stall the
+        supervisor's log shipping, exits and stop deadlines for everything else."""
         with self.lock:
-            if not self.accepting or workload_id in self.handles:
+            if not self.accepting or workload_id in self.handles or workload_id in self.starting:
                 return
-            workload = Workload.objects.filter(
-                pk=workload_id, status=S.SCHEDULED, node__node_id=self.config.node_id
-            ).first()
-            if workload is None:
-                logger.info("workload %s: start ignored (not scheduled on %s)", workload_id, self.config.node_id)
-                return
-            try:
-                handle = executor_for(workload.type).start(workload, self.context)
-            except Exception as error:  # whatever went wrong, the workload must end saying so
-                if not isinstance(error, ExecutorError):
-                    logger.exception("workload %s: start failed", workload_id)
-                workload_transition(workload_id=workload_id, to=S.FAILED, expect=[S.SCHEDULED],
-                                    only_on=self.config.node_id, reason=str(error) or type(error).__name__)
-                return
-            try:
-                running = workload_transition(
-                    workload_id=workload_id, to=S.RUNNING, expect=[S.SCHEDULED], only_on=self.config.node_id,
-                    reason=f"started on {self.config.node_id}",
-                    runtime=handle.runtime(), agent_epoch=self.epoch,
-                )
-            except Exception:
-                running = False  # not recorded as running: a re-dispatch must not find a copy here
-                logger.exception("workload %s: could not record its start; killing it", workload_id)
-            if not running:
-                # Stopped or re-placed while we were starting it: it must not run.
-                handle.kill()
-                handle.cleanup()
-                return
-            self.handles[workload_id] = Supervised(handle, seq=self._next_seq(workload_id))
-            self._save_state()
+            self.starting.add(workload_id)
+        try:
+            handle = self._start(workload_id)
+            if handle is not None:
+                with self.lock:
+                    self.handles[workload_id] = Supervised(handle, seq=self._next_seq(workload_id))
+                self._save_state()
+        finally:
+            with self.lock:
+                self.starting.discard(workload_id)
+
+    def _start(self, workload_id: str) -> Handle | None:
+        workload = Workload.objects.filter(
+            pk=workload_id, status=S.SCHEDULED, node__node_id=self.config.node_id
+        ).first()
+        if workload is None:
+            logger.info("workload %s: start ignored (not scheduled on %s)", workload_id, self.config.node_id)
+            return None
+        try:
+            handle = executor_for(workload.type).start(workload, self.context)
+        except Exception as error:  # whatever went wrong, the workload must end saying so
+            if not isinstance(error, ExecutorError):
+                logger.exception("workload %s: start failed", workload_id)
+            workload_transition(workload_id=workload_id, to=S.FAILED, expect=[S.SCHEDULED],
+                                only_on=self.config.node_id, reason=str(error) or type(error).__name__)
+            return None
+        try:
+            running = workload_transition(
+                workload_id=workload_id, to=S.RUNNING, expect=[S.SCHEDULED], only_on=self.config.node_id,
+                reason=f"started on {self.config.node_id}",
+                runtime=handle.runtime(), agent_epoch=self.epoch,
+            )
+        except Exception:
+            running = False  # not recorded as running: a re-dispatch must not find a copy here
+            logger.exception("workload %s: could not record its start; killing it", workload_id)
+        if not running:
+            # Stopped or re-placed while we were starting it: it must not run.
+            handle.kill()
+            handle.cleanup()
+            return None
+        return handle
 
     def stop(self, workload_id: str) -> None:
         """Begin a graceful stop: SIGTERM now, SIGKILL after the grace period (in ``supervise_once``)."""

@@ -272,3 +272,16 @@ def test_handing_work_back_does_not_use_up_its_restarts():
     assert workload.restart_count == 0 and workload.status == S.SCHEDULED  # placed again at once
     notes = WorkloadEvent.objects.filter(workload=workload, reason__startswith="not restarted")
     assert not notes.exists()
+
+
+@pytest.mark.django_db
+def test_a_backlog_of_big_requests_does_not_hide_a_small_one_that_fits():
+    make_node("local", cpu=4, memory=8 * GiB)
+    submit(cpu=3, name="a")
+    b = submit(cpu=1, name="b")  # the node is full now
+    bigs = [submit(cpu=2, name=f"big-{n}", priority=10) for n in range(3)]
+    small = submit(cpu=0.5, name="small")
+    assert all(w.status == S.PENDING for w in [*bigs, small])
+    workload_stop(workload=b)  # 1 CPU free: room for the small one only
+    assert workloads_place_pending(limit=1) == 1  # its one try is not spent on a big one
+    assert Workload.objects.get(pk=small.pk).status == S.SCHEDULED
