@@ -112,13 +112,15 @@ class TrainingHandle(Handle):
             ended = self.inner.poll()
             if ended is None:
                 return None
-            if ended.code != 0 or ended.oom or self.stopping:
+            # None: re-adopted after an agent restart, exit code unknown; its artifact decides.
+            if ended.code not in (0, None) or ended.oom or self.stopping:
                 self.result = ended
                 return ended
             try:
                 self.artifact = self._artifact()
             except ExecutorError as error:
-                self.result = Exit(None, f"training exited 0 but {error}")
+                how = "exited 0" if ended.code == 0 else "ended while re-adopted"
+                self.result = Exit(ended.code, f"training {how} but {error}")
                 return self.result
             if not self._start_evaluation():
                 return self._store(metrics={})
@@ -285,6 +287,13 @@ class MLModelExecutor(Executor):
         handle = ProcessExecutor().adopt(workload, context)
         if handle is None:
             return None
+        runtime = workload.runtime or {}
+        if runtime.get("ml") == "training" and runtime.get("phase") == "train":
+            # Still training: supervise it as a training run again, so its artifact is stored.
+            config = workload.config
+            return TrainingHandle(inner=handle, workload_id=str(workload.pk), config=config,
+                                  cwd=working_dir(context.work_dir, config.get("working_dir")),
+                                  env=workload_env(workload, context), context=context)
         handle.workload_type = "mlmodel"
         serving = (workload.runtime or {}).get("serving")
         if serving:

@@ -52,3 +52,27 @@ def test_a_failing_training_command_fails_without_a_version(api, agent):
     workload = deploy_and_run(api, agent, body)
     assert workload.status == WorkloadStatus.FAILED and workload.exit_code == 1
     assert not ModelVersion.objects.exists()
+
+
+def test_a_training_run_that_outlives_its_agent_still_lands_in_the_registry(api, agent):
+    from mlmodels.executor import TrainingHandle
+    from workloads.agent.agent import Agent
+
+    work_dir_with_examples(agent.config.work_dir)
+    response = api.post("/api/ml/models", {**SEED_LINEAR, "node": agent.config.node_id}, format="json")
+    workload_id = str(ModelRun.objects.get(model_id=response.data["id"]).workload_id)
+    agent.start(workload_id)
+    assert Workload.objects.get(pk=workload_id).status == WorkloadStatus.RUNNING
+
+    # The agent goes away (its supervisor state with it); a new one starts on the same node.
+    agent.handles.clear()
+    restarted = Agent(agent.config)
+    restarted.register()
+    restarted.reconcile()
+    adopted = restarted.handles[workload_id].handle
+    assert isinstance(adopted, TrainingHandle)
+    run_agent_until(restarted, lambda: Workload.objects.get(pk=workload_id).status not in
+                    (WorkloadStatus.SCHEDULED, WorkloadStatus.RUNNING), timeout=90, message="training ended")
+    workload = Workload.objects.get(pk=workload_id)
+    assert workload.status == WorkloadStatus.SUCCEEDED, workload.reason
+    assert ModelVersion.objects.get(workload=workload).metrics["r2"] > 0.95
