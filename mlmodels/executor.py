@@ -120,7 +120,7 @@ class TrainingHandle(Handle):
                 self.artifact = self._artifact()
             except ExecutorError as error:
                 how = "exited 0" if ended.code == 0 else "ended while re-adopted"
-                self.result = Exit(ended.code, f"training {how} but {error}")
+                self.result = Exit(None, f"training {how} but {error}")  # None: the run failed
                 return self.result
             if not self._start_evaluation():
                 return self._store(metrics={})
