@@ -180,6 +180,8 @@ def cluster(django_db_blocker, tmp_path_factory):
         "DATABASE_URL": _database_url(db, name),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "CNET_DATA_DIR": str(data_dir),
+        # Workloads carry it so teardown finds exactly this run's processes.
+        "CNET_WORKLOAD_ENV_PASSTHROUGH": "CNET_DATA_DIR",
         "CNET_WORK_DIR": str(data_dir),
         "CNET_LOCAL_NODE_ID": "parent",
         "DJANGO_SETTINGS_MODULE": "cnetsite.settings",

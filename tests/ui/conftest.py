@@ -134,6 +134,8 @@ def agent(live_server, transactional_db, tmp_path):
         "DATABASE_URL": _database_url(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "CNET_DATA_DIR": str(settings.DATA_DIR),
+        # Workloads carry it so teardown finds exactly this run's processes.
+        "CNET_WORKLOAD_ENV_PASSTHROUGH": "CNET_DATA_DIR",
         "CNET_HEARTBEAT_SECONDS": "1",
         "CNET_STOP_GRACE_SECONDS": "2",
     }
