@@ -10,6 +10,13 @@ def admin_user(db):
 
 
 @pytest.fixture
+def staff_client(client, admin_user):
+    """Django's test client logged in to the console as staff."""
+    client.force_login(admin_user)
+    return client
+
+
+@pytest.fixture
 def user(db):
     return get_user_model().objects.create_user("alice", password="pw")
 

@@ -8,12 +8,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def staff_client(client, admin_user):
-    client.force_login(admin_user)
-    return client
-
-
-@pytest.fixture
 def cluster():
     make_node("local")
     make_node("child-1", parent="local")

@@ -10,12 +10,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def staff_client(client, admin_user):
-    client.force_login(admin_user)
-    return client
-
-
-@pytest.fixture
 def cluster(admin_user):
     make_node("local", cpu=4, memory=8 * GiB)
     make_node("child-1", parent="local")
