@@ -4,6 +4,7 @@ import threading
 
 import pytest
 from django.conf import settings
+from kombu import Queue
 
 from cnetsite.celery import app
 
@@ -34,10 +35,11 @@ def test_filesystem_broker_never_hands_out_a_partial_message():
     consumer = threading.Thread(target=consume)
     consumer.start()
     with app.connection_for_write() as conn:
-        queue = conn.SimpleQueue(queue_name)
+        # A bare producer: a SimpleQueue here would also consume, taking messages from the reader.
+        producer = conn.Producer(serializer="json")
         for n in range(count):
-            queue.put({"n": n, "padding": "x" * 4096})
-        queue.close()
+            producer.publish({"n": n, "padding": "x" * 4096}, routing_key=queue_name,
+                             declare=[Queue(queue_name)])
     consumer.join(timeout=60)
     assert errors == []
     assert sorted(received) == list(range(count))
