@@ -51,9 +51,9 @@ def redispatch_unacknowledged() -> int:
         node__status=NodeStatus.READY,
     )
     count = 0
-    for workload_id in stale.values_list("pk", flat=True):
+    for workload_id, node_id in stale.values_list("pk", "node__node_id"):
         logger.info("workload %s: not acknowledged, dispatching again", workload_id)
-        count += dispatch_start(workload_id=workload_id)
+        count += dispatch_start(workload_id=workload_id, node_id=node_id)
     return count
 
 

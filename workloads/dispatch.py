@@ -20,16 +20,15 @@ def node_queue(node_id: str) -> str:
     return f"node.{node_id}"
 
 
-def dispatch_start(*, workload_id) -> bool:
+def dispatch_start(*, workload_id, node_id: str) -> bool:
+    """Ring the doorbell of the node a workload was placed on; note when, for the redispatch loop.
+
+    Callers know the node (they just placed the workload, or read it with the workload); a
+    start that finds the workload no longer scheduled there is ignored by the agent."""
     from .models import Workload, WorkloadStatus
     from .tasks import start_workload as start_workload_task
 
-    row = Workload.objects.filter(pk=workload_id, status=WorkloadStatus.SCHEDULED).values(
-        "node__node_id"
-    ).first()
-    if not row or not row["node__node_id"]:
-        return False
-    if not _publish(start_workload_task, [str(workload_id)], node_queue(row["node__node_id"])):
+    if not _publish(start_workload_task, [str(workload_id)], node_queue(node_id)):
         return False
     Workload.objects.filter(pk=workload_id, status=WorkloadStatus.SCHEDULED).update(
         dispatched_at=timezone.now()

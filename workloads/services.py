@@ -64,7 +64,9 @@ def workload_transition(
     state its restart policy names goes back to pending, unless a user asked it to stop or
     the caller re-queues it itself (``restart=False``). Returns whether it moved.
     """
-    with transaction.atomic():
+    # No savepoint when nested: nothing here is retried after an error, and a placement's
+    # transaction saves two round trips.
+    with transaction.atomic(savepoint=False):
         row = Workload.objects.filter(pk=workload_id).values(
             "status", "node_id", "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes",
             "restart_policy", "restart_count", "max_restarts", "node__node_id", "stop_requested_at",
@@ -160,9 +162,8 @@ def workload_submit(*, owner, name: str, type: str, config: dict, requirements: 
             workload=workload, kind=EventKind.TRANSITION, to_status=S.PENDING,
             node_id=submitted_at.node_id if submitted_at else "", reason="submitted",
         )
-        workload_place(workload_id=workload.pk)
-    workload.refresh_from_db()
-    return workload
+        _place(workload)
+    return Workload.objects.select_related("node", "submitted_node", "owner").get(pk=workload.pk)
 
 
 def _submitted_node(node: str | None) -> Node | None:
@@ -191,8 +192,13 @@ def workload_place(*, workload_id) -> bool:
             .filter(pk=workload_id, status=S.PENDING)
             .first()
         )
-        if workload is None:
-            return False
+        return workload is not None and _place(workload)
+
+
+def _place(workload: Workload) -> bool:
+    """Place a pending workload the caller has read (its status is re-checked by the transition)."""
+    workload_id = workload.pk
+    with transaction.atomic(savepoint=False):
         local = workload.submitted_node.node_id if workload.submitted_node else settings.CNET_LOCAL_NODE_ID
         started = time.perf_counter()
         decision = place(
@@ -216,9 +222,10 @@ def workload_place(*, workload_id) -> bool:
             # Someone else placed or stopped it meanwhile: give back what we took.
             node_release(node_pk=node_pk, requirements=workload.requirements)
             return False
+        node_id = decision.node.node_id
         workload_note(workload_id=workload_id, kind=EventKind.PLACEMENT, reason=summary,
-                      details=decision.reasons, node_id=decision.node.node_id)
-        transaction.on_commit(lambda: dispatch_start(workload_id=workload_id))
+                      details=decision.reasons, node_id=node_id)
+        transaction.on_commit(lambda: dispatch_start(workload_id=workload_id, node_id=node_id))
     return True
 
 

@@ -241,7 +241,7 @@ def test_a_redelivered_start_never_runs_a_workload_twice(api, cluster):
     workload_id = submit(api, name="once", node="peer1", **{"config": script(code)})
     for _ in range(2):  # the doorbell rings again, twice each way
         start_workload_task.apply_async(args=[workload_id], queue=node_queue("peer1"))
-        dispatch_start(workload_id=workload_id)
+        dispatch_start(workload_id=workload_id, node_id="peer1")
     wait_status(workload_id, S.RUNNING)
     wait_for(lambda: marker.exists() and _starts_consumed("peer1", workload_id), timeout=10,
              message="all starts consumed")

@@ -59,14 +59,18 @@ class AgentSettings:
 @dataclass
 class Supervised:
     handle: Handle
-    seq: int = 0
+    # The next log chunk's number, read from the database when the first chunk is shipped (a
+    # restarted workload continues its numbering); not on the start path, which it delayed.
+    seq: int | None = None
     stop_deadline: float | None = None
     kill_reason: str | None = None
 
 
 class Agent:
-    def __init__(self, config: AgentSettings):
+    def __init__(self, config: AgentSettings, wake=lambda: None):
         self.config = config
+        # Wakes the supervisor loop: work that was just started may already have exited.
+        self.wake = wake
         self.lock = threading.RLock()
         self.handles: dict[str, Supervised] = {}
         self.starting: set[str] = set()  # being started by a worker thread, not yet supervised
@@ -215,7 +219,8 @@ class Agent:
             handle = self._start(workload_id)
             if handle is not None:
                 with self.lock:
-                    self.handles[workload_id] = Supervised(handle, seq=self._next_seq(workload_id))
+                    self.handles[workload_id] = Supervised(handle)
+                self.wake()
                 self._save_state()
         finally:
             with self.lock:
@@ -299,6 +304,8 @@ class Agent:
     def _ship_logs(self, workload_id: str, supervised: Supervised, *, final: bool) -> bool:
         chunks = []
         for stream, text in supervised.handle.read_logs(final=final):
+            if supervised.seq is None:
+                supervised.seq = self._next_seq(workload_id)
             chunks.append((supervised.seq, stream, text))
             supervised.seq += 1
         if chunks:
@@ -400,7 +407,7 @@ class Agent:
                                     reason="its process ended while the agent was down; exit code unknown")
                 continue
             with self.lock:
-                self.handles[workload_id] = Supervised(handle, seq=self._next_seq(workload_id))
+                self.handles[workload_id] = Supervised(handle)
             workload_note(workload_id=workload_id, reason=f"re-adopted by the restarted agent on {self.config.node_id}")
             logger.info("workload %s: re-adopted", workload_id)
         self._reap_orphans()

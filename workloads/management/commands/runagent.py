@@ -64,7 +64,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.siginterrupt(signal.SIGCHLD, False)
 
-        agent = Agent(config)
+        agent = Agent(config, wake=wakeup.wake)
         set_current_agent(agent)
         agent.register()
         agent.reconcile()
@@ -107,10 +107,17 @@ class SignalWakeup:
     """
 
     def __init__(self):
-        self.read_fd, write_fd = os.pipe()
-        for fd in (self.read_fd, write_fd):
+        self.read_fd, self.write_fd = os.pipe()
+        for fd in (self.read_fd, self.write_fd):
             os.set_blocking(fd, False)
-        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+
+    def wake(self) -> None:
+        """End the current (or next) ``wait`` early, from any thread."""
+        try:
+            os.write(self.write_fd, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: a wakeup is already pending
 
     def wait(self, timeout: float) -> None:
         select.select([self.read_fd], [], [], timeout)
