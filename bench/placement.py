@@ -7,8 +7,10 @@ created if missing; its tables are wiped). Prints placements/s for each strategy
 and the raw ceiling measured in the same run: a bare transaction that claims one node row
 with a conditional UPDATE and inserts one row, on one connection. Each placement is one
 transaction too: ``place()`` plus one inserted row recording the decision, as the real path
-records it. Placements accumulate (nothing is released); capacities are sized so that all
-of them fit even at 100 nodes. A figure, not a test: nothing here asserts a timing.
+records it. Both send their statements as ``place()`` does (``nodes.services.prepared_cursor``:
+prepared once per connection on Postgres), so the comparison is like for like. Placements
+accumulate (nothing is released); capacities are sized so that all of them fit even at 100
+nodes. A figure, not a test: nothing here asserts a timing.
 """
 
 import argparse
@@ -148,7 +150,9 @@ def run_ceiling(count: int, size: int) -> float:
     """The raw path: claim one node row with a conditional UPDATE, insert one row, commit.
 
     The rows are taken in turn, so every claim fits (each node holds at least 160)."""
-    from django.db import connection, transaction
+    from django.db import transaction
+
+    from nodes.services import prepared_cursor
 
     reset_allocations()
     cpu, memory = REQUEST["cpu"], REQUEST["memory"]
@@ -156,30 +160,34 @@ def run_ceiling(count: int, size: int) -> float:
     started = time.perf_counter()
     for i in range(count):
         pk = i % size + 1
-        with transaction.atomic(), connection.cursor() as cursor:
+        with transaction.atomic(), prepared_cursor() as cursor:
             cursor.execute(
                 "UPDATE nodes_node SET cpu_allocated_millicores = cpu_allocated_millicores + %s,"
                 " memory_allocated_bytes = memory_allocated_bytes + %s"
-                " WHERE id = %s AND status = 'ready'"
+                " WHERE id = %s AND status = %s"
                 " AND cpu_allocated_millicores <= cpu_millicores - %s"
                 " AND memory_allocated_bytes <= memory_bytes - %s",
-                [cpu, memory, pk, cpu, memory],
+                [cpu, memory, pk, "ready", cpu, memory],
             )
             missed += cursor.rowcount != 1
-            cursor.execute(
-                f"INSERT INTO {RECORD_TABLE} (node_id, reason, details) VALUES (%s, %s, %s)",
-                [pk, "ceiling", "[]"],
-            )
+            record(cursor, pk, "ceiling", "[]")
     rate = count / (time.perf_counter() - started)
     if missed:
         print(f"  (ceiling: {missed} claims did not fit)")
     return rate
 
 
+def record(cursor, node_pk: int | None, reason: str, details: str) -> None:
+    """The one row each transaction inserts, as the real path records its decision."""
+    cursor.execute(f"INSERT INTO {RECORD_TABLE} (node_id, reason, details) VALUES (%s, %s, %s)",
+                   [node_pk, reason, details])
+
+
 def run_place(count: int, strategy_name: str) -> tuple[float, dict]:
-    from django.db import connection, transaction
+    from django.db import transaction
 
     from nodes.resources import Resources
+    from nodes.services import prepared_cursor
     from scheduler.placement import place
     from scheduler.strategies import strategy_get
 
@@ -192,12 +200,9 @@ def run_place(count: int, strategy_name: str) -> tuple[float, dict]:
     for _ in range(count):
         with transaction.atomic():
             decision = place(requirements=requirements, local_node_id="t0", strategy=strategy)
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"INSERT INTO {RECORD_TABLE} (node_id, reason, details) VALUES (%s, %s, %s)",
-                    [decision.node.pk if decision.node else None, decision.summary(),
-                     json.dumps(decision.reasons)],
-                )
+            with prepared_cursor() as cursor:
+                record(cursor, decision.node.pk if decision.node else None, decision.summary(),
+                       json.dumps(decision.reasons))
         if decision.placed:
             placed_on[decision.node.node_id] = placed_on.get(decision.node.node_id, 0) + 1
         else:
@@ -206,8 +211,8 @@ def run_place(count: int, strategy_name: str) -> tuple[float, dict]:
     return rate, {"nodes_used": len(placed_on), "unplaced": unplaced}
 
 
-def queries_of_one_place(strategy_name: str) -> list[tuple[str, list]]:
-    """The SQL one placement sends (run in a rolled-back transaction)."""
+def queries_of_one_place(strategy_name: str) -> list[tuple[str, list | None]]:
+    """The SQL one placement sends once its origin is known (run in rolled-back transactions)."""
     from django.db import connection, transaction
 
     from nodes.resources import Resources
@@ -217,16 +222,18 @@ def queries_of_one_place(strategy_name: str) -> list[tuple[str, list]]:
     seen = []
 
     def record(execute, sql, params, many, context):
-        seen.append((sql, list(params or ())))
+        seen.append((sql, params))  # None for a statement with its values written in
         return execute(sql, params, many, context)
 
-    with connection.execute_wrapper(record), transaction.atomic():
-        place(requirements=Resources(**REQUEST), local_node_id="t0", strategy=strategy_get(strategy_name))
-        transaction.set_rollback(True)
+    for _placement in range(2):  # the first one reads the origin and compiles the statements
+        seen.clear()
+        with connection.execute_wrapper(record), transaction.atomic():
+            place(requirements=Resources(**REQUEST), local_node_id="t0", strategy=strategy_get(strategy_name))
+            transaction.set_rollback(True)
     return seen
 
 
-def explain(sql: str, params: list) -> str:
+def explain(sql: str, params: list | None) -> str:
     from django.db import connection, transaction
 
     # ANALYZE runs the statement: roll back, so an UPDATE claims nothing.

@@ -1,5 +1,6 @@
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Case, F, FloatField, Q, Value, When
+from django.db.models.functions import Cast
 
 # Requirement names and their Node columns (capacity, allocated); units are in the names.
 RESOURCES = {
@@ -8,6 +9,21 @@ RESOURCES = {
     "memory": ("memory_bytes", "memory_allocated_bytes"),
     "storage": ("storage_bytes", "storage_allocated_bytes"),
 }
+
+
+def _free_fraction():
+    """Each resource a node has, its free share of it, summed: 0 for a full node, 3 for an idle
+    one without GPUs. best_fit reads candidates in this order (its waste differs only by the
+    request's share of each capacity), so it is a stored column with an index, not a sort."""
+    first, *rest = (
+        Case(
+            When(**{f"{capacity}__gt": 0},
+                 then=Cast(F(capacity) - F(allocated), FloatField()) / Cast(F(capacity), FloatField())),
+            default=Value(0.0),
+        )
+        for capacity, allocated in RESOURCES.values()
+    )
+    return sum(rest, first)
 
 
 class NodeStatus(models.TextChoices):
@@ -42,6 +58,9 @@ class Node(models.Model):
     gpu_allocated = models.PositiveIntegerField(default=0)
     memory_allocated_bytes = models.PositiveBigIntegerField(default=0)
     storage_allocated_bytes = models.PositiveBigIntegerField(default=0)
+    free_fraction = models.GeneratedField(
+        expression=_free_fraction(), output_field=models.FloatField(), db_persist=True
+    )
 
     # Last measured usage from the agent's heartbeat (cpu_percent, memory_used_bytes, ...).
     usage = models.JSONField(default=dict, blank=True)
@@ -74,6 +93,8 @@ class Node(models.Model):
             models.Index(fields=["status", "last_heartbeat"], name="node_status_heartbeat"),
             # place(), default strategy: "nodes of one subtree, nearest first" walks this in order.
             models.Index(fields=["depth", "node_id"], name="node_depth_order"),
+            # place(), best_fit: "the fullest fitting nodes in scope" walks this in order.
+            models.Index(fields=["free_fraction", "depth", "node_id"], name="node_free_fraction"),
         ]
 
     def __str__(self) -> str:

@@ -45,9 +45,13 @@ class NodeSnapshot:
 class Strategy(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
-    # True when every node of a nearer tier beats every node of a farther one: place() may
-    # then look tier by tier and stop at the first tier with room (cheap at 10,000 nodes).
-    tier_major: ClassVar[bool] = False
+    # True when the order is the topology's (tier, depth, node_id): place() may then walk the
+    # scope nearest first and stop at the first node with room (cheap at 10,000 nodes).
+    nearest_first: ClassVar[bool] = False
+    # For a ``db_order`` that no index serves: place() has it order only the first
+    # ``sample_size`` fitting nodes in this indexed order (a bounded sample), not the whole scope.
+    sample_order: ClassVar[tuple[str, ...]] = ()
+    sample_size: ClassVar[int] = 0
 
     def rank(self, requirements: Resources, nodes: Sequence[NodeSnapshot]) -> list[NodeSnapshot]:
         """The nodes that fit, most preferred first."""
@@ -67,7 +71,7 @@ class DefaultStrategy(Strategy):
 
     name = "default"
     description = "local → descendants (nearest first) → peers → peers' descendants"
-    tier_major = True
+    nearest_first = True
 
     def sort_key(self, requirements, node):
         return (node.tier, node.depth, node.node_id)
@@ -76,11 +80,30 @@ class DefaultStrategy(Strategy):
         return ["tier", "depth", "node_id"]
 
 
+# How many of the fullest fitting nodes best_fit ranks (see BestFitStrategy).
+BEST_FIT_SAMPLE = 64
+
+
 class BestFitStrategy(Strategy):
-    """The node left with the least spare capacity after placing the request (no waste)."""
+    """The node left with the least spare capacity after placing the request (no waste).
+
+    Waste is a node's free share of each resource, summed (``Node.free_fraction``, indexed),
+    less the request's share of each; that part depends on the request, so no index orders
+    nodes by waste. ``place()`` walks the free_fraction index to the ``BEST_FIT_SAMPLE``
+    fullest fitting nodes in scope, the database orders those by waste (``db_order``) and
+    returns the best few, and ``rank`` orders them again, exactly. That is exact whenever the
+    scope holds no more fitting nodes than the sample. A larger scope is scored on that bounded
+    sample of its fullest fitting nodes, as kube-scheduler (percentageOfNodesToScore) and Nomad
+    score a bounded number of feasible nodes: ordering every fitting node by waste scanned all
+    10,000 rows per placement, and a node outside the sample, freer than all of it, can win
+    only where the request is a larger share of its capacity. The walk passes over the nodes
+    too full for the request, so where most of the scope is, it reads them all, as that sort did.
+    """
 
     name = "best_fit"
     description = "the fitting node whose free resources exceed the request least"
+    sample_order = ("free_fraction", "depth", "node_id")
+    sample_size = BEST_FIT_SAMPLE
 
     def sort_key(self, requirements, node):
         return (round(self.waste(requirements, node), 9), node.tier, node.depth, node.node_id)
@@ -95,14 +118,15 @@ class BestFitStrategy(Strategy):
         )
 
     def db_order(self, requirements):
-        waste = Value(0.0, output_field=FloatField())
-        for name, (capacity, allocated) in RESOURCES.items():
-            spare = Cast(F(capacity) - F(allocated) - getattr(requirements, name), FloatField())
-            waste = waste + Case(
-                When(**{f"{capacity}__gt": 0}, then=spare / Cast(F(capacity), FloatField())),
-                default=Value(0.0),
-                output_field=FloatField(),
-            )
+        # waste(): the free shares, summed (free_fraction), less the request's shares.
+        waste = F("free_fraction")
+        for name, (capacity, _allocated) in RESOURCES.items():
+            amount = getattr(requirements, name)
+            if amount:
+                waste -= Case(
+                    When(**{f"{capacity}__gt": 0}, then=Value(float(amount)) / Cast(F(capacity), FloatField())),
+                    default=Value(0.0),
+                )
         return [waste.asc(), "tier", "depth", "node_id"]
 
 
