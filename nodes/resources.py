@@ -21,7 +21,7 @@ class Resources:
     def shortfalls(self, free: "Resources") -> list[str]:
         """Why it does not fit, one phrase per short resource: "needs 2 GiB memory, 1.5 GiB free"."""
         return [
-            f"needs {human(name, getattr(self, name))} {name}, {human(name, getattr(free, name))} free"
+            f"needs {human(name, getattr(self, name))}{_UNNAMED.get(name, '')}, {human(name, getattr(free, name))} free"
             for name in NAMES
             if getattr(self, name) > getattr(free, name)
         ]
@@ -37,6 +37,8 @@ class Resources:
 
 
 NAMES = ("cpu", "gpu", "memory", "storage")
+# What a byte amount needs after it to say which resource it is ("2.0 GiB memory"); "2 CPU" says it.
+_UNNAMED = {"memory": " memory", "storage": " storage"}
 
 
 def human(name: str, amount: int) -> str:
