@@ -7,7 +7,7 @@ created if missing; its tables are wiped). Prints placements/s for each strategy
 and the raw ceiling measured in the same run: a bare transaction that claims one node row
 with a conditional UPDATE and inserts one row, on one connection. Each placement is one
 transaction too: ``place()`` plus one inserted row recording the decision, as the real path
-records it. Both send their statements as ``place()`` does (``nodes.services.prepared_cursor``:
+records it. Both send their statements as ``place()`` does (``nodes.db.prepared_cursor``:
 prepared once per connection on Postgres), so the comparison is like for like. Placements
 accumulate (nothing is released); capacities are sized so that all of them fit even at 100
 nodes. A figure, not a test: nothing here asserts a timing.
@@ -152,7 +152,7 @@ def run_ceiling(count: int, size: int) -> float:
     The rows are taken in turn, so every claim fits (each node holds at least 160)."""
     from django.db import transaction
 
-    from nodes.services import prepared_cursor
+    from nodes.db import prepared_cursor
 
     reset_allocations()
     cpu, memory = REQUEST["cpu"], REQUEST["memory"]
@@ -186,8 +186,8 @@ def record(cursor, node_pk: int | None, reason: str, details: str) -> None:
 def run_place(count: int, strategy_name: str) -> tuple[float, dict]:
     from django.db import transaction
 
+    from nodes.db import prepared_cursor
     from nodes.resources import Resources
-    from nodes.services import prepared_cursor
     from scheduler.placement import place
     from scheduler.strategies import strategy_get
 

@@ -10,9 +10,9 @@ from typing import NamedTuple
 from django.db import connection
 from django.db.models import Case, F, IntegerField, OrderBy, Q, Value, When
 
+from nodes.db import literal_statement, prepared_cursor
 from nodes.models import RESOURCES, Node, NodeStatus
 from nodes.resources import NAMES, Resources
-from nodes.services import literal_statement, prepared_cursor
 
 from ..strategies import TIER_DESCENDANT, TIER_LOCAL, TIER_PEER, TIER_PEER_DESCENDANT, NodeSnapshot, Strategy
 
