@@ -138,6 +138,12 @@ def workload_note(*, workload_id, reason: str, kind: str = EventKind.INFO, **ext
     WorkloadEvent.objects.create(workload_id=workload_id, kind=kind, reason=reason, **extra)
 
 
+def workload_record_runtime(*, workload_id, runtime: dict, only_on: str) -> None:
+    """Store what an agent learned of a running workload after recording its start (its limits),
+    while it still runs there: a restarted agent re-adopts it from this."""
+    Workload.objects.filter(pk=workload_id, status=S.RUNNING, node__node_id=only_on).update(runtime=runtime)
+
+
 def workload_submit(*, owner, name: str, type: str, config: dict, requirements: Resources,
                     node: str | None = None, strategy: str | None = None, priority: int = 0,
                     restart_policy: str = RestartPolicy.NEVER, max_restarts: int = 3) -> Workload:

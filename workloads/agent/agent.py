@@ -32,7 +32,13 @@ from ..dispatch import request_pending_placement
 from ..executors.base import EXECUTORS, AgentContext, ExecutorError, Handle, executor_for
 from ..executors.limits import detect_limiter
 from ..models import ACTIVE, Workload, WorkloadLog, WorkloadStatus
-from ..services import workload_logs_append, workload_note, workload_requeue, workload_transition
+from ..services import (
+    workload_logs_append,
+    workload_note,
+    workload_record_runtime,
+    workload_requeue,
+    workload_transition,
+)
 
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
@@ -216,17 +222,22 @@ class Agent:
                 return
             self.starting.add(workload_id)
         try:
-            handle = self._start(workload_id)
-            if handle is not None:
+            started = self._start(workload_id)
+            if started is not None:
+                handle, recorded = started
                 with self.lock:
                     self.handles[workload_id] = Supervised(handle)
                 self.wake()
+                if handle.runtime() != recorded:  # its limits were set up beside recording the start
+                    workload_record_runtime(workload_id=workload_id, runtime=handle.runtime(),
+                                            only_on=self.config.node_id)
                 self._save_state()
         finally:
             with self.lock:
                 self.starting.discard(workload_id)
 
-    def _start(self, workload_id: str) -> Handle | None:
+    def _start(self, workload_id: str) -> tuple[Handle, dict] | None:
+        """Start the workload and record it running; the handle and the runtime recorded."""
         workload = Workload.objects.filter(
             pk=workload_id, status=S.SCHEDULED, node__node_id=self.config.node_id
         ).first()
@@ -241,11 +252,11 @@ class Agent:
             workload_transition(workload_id=workload_id, to=S.FAILED, expect=[S.SCHEDULED],
                                 only_on=self.config.node_id, reason=str(error) or type(error).__name__)
             return None
+        recorded = handle.early_runtime()
         try:
             running = workload_transition(
                 workload_id=workload_id, to=S.RUNNING, expect=[S.SCHEDULED], only_on=self.config.node_id,
-                reason=f"started on {self.config.node_id}",
-                runtime=handle.runtime(), agent_epoch=self.epoch,
+                reason=f"started on {self.config.node_id}", runtime=recorded, agent_epoch=self.epoch,
             )
         except Exception:
             running = False  # not recorded as running: a re-dispatch must not find a copy here
@@ -255,7 +266,7 @@ class Agent:
             handle.kill()
             handle.cleanup()
             return None
-        return handle
+        return handle, recorded
 
     def stop(self, workload_id: str) -> None:
         """Begin a graceful stop: SIGTERM now, SIGKILL after the grace period (in ``supervise_once``)."""

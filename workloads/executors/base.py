@@ -52,6 +52,11 @@ class Handle(ABC):
     def runtime(self) -> dict:
         """Facts to store on the workload so a restarted agent can find it again."""
 
+    def early_runtime(self) -> dict:
+        """``runtime()`` without waiting for set-up that runs beside the recording of the start
+        (a process's cgroups); the agent stores the rest once it is there."""
+        return self.runtime()
+
     @abstractmethod
     def poll(self) -> Exit | None:
         """None while it runs; how it ended once it has."""

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import psutil
@@ -26,6 +27,7 @@ class ProcessHandle(Handle):
         self.popen = popen
         self.limiter = limiter
         self.extra = runtime_extra
+        self._confining: threading.Thread | None = None
         offsets = offsets or {}
         self.tails = {
             stream: LogTail(log_path(log_dir, workload_id, stream), offsets.get(stream, 0))
@@ -33,8 +35,44 @@ class ProcessHandle(Handle):
         }
 
     def runtime(self) -> dict:
+        return {**self.early_runtime(), **self._limits()}
+
+    def early_runtime(self) -> dict:
         return {"pid": self.pid, "pgid": self.pid, "create_time": self.create_time,
                 "log_files": {s: str(t.path) for s, t in self.tails.items()}, **self.extra}
+
+    def confine(self, limits: Limits) -> None:
+        """Put the process under its limits, in a thread: moving a process into a memory cgroup
+        waits for an RCU grace period (12 ms of a 20 ms start here, under load), which need not
+        hold up recording the start. The process is confined no later than if it waited."""
+        self._confining = threading.Thread(target=self._apply, args=(limits,), name=f"confine-{self.pid}",
+                                           daemon=True)
+        self._confining.start()
+
+    def _apply(self, limits: Limits) -> None:
+        try:
+            extra = self.limiter.apply(workload_id=self.workload_id, pid=self.pid, limits=limits)
+        except OSError as error:
+            logger.warning("workload %s: cgroup limits not applied (%s); watchdog only", self.workload_id, error)
+            extra = {}
+        if not extra.get("limits"):
+            extra = {"limits": "watchdog", "memory_limit_bytes": limits.memory_bytes}
+            _nice(self.pid)
+        self.extra.update(extra)  # update, not replace: an executor may add its own keys meanwhile
+
+    def _oom_killed(self, *, wait: bool) -> bool:
+        """Whether its cgroup's OOM killer ended it. Only a leader killed by SIGKILL, what that
+        killer sends, waits for its limits to be in place; any other exit before then (a quick
+        job) cannot have come from a cgroup it was not yet in, so its end is reported at once."""
+        if not wait and self._confining is not None and self._confining.is_alive():
+            return False
+        return self.limiter.oom_killed(self._limits())
+
+    def _limits(self) -> dict:
+        """``extra`` once the limits are in place."""
+        if self._confining is not None:
+            self._confining.join()
+        return self.extra
 
     def offsets(self) -> dict:
         return {stream: tail.offset for stream, tail in self.tails.items()}
@@ -56,7 +94,7 @@ class ProcessHandle(Handle):
         return Exit(None, "process ended while re-adopted after an agent restart; exit code unknown")
 
     def _exit(self, code: int) -> Exit:
-        if self.limiter.oom_killed(self.extra):
+        if self._oom_killed(wait=code == -signal.SIGKILL):
             return Exit(code, "memory limit exceeded", oom=True)
         if code < 0:
             return Exit(code, f"killed by signal {signal.Signals(-code).name}")
@@ -89,7 +127,7 @@ class ProcessHandle(Handle):
         return total
 
     def cleanup(self) -> None:
-        self.limiter.cleanup(self.extra)
+        self.limiter.cleanup(self._limits())
 
 
 class ProcessExecutor(Executor):
@@ -116,7 +154,8 @@ class ProcessExecutor(Executor):
 
 def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: AgentContext,
           limits: Limits) -> ProcessHandle:
-    """Start argv in its own session with output to the workload's log files, then limit it."""
+    """Start argv in its own session with output to the workload's log files, then limit it
+    (``ProcessHandle.confine``)."""
     context.log_dir.mkdir(parents=True, exist_ok=True)
     # "wb": a restarted workload begins new files; its earlier runs' output is in the database.
     with open(log_path(context.log_dir, workload_id, "stdout"), "wb") as out, \
@@ -126,21 +165,15 @@ def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: A
                                      cwd=cwd, start_new_session=True, close_fds=True)
         except OSError as error:
             raise ExecutorError(f"could not start {argv[0]!r}: {error.strerror or error}") from error
+    handle = ProcessHandle(workload_id=workload_id, pid=popen.pid, create_time=0.0, log_dir=context.log_dir,
+                           limiter=context.limiter, runtime_extra={}, popen=popen)
+    handle.confine(limits)
     try:
-        extra = context.limiter.apply(workload_id=workload_id, pid=popen.pid, limits=limits)
-    except OSError as error:
-        logger.warning("workload %s: cgroup limits not applied (%s); watchdog only", workload_id, error)
-        extra = {}
-    if not extra.get("limits"):
-        extra = {"limits": "watchdog", "memory_limit_bytes": limits.memory_bytes}
-        _nice(popen.pid)
-    try:
-        create_time = psutil.Process(popen.pid).create_time()
+        handle.create_time = psutil.Process(popen.pid).create_time()
     except psutil.Error:
-        create_time = 0.0  # already gone; poll() will report its exit
+        pass  # already gone; poll() will report its exit
     logger.info("workload %s: started pid %s: %s", workload_id, popen.pid, argv)
-    return ProcessHandle(workload_id=workload_id, pid=popen.pid, create_time=create_time,
-                         log_dir=context.log_dir, limiter=context.limiter, runtime_extra=extra, popen=popen)
+    return handle
 
 
 def resolve_command(command: str, path: str | None) -> str:

@@ -57,3 +57,19 @@ def test_a_rerun_numbers_its_log_chunks_after_those_of_earlier_runs():
     chunks = list(WorkloadLog.objects.filter(workload=workload).order_by("seq").values_list("seq", "text"))
     assert chunks[-1] == (3, "second run\n") and len(chunks) == 4
     agent.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_limits_set_up_beside_the_start_are_stored_for_a_restarted_agent():
+    node_id = f"limiter-{uuid.uuid4().hex[:6]}"
+    agent = agent_for(node_id, port=18343)
+    agent.register()
+    workload = workload_submit(
+        owner=None, name="limited", type="process", node=node_id, config={"command": "sleep", "args": ["60"]},
+        requirements=Resources(cpu=100, gpu=0, memory=64 * 1024**2, storage=0))
+    agent.start(str(workload.pk))
+    stored = Workload.objects.get(pk=workload.pk).runtime
+    assert stored["limits"] == agent.context.limiter.kind or stored["limits"] == "watchdog"
+    assert stored == agent.handles[str(workload.pk)].handle.runtime()
+    agent.shutdown()
+    assert Workload.objects.get(pk=workload.pk).status == WorkloadStatus.STOPPED
