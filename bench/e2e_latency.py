@@ -166,23 +166,23 @@ def run_api(count: int, token: str) -> dict[str, list[float]]:
         def finished(workload_id=workload_id):
             close_old_connections()
             return Workload.objects.filter(pk=workload_id, finished_at__isnull=False).values(
-                "status", "reason", "dispatched_at", "started_at", "finished_at").first()
+                "status", "reason", "scheduled_at", "started_at", "finished_at").first()
 
         row = wait_for(finished, 30, f"workload {workload_id} to finish", every=0.005)
         if row["status"] != "succeeded":
             raise RuntimeError(f"workload {workload_id} ended {row['status']}: {row['reason']}")
-        at = {name: row[name].timestamp() for name in ("dispatched_at", "started_at", "finished_at")}
+        at = {name: row[name].timestamp() for name in ("scheduled_at", "started_at", "finished_at")}
         stages["submit → running"].append(at["started_at"] - submitted)
         stages["submit → succeeded"].append(at["finished_at"] - submitted)
-        stages["  submit → start published"].append(at["dispatched_at"] - submitted)
+        stages["  submit → placed"].append(at["scheduled_at"] - submitted)
         stages["  submit → HTTP answer"].append(answered - submitted)
-        stages["  start published → running"].append(at["started_at"] - at["dispatched_at"])
+        stages["  placed → running"].append(at["started_at"] - at["scheduled_at"])
         stages["  running → exit recorded"].append(at["finished_at"] - at["started_at"])
     return stages
 
 
-STAGES = ("submit → running", "submit → succeeded", "  submit → start published", "  submit → HTTP answer",
-          "  start published → running", "  running → exit recorded")
+STAGES = ("submit → running", "submit → succeeded", "  submit → placed", "  submit → HTTP answer",
+          "  placed → running", "  running → exit recorded")
 
 
 def run_raw(count: int) -> tuple[list[float], list[float], list[float]]:

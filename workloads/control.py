@@ -11,7 +11,7 @@ from django.utils import timezone
 from nodes.models import NodeStatus
 from nodes.services import nodes_check_liveness
 
-from .dispatch import dispatch_start
+from .dispatch import dispatch_start_again
 from .models import ACTIVE, Workload, WorkloadStatus
 from .services import workload_transition, workloads_place_pending
 
@@ -53,7 +53,7 @@ def redispatch_unacknowledged() -> int:
     count = 0
     for workload_id, node_id in stale.values_list("pk", "node__node_id"):
         logger.info("workload %s: not acknowledged, dispatching again", workload_id)
-        count += dispatch_start(workload_id=workload_id, node_id=node_id)
+        count += dispatch_start_again(workload_id=workload_id, node_id=node_id)
     return count
 
 

@@ -21,14 +21,21 @@ def node_queue(node_id: str) -> str:
 
 
 def dispatch_start(*, workload_id, node_id: str) -> bool:
-    """Ring the doorbell of the node a workload was placed on; note when, for the redispatch loop.
+    """Ring the doorbell of the node a workload was placed on.
 
     Callers know the node (they just placed the workload, or read it with the workload); a
     start that finds the workload no longer scheduled there is ignored by the agent."""
-    from .models import Workload, WorkloadStatus
     from .tasks import start_workload as start_workload_task
 
-    if not _publish(start_workload_task, [str(workload_id)], node_queue(node_id)):
+    return _publish(start_workload_task, [str(workload_id)], node_queue(node_id))
+
+
+def dispatch_start_again(*, workload_id, node_id: str) -> bool:
+    """Ring again for a start nobody acknowledged, and note when: the redispatch loop waits
+    from then (from ``scheduled_at`` while a workload has only had its first doorbell)."""
+    from .models import Workload, WorkloadStatus
+
+    if not dispatch_start(workload_id=workload_id, node_id=node_id):
         return False
     Workload.objects.filter(pk=workload_id, status=WorkloadStatus.SCHEDULED).update(
         dispatched_at=timezone.now()

@@ -76,6 +76,7 @@ class Workload(models.Model):
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     scheduled_at = models.DateTimeField(null=True, blank=True)
+    # When the start was last sent again (the first is sent as it is scheduled).
     dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

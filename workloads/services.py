@@ -50,9 +50,16 @@ RESTARTS_ON = {
 }
 
 
+# What a transition reads of a workload: its state, its claim, and its restart policy.
+TRANSITION_FIELDS = (
+    "status", "node_id", "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes",
+    "restart_policy", "restart_count", "max_restarts", "stop_requested_at",
+)
+
+
 def workload_transition(
-    *, workload_id, to: str, reason: str = "", expect: Iterable[str] | None = None,
-    only_on: str | None = None, restart: bool = True, **fields
+    *, workload_id=None, workload: Workload | None = None, to: str, reason: str = "",
+    expect: Iterable[str] | None = None, only_on: str | None = None, restart: bool = True, **fields
 ) -> bool:
     """Move a workload to ``to`` if the table allows it from its current state.
 
@@ -63,14 +70,19 @@ def workload_transition(
     a stale copy can never end a workload that now runs elsewhere. A workload that ends in a
     state its restart policy names goes back to pending, unless a user asked it to stop or
     the caller re-queues it itself (``restart=False``). Returns whether it moved.
+
+    A caller that has just read the workload (its node loaded) passes it as ``workload`` instead
+    of ``workload_id``, which saves reading it again: a stale copy can only make the move fail,
+    never make a wrong one. The copy is brought up to date when it moves.
     """
     # No savepoint when nested: nothing here is retried after an error, and a placement's
     # transaction saves two round trips.
     with transaction.atomic(savepoint=False):
-        row = Workload.objects.filter(pk=workload_id).values(
-            "status", "node_id", "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes",
-            "restart_policy", "restart_count", "max_restarts", "node__node_id", "stop_requested_at",
-        ).first()
+        if workload is not None:
+            workload_id = workload.pk
+            row = _transition_row(workload)
+        else:
+            row = Workload.objects.filter(pk=workload_id).values(*TRANSITION_FIELDS, "node__node_id").first()
         if row is None:
             return False
         current = row["status"]
@@ -101,9 +113,20 @@ def workload_transition(
             node_release(node_pk=row["node_id"], requirements=_requirements(row))
             transaction.on_commit(request_pending_placement)
         logger.info("workload %s: %s -> %s (%s)", workload_id, current, to, reason)
+    if workload is not None:
+        for name, value in changes.items():
+            setattr(workload, name, value)
     if restart and not row["stop_requested_at"] and row["restart_policy"] in RESTARTS_ON.get(to, ()):
         _restart(workload_id=workload_id, row=row, ended=to)
+        if workload is not None:
+            workload.refresh_from_db()
     return True
+
+
+def _transition_row(workload: Workload) -> dict:
+    row = {name: getattr(workload, name) for name in TRANSITION_FIELDS}
+    row["node__node_id"] = workload.node.node_id if workload.node_id else None
+    return row
 
 
 def _requirements(row: dict) -> Resources:
@@ -155,8 +178,6 @@ def workload_submit(*, owner, name: str, type: str, config: dict, requirements: 
     strategy_name = strategy or settings.CNET_DEFAULT_STRATEGY
     strategy_get(strategy_name)
     submitted_at = _submitted_node(node)
-    if not node_could_ever_hold(requirements=requirements):
-        raise InvalidRequest(_never_fits_message(requirements), field="requirements")
     with transaction.atomic():
         workload = Workload.objects.create(
             owner=owner, name=name, type=type, config=config, strategy=strategy_name,
@@ -168,8 +189,11 @@ def workload_submit(*, owner, name: str, type: str, config: dict, requirements: 
             workload=workload, kind=EventKind.TRANSITION, to_status=S.PENDING,
             node_id=submitted_at.node_id if submitted_at else "", reason="submitted",
         )
-        _place(workload)
-    return Workload.objects.select_related("node", "submitted_node", "owner").get(pk=workload.pk)
+        # Only a request that fits nowhere now is checked against empty nodes: one that no
+        # node could ever hold would wait forever, so it is refused and nothing is kept.
+        if not _place(workload) and not node_could_ever_hold(requirements=requirements):
+            raise InvalidRequest(_never_fits_message(requirements), field="requirements")
+    return workload
 
 
 def _submitted_node(node: str | None) -> Node | None:
@@ -202,7 +226,8 @@ def workload_place(*, workload_id) -> bool:
 
 
 def _place(workload: Workload) -> bool:
-    """Place a pending workload the caller has read (its status is re-checked by the transition)."""
+    """Place a pending workload the caller has just read (the transition re-checks its status);
+    the caller's copy is brought up to date."""
     workload_id = workload.pk
     with transaction.atomic(savepoint=False):
         local = workload.submitted_node.node_id if workload.submitted_node else settings.CNET_LOCAL_NODE_ID
@@ -218,17 +243,18 @@ def _place(workload: Workload) -> bool:
         summary = decision.summary()
         if not decision.placed:
             if workload.reason != summary:
+                workload.reason = summary
                 Workload.objects.filter(pk=workload_id).update(reason=summary)
                 workload_note(workload_id=workload_id, kind=EventKind.PLACEMENT, reason=summary,
                               details=decision.reasons)
             return False
-        node_pk = decision.node.pk
-        if not workload_transition(workload_id=workload_id, to=S.SCHEDULED, expect=[S.PENDING],
+        node_pk, node_id = decision.node.pk, decision.node.node_id
+        if not workload_transition(workload=workload, to=S.SCHEDULED, expect=[S.PENDING],
                                    reason=summary, node_id=node_pk):
             # Someone else placed or stopped it meanwhile: give back what we took.
             node_release(node_pk=node_pk, requirements=workload.requirements)
             return False
-        node_id = decision.node.node_id
+        workload.node = Node.from_db(None, ["id", "node_id"], [node_pk, node_id])  # as .only("node_id") reads it
         workload_note(workload_id=workload_id, kind=EventKind.PLACEMENT, reason=summary,
                       details=decision.reasons, node_id=node_id)
         transaction.on_commit(lambda: dispatch_start(workload_id=workload_id, node_id=node_id))

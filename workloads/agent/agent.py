@@ -238,7 +238,7 @@ class Agent:
 
     def _start(self, workload_id: str) -> tuple[Handle, dict] | None:
         """Start the workload and record it running; the handle and the runtime recorded."""
-        workload = Workload.objects.filter(
+        workload = Workload.objects.select_related("node").filter(
             pk=workload_id, status=S.SCHEDULED, node__node_id=self.config.node_id
         ).first()
         if workload is None:
@@ -255,7 +255,7 @@ class Agent:
         recorded = handle.early_runtime()
         try:
             running = workload_transition(
-                workload_id=workload_id, to=S.RUNNING, expect=[S.SCHEDULED], only_on=self.config.node_id,
+                workload=workload, to=S.RUNNING, expect=[S.SCHEDULED], only_on=self.config.node_id,
                 reason=f"started on {self.config.node_id}", runtime=recorded, agent_epoch=self.epoch,
             )
         except Exception:
@@ -347,17 +347,18 @@ class Agent:
                 supervised.handle.kill()
 
     def _finish(self, workload_id: str, supervised: Supervised, exit_) -> None:
-        row = Workload.objects.filter(pk=workload_id).values("stop_requested_at").first()
+        workload = Workload.objects.select_related("node").filter(pk=workload_id).first()
         if supervised.kill_reason or exit_.oom:
             to, reason = S.FAILED, supervised.kill_reason or exit_.reason
-        elif row and row["stop_requested_at"]:
+        elif workload and workload.stop_requested_at:
             to, reason = S.STOPPED, f"stopped ({exit_.reason})"
         elif exit_.code == 0:
             to, reason = S.SUCCEEDED, exit_.reason
         else:
             to, reason = S.FAILED, exit_.reason
-        workload_transition(workload_id=workload_id, to=to, reason=reason, expect=[S.RUNNING],
-                            only_on=self.config.node_id, exit_code=exit_.code)
+        if workload:
+            workload_transition(workload=workload, to=to, reason=reason, expect=[S.RUNNING],
+                                only_on=self.config.node_id, exit_code=exit_.code)
         supervised.handle.cleanup()
         with self.lock:
             self.handles.pop(workload_id, None)

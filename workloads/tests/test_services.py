@@ -55,6 +55,20 @@ def test_submit_places_on_the_local_node_and_records_submission_and_placement():
 
 
 @pytest.mark.django_db
+def test_a_transition_given_a_stale_copy_does_not_move_and_a_fresh_one_is_kept_current():
+    make_node("local")
+    stale = Workload.objects.select_related("node").get(pk=submit().pk)
+    fresh = Workload.objects.select_related("node").get(pk=stale.pk)
+    assert workload_transition(workload=fresh, to=S.RUNNING, reason="started")
+    assert fresh.status == S.RUNNING and fresh.started_at is not None and fresh.reason == "started"
+    assert not workload_transition(workload=stale, to=S.FAILED, reason="from a stale copy")
+    assert not workload_transition(workload=stale, to=S.RUNNING, reason="twice")
+    stored = Workload.objects.get(pk=stale.pk)
+    assert stored.status == S.RUNNING and stored.reason == "started"
+    assert transitions(stored)[-1] == ("scheduled", "running") and len(transitions(stored)) == 3
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("start, to", [
     (S.PENDING, S.RUNNING), (S.PENDING, S.SUCCEEDED), (S.SCHEDULED, S.SUCCEEDED),
     (S.STOPPED, S.RUNNING), (S.STOPPED, S.PENDING), (S.SUCCEEDED, S.RUNNING), (S.RUNNING, S.SCHEDULED),

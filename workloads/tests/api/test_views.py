@@ -175,6 +175,20 @@ def test_list_query_count_does_not_grow_with_workloads(api, local, django_assert
         assert len(api.get("/api/workloads").json()) == 15
 
 
+def test_the_submit_answer_is_what_is_stored(api, local):
+    # The answer is built from what the submission wrote, not read back: it must match a read.
+    for body in ({}, {"requirements": {"cpu": 3.5, "memory": GiB}}):  # placed, then pending (room for 3.5 used)
+        created = create(api, **body)
+        assert created == api.get(f"/api/workloads/{created['id']}").json()
+    assert created["status"] == "pending" and created["reason"].startswith("no node fits now")
+
+
+def test_a_placed_submission_takes_a_bounded_number_of_queries(api, local, django_assert_max_num_queries):
+    create(api)  # warms the placement's cached origin
+    with django_assert_max_num_queries(11):  # auth, node, the placement's read and claim, writes
+        create(api)
+
+
 def test_a_user_sees_and_controls_only_their_own_workloads(api, user_api, client_for, local, django_user_model):
     mine = create(user_api, name="mine")
     theirs = create(api, name="theirs")
