@@ -81,6 +81,12 @@ class TrainingHandle(Handle):
     def runtime(self) -> dict:
         return {**self.inner.runtime(), "ml": "training", "phase": self.phase}
 
+    def early_runtime(self) -> dict:
+        return {**self.inner.early_runtime(), "ml": "training", "phase": self.phase}
+
+    def runtime_settled(self) -> bool:
+        return self.inner.runtime_settled()
+
     def offsets(self) -> dict:
         return self.inner.offsets()
 

@@ -4,6 +4,20 @@ from cnetsite.errors import InvalidRequest
 
 from .models import ACTIVE, Workload, WorkloadEvent, WorkloadLog, WorkloadStatus
 
+# What a transition reads of a workload: its state, its claim, and its restart policy.
+TRANSITION_FIELDS = (
+    "status", "node_id", "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes",
+    "restart_policy", "restart_count", "max_restarts", "stop_requested_at",
+)
+
+
+def workload_for_transition(*, workload_id) -> Workload | None:
+    """A workload as ``workload_transition`` needs it (with its node's name), and no more."""
+    return (
+        Workload.objects.select_related("node").only(*TRANSITION_FIELDS, "node__node_id")
+        .filter(pk=workload_id).first()
+    )
+
 
 def workload_list(*, user) -> QuerySet[Workload]:
     """Workloads a user may see: all for staff, their own otherwise."""

@@ -2,7 +2,7 @@
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from django.conf import settings
 from django.db import transaction
@@ -28,6 +28,7 @@ from .models import (
     WorkloadLog,
     WorkloadStatus,
 )
+from .selectors import TRANSITION_FIELDS
 
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
@@ -50,16 +51,10 @@ RESTARTS_ON = {
 }
 
 
-# What a transition reads of a workload: its state, its claim, and its restart policy.
-TRANSITION_FIELDS = (
-    "status", "node_id", "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes",
-    "restart_policy", "restart_count", "max_restarts", "stop_requested_at",
-)
-
-
 def workload_transition(
     *, workload_id=None, workload: Workload | None = None, to: str, reason: str = "",
-    expect: Iterable[str] | None = None, only_on: str | None = None, restart: bool = True, **fields
+    expect: Iterable[str] | None = None, only_on: str | None = None, restart: bool = True,
+    events: Sequence[WorkloadEvent] = (), **fields
 ) -> bool:
     """Move a workload to ``to`` if the table allows it from its current state.
 
@@ -73,7 +68,8 @@ def workload_transition(
 
     A caller that has just read the workload (its node loaded) passes it as ``workload`` instead
     of ``workload_id``, which saves reading it again: a stale copy can only make the move fail,
-    never make a wrong one. The copy is brought up to date when it moves.
+    never make a wrong one. The copy is brought up to date when it moves. ``events`` (what led
+    to the move) are recorded with it, before its own event, in one INSERT, if it moves.
     """
     # No savepoint when nested: nothing here is retried after an error, and a placement's
     # transaction saves two round trips.
@@ -105,10 +101,10 @@ def workload_transition(
                            finished_at=None, exit_code=None, runtime={}, stop_requested_at=None)
         if not Workload.objects.filter(pk=workload_id, status=current, node_id=row["node_id"]).update(**changes):
             return False
-        WorkloadEvent.objects.create(
+        WorkloadEvent.objects.bulk_create([*events, WorkloadEvent(
             workload_id=workload_id, kind=EventKind.TRANSITION, from_status=current, to_status=to,
             node_id=row["node__node_id"] or "", reason=reason,
-        )
+        )])
         if current in ACTIVE and to not in ACTIVE and row["node_id"]:
             node_release(node_pk=row["node_id"], requirements=_requirements(row))
             transaction.on_commit(request_pending_placement)
@@ -185,13 +181,13 @@ def workload_submit(*, owner, name: str, type: str, config: dict, requirements: 
             max_restarts=max_restarts, cpu_millicores=requirements.cpu, gpu_count=requirements.gpu,
             memory_bytes=requirements.memory, storage_bytes=requirements.storage,
         )
-        WorkloadEvent.objects.create(
+        submitted = WorkloadEvent(
             workload=workload, kind=EventKind.TRANSITION, to_status=S.PENDING,
             node_id=submitted_at.node_id if submitted_at else "", reason="submitted",
         )
         # Only a request that fits nowhere now is checked against empty nodes: one that no
         # node could ever hold would wait forever, so it is refused and nothing is kept.
-        if not _place(workload) and not node_could_ever_hold(requirements=requirements):
+        if not _place(workload, earlier_events=[submitted]) and not node_could_ever_hold(requirements=requirements):
             raise InvalidRequest(_never_fits_message(requirements), field="requirements")
     return workload
 
@@ -225,9 +221,10 @@ def workload_place(*, workload_id) -> bool:
         return workload is not None and _place(workload)
 
 
-def _place(workload: Workload) -> bool:
+def _place(workload: Workload, *, earlier_events: Sequence[WorkloadEvent] = ()) -> bool:
     """Place a pending workload the caller has just read (the transition re-checks its status);
-    the caller's copy is brought up to date."""
+    the caller's copy is brought up to date. ``earlier_events`` (a submission's own) are written
+    in the same INSERT as the placement's."""
     workload_id = workload.pk
     with transaction.atomic(savepoint=False):
         local = workload.submitted_node.node_id if workload.submitted_node else settings.CNET_LOCAL_NODE_ID
@@ -242,21 +239,24 @@ def _place(workload: Workload) -> bool:
                           placed=decision.placed)
         summary = decision.summary()
         if not decision.placed:
+            events = list(earlier_events)
             if workload.reason != summary:
                 workload.reason = summary
                 Workload.objects.filter(pk=workload_id).update(reason=summary)
-                workload_note(workload_id=workload_id, kind=EventKind.PLACEMENT, reason=summary,
-                              details=decision.reasons)
+                events.append(WorkloadEvent(workload_id=workload_id, kind=EventKind.PLACEMENT, reason=summary,
+                                            details=decision.reasons))
+            WorkloadEvent.objects.bulk_create(events)
             return False
         node_pk, node_id = decision.node.pk, decision.node.node_id
-        if not workload_transition(workload=workload, to=S.SCHEDULED, expect=[S.PENDING],
-                                   reason=summary, node_id=node_pk):
+        placed = WorkloadEvent(workload_id=workload_id, kind=EventKind.PLACEMENT, reason=summary,
+                               details=decision.reasons, node_id=node_id)
+        if not workload_transition(workload=workload, to=S.SCHEDULED, expect=[S.PENDING], reason=summary,
+                                   node_id=node_pk, events=[*earlier_events, placed]):
             # Someone else placed or stopped it meanwhile: give back what we took.
             node_release(node_pk=node_pk, requirements=workload.requirements)
+            WorkloadEvent.objects.bulk_create(earlier_events)
             return False
         workload.node = Node.from_db(None, ["id", "node_id"], [node_pk, node_id])  # as .only("node_id") reads it
-        workload_note(workload_id=workload_id, kind=EventKind.PLACEMENT, reason=summary,
-                      details=decision.reasons, node_id=node_id)
         transaction.on_commit(lambda: dispatch_start(workload_id=workload_id, node_id=node_id))
     return True
 

@@ -32,6 +32,7 @@ from ..dispatch import request_pending_placement
 from ..executors.base import EXECUTORS, AgentContext, ExecutorError, Handle, executor_for
 from ..executors.limits import detect_limiter
 from ..models import ACTIVE, Workload, WorkloadLog, WorkloadStatus
+from ..selectors import workload_for_transition
 from ..services import (
     workload_logs_append,
     workload_note,
@@ -70,6 +71,9 @@ class Supervised:
     seq: int | None = None
     stop_deadline: float | None = None
     kill_reason: str | None = None
+    # What the database holds of runtime(): set-up finished after the start was recorded (a
+    # process's cgroups) is stored by the supervisor, not by the start beside the job's exit.
+    recorded: dict = field(default_factory=dict)
 
 
 class Agent:
@@ -226,11 +230,8 @@ class Agent:
             if started is not None:
                 handle, recorded = started
                 with self.lock:
-                    self.handles[workload_id] = Supervised(handle)
+                    self.handles[workload_id] = Supervised(handle, recorded=recorded)
                 self.wake()
-                if handle.runtime() != recorded:  # its limits were set up beside recording the start
-                    workload_record_runtime(workload_id=workload_id, runtime=handle.runtime(),
-                                            only_on=self.config.node_id)
                 self._save_state()
         finally:
             with self.lock:
@@ -307,6 +308,7 @@ class Agent:
             self._drop(workload_id, "its workload was deleted")
             return True
         if exit_ is None:
+            busy |= self._record_runtime(workload_id, supervised)
             self._enforce(workload_id, supervised)
             return busy
         self._finish(workload_id, supervised, exit_)
@@ -333,12 +335,22 @@ class Agent:
             supervised.handle.cleanup()
         return supervised
 
+    def _record_runtime(self, workload_id: str, supervised: Supervised) -> bool:
+        """Store set-up that finished after the start was recorded; whether there was any. The
+        supervisor never waits for it: a pass after it has finished stores it."""
+        runtime = supervised.handle.runtime_now()
+        if runtime == supervised.recorded:
+            return False
+        workload_record_runtime(workload_id=workload_id, runtime=runtime, only_on=self.config.node_id)
+        supervised.recorded = runtime
+        return True
+
     def _enforce(self, workload_id: str, supervised: Supervised) -> None:
         now = time.monotonic()
         if supervised.stop_deadline is not None and now > supervised.stop_deadline:
             supervised.handle.kill()
             return
-        limit = supervised.handle.runtime().get("memory_limit_bytes")
+        limit = supervised.recorded.get("memory_limit_bytes")  # the watchdog's, once limits are set up
         if limit and supervised.kill_reason is None:
             used = supervised.handle.memory_bytes()
             if used is not None and used > limit:
@@ -347,7 +359,7 @@ class Agent:
                 supervised.handle.kill()
 
     def _finish(self, workload_id: str, supervised: Supervised, exit_) -> None:
-        workload = Workload.objects.select_related("node").filter(pk=workload_id).first()
+        workload = workload_for_transition(workload_id=workload_id)
         if supervised.kill_reason or exit_.oom:
             to, reason = S.FAILED, supervised.kill_reason or exit_.reason
         elif workload and workload.stop_requested_at:
@@ -356,9 +368,11 @@ class Agent:
             to, reason = S.SUCCEEDED, exit_.reason
         else:
             to, reason = S.FAILED, exit_.reason
+        runtime = supervised.handle.runtime_now()  # a quick exit does not wait for its limits
         if workload:
             workload_transition(workload=workload, to=to, reason=reason, expect=[S.RUNNING],
-                                only_on=self.config.node_id, exit_code=exit_.code)
+                                only_on=self.config.node_id, exit_code=exit_.code,
+                                **({"runtime": runtime} if runtime != supervised.recorded else {}))
         supervised.handle.cleanup()
         with self.lock:
             self.handles.pop(workload_id, None)
@@ -419,7 +433,7 @@ class Agent:
                                     reason="its process ended while the agent was down; exit code unknown")
                 continue
             with self.lock:
-                self.handles[workload_id] = Supervised(handle)
+                self.handles[workload_id] = Supervised(handle, recorded=handle.runtime())
             workload_note(workload_id=workload_id, reason=f"re-adopted by the restarted agent on {self.config.node_id}")
             logger.info("workload %s: re-adopted", workload_id)
         self._reap_orphans()
@@ -468,7 +482,8 @@ class Agent:
         with self.lock:
             # list(): the fencing thread may pop entries without the lock (see fence_once).
             state = {
-                workload_id: {**s.handle.runtime(), "log_offsets": s.handle.offsets(), "type": s.handle.workload_type}
+                workload_id: {**s.handle.runtime_now(), "log_offsets": s.handle.offsets(),
+                              "type": s.handle.workload_type}
                 for workload_id, s in list(self.handles.items())
             }
         self.state_file.parent.mkdir(parents=True, exist_ok=True)

@@ -57,6 +57,14 @@ class Handle(ABC):
         (a process's cgroups); the agent stores the rest once it is there."""
         return self.runtime()
 
+    def runtime_settled(self) -> bool:
+        """Whether ``runtime()`` answers at once: that set-up, if any, has finished."""
+        return True
+
+    def runtime_now(self) -> dict:
+        """``runtime()`` without waiting: what is known so far."""
+        return self.runtime() if self.runtime_settled() else self.early_runtime()
+
     @abstractmethod
     def poll(self) -> Exit | None:
         """None while it runs; how it ended once it has."""

@@ -49,6 +49,9 @@ class ProcessHandle(Handle):
                                            daemon=True)
         self._confining.start()
 
+    def runtime_settled(self) -> bool:
+        return self._confining is None or not self._confining.is_alive()
+
     def _apply(self, limits: Limits) -> None:
         try:
             extra = self.limiter.apply(workload_id=self.workload_id, pid=self.pid, limits=limits)

@@ -7,6 +7,7 @@ import pytest
 
 from nodes.resources import Resources
 from tests.helpers import wait_for
+from workloads.executors.limits import CgroupLimiter
 from workloads.models import Workload, WorkloadLog, WorkloadStatus
 from workloads.services import workload_submit
 
@@ -62,8 +63,26 @@ def test_a_rerun_numbers_its_log_chunks_after_those_of_earlier_runs():
 def test_limits_set_up_beside_the_start_are_stored_for_a_restarted_agent():
     agent, workload = agent_with_work("limiter", 18343, "sleep", "60", memory=64 * 1024**2)
     agent.start(str(workload.pk))
-    stored = Workload.objects.get(pk=workload.pk).runtime
-    assert stored["limits"] == agent.context.limiter.kind or stored["limits"] == "watchdog"
-    assert stored == agent.handles[str(workload.pk)].handle.runtime()
+
+    def stored_by_the_supervisor():
+        agent.supervise_once()
+        return Workload.objects.get(pk=workload.pk).runtime.get("limits")
+
+    assert wait_for(stored_by_the_supervisor, message="limits stored") in (agent.context.limiter.kind, "watchdog")
+    assert Workload.objects.get(pk=workload.pk).runtime == agent.handles[str(workload.pk)].handle.runtime()
     agent.shutdown()
     assert Workload.objects.get(pk=workload.pk).status == WorkloadStatus.STOPPED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_cgroups_the_watchdog_kills_work_over_its_memory_once_its_limits_are_known():
+    # Bounded (512 MiB, then it waits), so a watchdog that misses it fails the test, not the machine.
+    code = "import time\nheap = []\nwhile len(heap) < 64:\n    heap.append(bytearray(8 << 20)); time.sleep(0.01)\n" \
+           "time.sleep(60)"
+    agent, workload = agent_with_work("hog", 18344, sys.executable, "-c", code, memory=64 * 1024**2)
+    agent.context.limiter = CgroupLimiter(group="cnet/none")  # applies nothing: the watchdog's case
+    agent.start(str(workload.pk))
+    ended = supervise_until_done(agent, workload)
+    assert (ended.status, ended.reason) == (WorkloadStatus.FAILED, "memory limit exceeded")
+    assert ended.runtime["limits"] == "watchdog"
+    agent.shutdown()
