@@ -66,10 +66,10 @@ def workload_transition(
     state its restart policy names goes back to pending, unless a user asked it to stop or
     the caller re-queues it itself (``restart=False``). Returns whether it moved.
 
-    A caller that has just read the workload (its node loaded) passes it as ``workload`` instead
-    of ``workload_id``, which saves reading it again: a stale copy can only make the move fail,
-    never make a wrong one. The copy is brought up to date when it moves. ``events`` (what led
-    to the move) are recorded with it, before its own event, in one INSERT, if it moves.
+    A caller that has just read the workload for this move (its node loaded) passes it as
+    ``workload`` instead of ``workload_id``, which saves reading it again; the UPDATE re-checks
+    its state and node as it would a read's. The copy is brought up to date when it moves.
+    ``events`` (what led to the move) are recorded with it, before its own event, in one INSERT.
     """
     # No savepoint when nested: nothing here is retried after an error, and a placement's
     # transaction saves two round trips.

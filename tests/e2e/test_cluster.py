@@ -178,7 +178,9 @@ def test_process_over_its_memory_requirement_fails_with_memory_limit_exceeded(ap
 
 
 def test_cpu_requirement_becomes_the_cfs_quota_of_its_cgroup(api, cluster):
-    workload = wait_status(submit(api, name="quota", node="peer1", cpu=0.5), S.RUNNING)
+    workload_id = submit(api, name="quota", node="peer1", cpu=0.5)
+    # The limits are stored once they are in place, a moment after the start is recorded.
+    workload = wait_for(lambda: (w := row(workload_id)).runtime.get("limits") and w, timeout=10, message="limits")
     if workload.runtime.get("limits") not in {"cgroup1", "cgroup2"}:
         pytest.skip(f"no writable cgroup on this machine (limits: {workload.runtime.get('limits')})")
     cpu_groups = [Path(p) for p in workload.runtime["cgroups"]

@@ -93,6 +93,7 @@ class Agent:
             log_dir=config.data_dir / "logs" / config.node_id,
             limiter=detect_limiter(node_id=config.node_id),
             capabilities=config.capabilities,
+            wake=lambda: self.wake(),  # the supervisor stores a process's limits once they are set up
         )
         self._last_status_check = 0.0
         # Self-fencing (fence_once): one heartbeat before the control plane may declare this

@@ -6,6 +6,7 @@ its app's ``ready()``.
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class AgentContext:
     log_dir: Path
     limiter: CgroupLimiter
     capabilities: dict = field(default_factory=dict)
+    # Tells the supervisor a handle has news for it (set-up beside the start has finished).
+    wake: Callable[[], None] = lambda: None
 
 
 @dataclass

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -27,7 +28,8 @@ class ProcessHandle(Handle):
         self.popen = popen
         self.limiter = limiter
         self.extra = runtime_extra
-        self._confining: threading.Thread | None = None
+        self._confined = threading.Event()  # its limits are in place (or it needs none set up here)
+        self._confined.set()
         offsets = offsets or {}
         self.tails = {
             stream: LogTail(log_path(log_dir, workload_id, stream), offsets.get(stream, 0))
@@ -41,16 +43,23 @@ class ProcessHandle(Handle):
         return {"pid": self.pid, "pgid": self.pid, "create_time": self.create_time,
                 "log_files": {s: str(t.path) for s, t in self.tails.items()}, **self.extra}
 
-    def confine(self, limits: Limits) -> None:
-        """Put the process under its limits, in a thread: moving a process into a memory cgroup
-        waits for an RCU grace period (12 ms of a 20 ms start here, under load), which need not
-        hold up recording the start. The process is confined no later than if it waited."""
-        self._confining = threading.Thread(target=self._apply, args=(limits,), name=f"confine-{self.pid}",
-                                           daemon=True)
-        self._confining.start()
+    def confine(self, limits: Limits, *, then: Callable[[], None]) -> None:
+        """Put the process under its limits, in a thread, and call ``then`` once they are in place:
+        moving a process into a memory cgroup waits for an RCU grace period (12 ms of a 20 ms start
+        here, under load), which need not hold up recording the start. The process is confined no
+        later than if it waited."""
+        def apply():
+            try:
+                self._apply(limits)
+            finally:
+                self._confined.set()
+                then()
+
+        self._confined.clear()
+        threading.Thread(target=apply, name=f"confine-{self.pid}", daemon=True).start()
 
     def runtime_settled(self) -> bool:
-        return self._confining is None or not self._confining.is_alive()
+        return self._confined.is_set()
 
     def _apply(self, limits: Limits) -> None:
         try:
@@ -67,14 +76,13 @@ class ProcessHandle(Handle):
         """Whether its cgroup's OOM killer ended it. Only a leader killed by SIGKILL, what that
         killer sends, waits for its limits to be in place; any other exit before then (a quick
         job) cannot have come from a cgroup it was not yet in, so its end is reported at once."""
-        if not wait and self._confining is not None and self._confining.is_alive():
+        if not wait and not self._confined.is_set():
             return False
         return self.limiter.oom_killed(self._limits())
 
     def _limits(self) -> dict:
         """``extra`` once the limits are in place."""
-        if self._confining is not None:
-            self._confining.join()
+        self._confined.wait()
         return self.extra
 
     def offsets(self) -> dict:
@@ -170,7 +178,7 @@ def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: A
             raise ExecutorError(f"could not start {argv[0]!r}: {error.strerror or error}") from error
     handle = ProcessHandle(workload_id=workload_id, pid=popen.pid, create_time=0.0, log_dir=context.log_dir,
                            limiter=context.limiter, runtime_extra={}, popen=popen)
-    handle.confine(limits)
+    handle.confine(limits, then=context.wake)
     try:
         handle.create_time = psutil.Process(popen.pid).create_time()
     except psutil.Error:
