@@ -9,6 +9,7 @@ agent (node ``bench``), submits ``true`` workloads one after another through the
 when each started and finished from the database (the agent's own timestamps) against the
 client's submit time. Then, in the same run, it starts a plain Celery worker on its own queue
 and times a task that runs ``true`` the same way (apply_async to the task's own timestamps),
+times the HTTP layer alone (a POST answered 404 by Django's middleware on the same server),
 and finally samples the idle agent's CPU and RSS. A figure, not a test: it asserts no timing.
 Every child is stopped, and the data folder removed, however the bench ends.
 """
@@ -197,6 +198,19 @@ def run_raw(count: int) -> tuple[list[float], list[float], list[float]]:
     return to_start, to_done, to_seen
 
 
+def run_http_floor(count: int) -> list[float]:
+    """The same POST to a route that does not exist: gunicorn and Django's middleware, no view."""
+    import requests
+
+    session = requests.Session()
+    seen = []
+    for _ in range(count):
+        sent = time.time()
+        session.post(f"http://127.0.0.1:{PORT}/no-such-route", json={"name": "floor"}, timeout=30)
+        seen.append(time.time() - sent)
+    return seen
+
+
 def idle_usage(pid: int, seconds: float) -> tuple[float, float]:
     """CPU % of one core and RSS (MiB) of the agent and its children over ``seconds`` of idle."""
     import psutil
@@ -274,6 +288,7 @@ def main() -> None:
     api_done = api["submit → succeeded"]
     run_raw(args.warmup)
     raw_start, raw_done, raw_seen = run_raw(args.count)
+    floor = run_http_floor(args.count)
 
     print("\nthrough the API (client submit time → the agent's timestamps in the database)")
     for name, values in api.items():
@@ -282,6 +297,8 @@ def main() -> None:
     print(line("apply_async → task started", raw_start))
     print(line("apply_async → task finished", raw_done))
     print(line("apply_async → result seen by client", raw_seen))
+    print("floor of the HTTP part (same server, a POST to a route that does not exist)")
+    print(line("POST → 404 answer", floor))
     ratio = pct(api_done, 0.5) / pct(raw_done, 0.5)
     print(f"\n  p50 overhead ratio (submit→succeeded / apply_async→finished): {ratio:.2f}x  (aim <= 3x)")
     print(f"  p50 ratio against the result seen by the client: {pct(api_done, 0.5) / pct(raw_seen, 0.5):.2f}x")
