@@ -6,6 +6,7 @@ a full fork, ~51 ms from a large parent, measured here), by moving the pid into 
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,16 @@ class CgroupLimiter:
             except OSError:
                 pass  # still has tasks (a stray child) or already gone; harmless
 
+    @contextmanager
+    def _removed_on_error(self, created: list[str]):
+        """The folders made so far go again if a step fails: a quick job that has exited before it
+        could be moved in (ESRCH) would otherwise leave an empty cgroup behind for every run."""
+        try:
+            yield
+        except OSError:
+            self.cleanup({"cgroups": created})
+            raise
+
     @staticmethod
     def _write(path: Path, value) -> None:
         path.write_text(str(value))
@@ -52,15 +63,17 @@ class CgroupV2Limiter(CgroupLimiter):
 
     def apply(self, *, workload_id, pid, limits):
         path = CGROUP_ROOT / self.group / workload_id
-        path.mkdir(parents=True, exist_ok=True)
-        if limits.memory_bytes:
-            self._write(path / "memory.max", limits.memory_bytes)
-            self._write(path / "memory.swap.max", 0)
-        if limits.cpu_millicores:
-            quota = max(1000, limits.cpu_millicores * CPU_PERIOD_US // 1000)
-            self._write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
-        self._write(path / "cgroup.procs", pid)
-        return {"cgroups": [str(path)], "limits": self.kind}
+        created = [str(path)]
+        with self._removed_on_error(created):
+            path.mkdir(parents=True, exist_ok=True)
+            if limits.memory_bytes:
+                self._write(path / "memory.max", limits.memory_bytes)
+                self._write(path / "memory.swap.max", 0)
+            if limits.cpu_millicores:
+                quota = max(1000, limits.cpu_millicores * CPU_PERIOD_US // 1000)
+                self._write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            self._write(path / "cgroup.procs", pid)
+        return {"cgroups": created, "limits": self.kind}
 
     def oom_killed(self, runtime):
         for path in runtime.get("cgroups", []):
@@ -80,20 +93,21 @@ class CgroupV1Limiter(CgroupLimiter):
         memory = CGROUP_ROOT / "memory" / self.group / workload_id
         cpu = CGROUP_ROOT / "cpu" / self.group / workload_id
         created = []
-        if limits.memory_bytes:
-            memory.mkdir(parents=True, exist_ok=True)
-            self._write(memory / "memory.limit_in_bytes", limits.memory_bytes)
-            swap = memory / "memory.memsw.limit_in_bytes"
-            if swap.exists():
-                self._write(swap, limits.memory_bytes)
-            self._write(memory / "cgroup.procs", pid)
-            created.append(str(memory))
-        if limits.cpu_millicores:
-            cpu.mkdir(parents=True, exist_ok=True)
-            self._write(cpu / "cpu.cfs_period_us", CPU_PERIOD_US)
-            self._write(cpu / "cpu.cfs_quota_us", max(1000, limits.cpu_millicores * CPU_PERIOD_US // 1000))
-            self._write(cpu / "cgroup.procs", pid)
-            created.append(str(cpu))
+        with self._removed_on_error(created):
+            if limits.memory_bytes:
+                memory.mkdir(parents=True, exist_ok=True)
+                created.append(str(memory))
+                self._write(memory / "memory.limit_in_bytes", limits.memory_bytes)
+                swap = memory / "memory.memsw.limit_in_bytes"
+                if swap.exists():
+                    self._write(swap, limits.memory_bytes)
+                self._write(memory / "cgroup.procs", pid)
+            if limits.cpu_millicores:
+                cpu.mkdir(parents=True, exist_ok=True)
+                created.append(str(cpu))
+                self._write(cpu / "cpu.cfs_period_us", CPU_PERIOD_US)
+                self._write(cpu / "cpu.cfs_quota_us", max(1000, limits.cpu_millicores * CPU_PERIOD_US // 1000))
+                self._write(cpu / "cgroup.procs", pid)
         return {"cgroups": created, "limits": self.kind}
 
     def oom_killed(self, runtime):

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from tests.helpers import wait_for
 from workloads.executors.base import AgentContext, ExecutorError
-from workloads.executors.limits import CgroupLimiter, CgroupV1Limiter, Limits, detect_limiter
+from workloads.executors.limits import CGROUP_ROOT, CgroupLimiter, CgroupV1Limiter, Limits, detect_limiter
 from workloads.executors.process import ProcessExecutor, log_path
 from workloads.models import Workload
 
@@ -134,6 +135,24 @@ def test_cgroup_v1_limits_memory_and_cpu_and_reports_oom(context, started):
     assert not memory.exists() and not cpu.exists()
     for base in ("memory", "cpu"):
         Path(f"/sys/fs/cgroup/{base}/{limiter.group}").rmdir()
+
+
+def test_a_process_gone_before_it_is_moved_in_leaves_no_cgroup_behind():
+    limiter = detect_limiter(node_id=f"unit-{uuid.uuid4().hex[:8]}")
+    if limiter.kind == "none":
+        pytest.skip("no writable cgroup on this machine")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid names no process now, as for a quick job that has exited
+    workload_id = str(uuid.uuid4())
+    with pytest.raises(ProcessLookupError):
+        limiter.apply(workload_id=workload_id, pid=gone.pid, limits=Limits(64 << 20, 500))
+    roots = [CGROUP_ROOT / limiter.group] if limiter.kind == "cgroup2" else \
+        [CGROUP_ROOT / base / limiter.group for base in ("memory", "cpu")]
+    left = [root / workload_id for root in roots if (root / workload_id).exists()]
+    for folder in [*left, *roots]:
+        if folder.exists():
+            folder.rmdir()
+    assert not left
 
 
 def test_limits_dataclass_zero_means_no_limit(context, started):
