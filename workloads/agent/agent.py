@@ -82,6 +82,7 @@ class Agent:
         # Wakes the supervisor loop: work that was just started may already have exited.
         self.wake = wake
         self.lock = threading.RLock()
+        self._state_write_lock = threading.Lock()
         self.handles: dict[str, Supervised] = {}
         self.starting: set[str] = set()  # being started by a worker thread, not yet supervised
         self.accepting = True
@@ -480,17 +481,20 @@ class Agent:
         return 0 if last is None else last + 1
 
     def _save_state(self) -> None:
-        with self.lock:
-            # list(): the fencing thread may pop entries without the lock (see fence_once).
-            state = {
-                workload_id: {**s.handle.runtime_now(), "log_offsets": s.handle.offsets(),
-                              "type": s.handle.workload_type}
-                for workload_id, s in list(self.handles.items())
-            }
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.state_file)
+        # One writer at a time, each writing what it read last: two starts saving at once must
+        # not leave the older snapshot (or a half-written file) as the one a restart reads.
+        with self._state_write_lock:
+            with self.lock:
+                # list(): the fencing thread may pop entries without the lock (see fence_once).
+                state = {
+                    workload_id: {**s.handle.runtime_now(), "log_offsets": s.handle.offsets(),
+                                  "type": s.handle.workload_type}
+                    for workload_id, s in list(self.handles.items())
+                }
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state))
+            tmp.replace(self.state_file)
 
     def _load_state(self) -> dict:
         try:

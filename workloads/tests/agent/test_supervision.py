@@ -1,6 +1,7 @@
 """The supervisor hears of work as soon as it starts, and log numbering survives a restart."""
 
 import sys
+import threading
 import uuid
 
 import pytest
@@ -85,4 +86,33 @@ def test_without_cgroups_the_watchdog_kills_work_over_its_memory_once_its_limits
     ended = supervise_until_done(agent, workload)
     assert (ended.status, ended.reason) == (WorkloadStatus.FAILED, "memory limit exceeded")
     assert ended.runtime["limits"] == "watchdog"
+    agent.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_starts_saving_state_at_once_leave_every_started_workload_in_the_state_file():
+    # The agent's worker starts two workloads in two threads; a restarted agent finds (and, if
+    # they were lost meanwhile, kills) its survivors from this file, so none may be missing.
+    agent, _ = agent_with_work("saver", 18345, "true")
+    errors = []
+
+    def start(workload_id):
+        try:
+            agent.start(workload_id)
+        except Exception as error:  # e.g. the other writer moved the shared temporary file away
+            errors.append(error)
+
+    for _ in range(100):
+        ids = [str(workload_submit(
+            owner=None, name="saver", type="process", node=agent.config.node_id,
+            config={"command": "sleep", "args": ["60"]}, requirements=Resources(cpu=1, gpu=0, memory=0, storage=0),
+        ).pk) for _ in range(2)]
+        threads = [threading.Thread(target=start, args=(workload_id,)) for workload_id in ids]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors and set(ids) <= set(agent._load_state())
+        for workload_id in ids:
+            agent._drop(workload_id, "next round")
     agent.shutdown()
