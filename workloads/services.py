@@ -68,7 +68,8 @@ def workload_transition(
 
     A caller that has just read the workload for this move (its node loaded) passes it as
     ``workload`` instead of ``workload_id``, which saves reading it again; the UPDATE re-checks
-    its state and node as it would a read's. The copy is brought up to date when it moves.
+    its state and node as it would a read's. The copy is brought up to date when it moves (not
+    by a restart that move sets off).
     ``events`` (what led to the move) are recorded with it, before its own event, in one INSERT.
     """
     # No savepoint when nested: nothing here is retried after an error, and a placement's
@@ -112,11 +113,16 @@ def workload_transition(
     if workload is not None:
         for name, value in changes.items():
             setattr(workload, name, value)
-    if restart and not row["stop_requested_at"] and row["restart_policy"] in RESTARTS_ON.get(to, ()):
-        _restart(workload_id=workload_id, row=row, ended=to)
-        if workload is not None:
-            workload.refresh_from_db()
+    if restart:
+        _restart_if_due(workload_id=workload_id, row=row, ended=to)
     return True
+
+
+def workload_restart_if_due(*, workload: Workload, ended: str) -> None:
+    """Apply the restart policy to a workload its caller just moved to ``ended`` with
+    ``restart=False``, once that caller has finished with the run that ended (an agent frees
+    the run's slot first, so a restart placed on it again can start there)."""
+    _restart_if_due(workload_id=workload.pk, row=_transition_row(workload), ended=ended)
 
 
 def _transition_row(workload: Workload) -> dict:
@@ -132,7 +138,9 @@ def _requirements(row: dict) -> Resources:
     )
 
 
-def _restart(*, workload_id, row: dict, ended: str) -> None:
+def _restart_if_due(*, workload_id, row: dict, ended: str) -> None:
+    if row["stop_requested_at"] or row["restart_policy"] not in RESTARTS_ON.get(ended, ()):
+        return
     if row["restart_count"] >= row["max_restarts"]:
         workload_note(workload_id=workload_id, reason=f"not restarted: {row['max_restarts']} restarts used")
         return

@@ -38,6 +38,7 @@ from ..services import (
     workload_note,
     workload_record_runtime,
     workload_requeue,
+    workload_restart_if_due,
     workload_transition,
 )
 
@@ -71,8 +72,9 @@ class Supervised:
     seq: int | None = None
     stop_deadline: float | None = None
     kill_reason: str | None = None
-    # What the database holds of runtime(): set-up finished after the start was recorded (a
-    # process's cgroups) is stored by the supervisor, not by the start beside the job's exit.
+    # The runtime() the database was last given (for re-adopted work, what it was adopted from):
+    # set-up finished after the start was recorded (a process's cgroups) is stored by the
+    # supervisor, not by the start's thread beside the job's exit.
     recorded: dict = field(default_factory=dict)
 
 
@@ -189,8 +191,7 @@ class Agent:
     def fence_once(self) -> bool:
         """Kill all local work once no heartbeat has reached the database for ``fence_after``
         seconds. Runs in a thread of its own and touches neither the database nor the lock: the
-        main loop may hang on a dead connection meanwhile, and ``start`` holds the lock while it
-        talks to the database."""
+        main loop and the starts may hang on a dead connection meanwhile, some holding the lock."""
         silent = time.monotonic() - self.last_contact
         if silent < self.fence_after or not self.handles:
             return False
@@ -310,9 +311,8 @@ class Agent:
             self._drop(workload_id, "its workload was deleted")
             return True
         if exit_ is None:
-            busy |= self._record_runtime(workload_id, supervised)
-            self._enforce(workload_id, supervised)
-            return busy
+            self._enforce(workload_id, supervised)  # first: a failing write must not skip a deadline
+            return self._record_runtime(workload_id, supervised) or busy
         self._finish(workload_id, supervised, exit_)
         return True
 
@@ -352,7 +352,7 @@ class Agent:
         if supervised.stop_deadline is not None and now > supervised.stop_deadline:
             supervised.handle.kill()
             return
-        limit = supervised.recorded.get("memory_limit_bytes")  # the watchdog's, once limits are set up
+        limit = supervised.handle.runtime_now().get("memory_limit_bytes")  # the watchdog's, once set up
         if limit and supervised.kill_reason is None:
             used = supervised.handle.memory_bytes()
             if used is not None and used > limit:
@@ -371,13 +371,16 @@ class Agent:
         else:
             to, reason = S.FAILED, exit_.reason
         runtime = supervised.handle.runtime_now()  # a quick exit does not wait for its limits
-        if workload:
-            workload_transition(workload=workload, to=to, reason=reason, expect=[S.RUNNING],
-                                only_on=self.config.node_id, exit_code=exit_.code,
-                                **({"runtime": runtime} if runtime != supervised.recorded else {}))
+        moved = workload is not None and workload_transition(
+            workload=workload, to=to, reason=reason, expect=[S.RUNNING], only_on=self.config.node_id,
+            exit_code=exit_.code, restart=False, **({"runtime": runtime} if runtime != supervised.recorded else {}),
+        )
         supervised.handle.cleanup()
         with self.lock:
             self.handles.pop(workload_id, None)
+        if moved:
+            # Only now: a restart placed here again is started at once, not ignored as running.
+            workload_restart_if_due(workload=workload, ended=to)
 
     def drop_stale(self, *, force: bool = False) -> bool:
         """Kill local work the database no longer says runs here (lost, stopped, deleted).

@@ -65,10 +65,9 @@ class ProcessHandle(Handle):
         try:
             extra = self.limiter.apply(workload_id=self.workload_id, pid=self.pid, limits=limits)
         except OSError as error:
-            if error.errno == errno.ESRCH:  # it has already exited: a quick job, nothing to confine
-                logger.debug("workload %s: ended before its limits were set up", self.workload_id)
-            else:
-                logger.warning("workload %s: cgroup limits not applied (%s); watchdog only", self.workload_id, error)
+            if error.errno == errno.ESRCH:
+                return  # it has already exited (a quick job); its pid may already name another process
+            logger.warning("workload %s: cgroup limits not applied (%s); watchdog only", self.workload_id, error)
             extra = {}
         if not extra.get("limits"):
             extra = {"limits": "watchdog", "memory_limit_bytes": limits.memory_bytes}

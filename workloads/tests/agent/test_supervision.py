@@ -6,8 +6,10 @@ import uuid
 
 import pytest
 
+from cnetsite.celery import app as celery_app
 from nodes.resources import Resources
 from tests.helpers import wait_for
+from workloads.agent.runtime import set_current_agent
 from workloads.executors.limits import CgroupLimiter
 from workloads.models import Workload, WorkloadLog, WorkloadStatus
 from workloads.services import workload_submit
@@ -15,14 +17,14 @@ from workloads.services import workload_submit
 from .test_links import agent_for, remove_node_cgroups  # noqa: F401 - autouse cleanup
 
 
-def agent_with_work(name: str, port: int, command: str, *args: str, memory: int = 0):
+def agent_with_work(name: str, port: int, command: str, *args: str, memory: int = 0, **submit):
     """A registered in-process agent and a workload submitted at its node (not started yet)."""
     node_id = f"{name}-{uuid.uuid4().hex[:6]}"
     agent = agent_for(node_id, port=port)
     agent.register()
     workload = workload_submit(owner=None, name=name, type="process", node=node_id,
                                config={"command": command, "args": list(args)},
-                               requirements=Resources(cpu=100, gpu=0, memory=memory, storage=0))
+                               requirements=Resources(cpu=100, gpu=0, memory=memory, storage=0), **submit)
     return agent, workload
 
 
@@ -42,6 +44,7 @@ def test_a_started_workload_wakes_the_supervisor_at_once():
     agent, workload = agent_with_work("waker", 18341, "true")
     woken = []
     agent.wake = lambda: woken.append(str(agent.handles.keys()))
+    agent.context.wake = lambda: None  # the start's own wake only, not its limits' (set up in a thread)
     agent.start(str(workload.pk))
     assert woken == [str({str(workload.pk): None}.keys())]  # after it is supervised, not before
     assert supervise_until_done(agent, workload).status == WorkloadStatus.SUCCEEDED
@@ -115,4 +118,23 @@ def test_starts_saving_state_at_once_leave_every_started_workload_in_the_state_f
         assert not errors and set(ids) <= set(agent._load_state())
         for workload_id in ids:
             agent._drop(workload_id, "next round")
+    agent.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_workload_restarted_onto_the_same_node_is_started_there_at_once():
+    # The restart's start message can arrive while the agent still records the exit that set it
+    # off; it must find the run that ended gone, or it is ignored until the redispatch loop.
+    # Eager tasks deliver each message at once, inside that recording: the worst timing.
+    agent, workload = agent_with_work("again", 18347, "false", restart_policy="on-failure", max_restarts=2)
+    celery_app.conf.task_always_eager = True
+    set_current_agent(agent)
+    try:
+        agent.start(str(workload.pk))
+        ended = supervise_until_done(agent, workload)
+    finally:
+        set_current_agent(None)
+        celery_app.conf.task_always_eager = False
+    assert (ended.status, ended.restart_count) == (WorkloadStatus.FAILED, 2)
+    assert ended.reason == "exited with code 1"
     agent.shutdown()
