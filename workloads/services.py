@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from cnetsite.db import atomic_retried
 from cnetsite.errors import InvalidRequest, StateConflict
 from cnetsite.metrics import observe_placement
 from nodes.models import Node, NodeStatus
@@ -182,7 +183,8 @@ def workload_submit(*, owner, name: str, type: str, config: dict, requirements: 
     strategy_name = strategy or settings.CNET_DEFAULT_STRATEGY
     strategy_get(strategy_name)
     submitted_at = _submitted_node(node)
-    with transaction.atomic():
+
+    def record_and_place() -> Workload:
         workload = Workload.objects.create(
             owner=owner, name=name, type=type, config=config, strategy=strategy_name,
             priority=priority, submitted_node=submitted_at, restart_policy=restart_policy,
@@ -197,7 +199,9 @@ def workload_submit(*, owner, name: str, type: str, config: dict, requirements: 
         # node could ever hold would wait forever, so it is refused and nothing is kept.
         if not _place(workload, earlier_events=[submitted]) and not node_could_ever_hold(requirements=requirements):
             raise InvalidRequest(_never_fits_message(requirements), field="requirements")
-    return workload
+        return workload
+
+    return atomic_retried(record_and_place)
 
 
 def _submitted_node(node: str | None) -> Node | None:
@@ -220,13 +224,11 @@ def _never_fits_message(requirements: Resources) -> str:
 
 def workload_place(*, workload_id) -> bool:
     """Try to place one pending workload; record the decision either way."""
-    with transaction.atomic():
-        workload = (
-            Workload.objects.select_related("submitted_node")
-            .filter(pk=workload_id, status=S.PENDING)
-            .first()
-        )
+    def read_and_place() -> bool:
+        workload = Workload.objects.select_related("submitted_node").filter(pk=workload_id, status=S.PENDING).first()
         return workload is not None and _place(workload)
+
+    return atomic_retried(read_and_place)
 
 
 def _place(workload: Workload, *, earlier_events: Sequence[WorkloadEvent] = ()) -> bool:
