@@ -77,6 +77,11 @@ class Supervised:
     # supervisor, not by the start's thread beside the job's exit.
     recorded: dict = field(default_factory=dict)
 
+    def runtime_news(self) -> dict | None:
+        """``runtime_now()`` if the database has not been given it yet, else None."""
+        runtime = self.handle.runtime_now()
+        return runtime if runtime != self.recorded else None
+
 
 class Agent:
     def __init__(self, config: AgentSettings, wake=lambda: None):
@@ -340,8 +345,8 @@ class Agent:
     def _record_runtime(self, workload_id: str, supervised: Supervised) -> bool:
         """Store set-up that finished after the start was recorded; whether there was any. The
         supervisor never waits for it: a pass after it has finished stores it."""
-        runtime = supervised.handle.runtime_now()
-        if runtime == supervised.recorded:
+        runtime = supervised.runtime_news()
+        if runtime is None:
             return False
         workload_record_runtime(workload_id=workload_id, runtime=runtime, only_on=self.config.node_id)
         supervised.recorded = runtime
@@ -370,10 +375,10 @@ class Agent:
             to, reason = S.SUCCEEDED, exit_.reason
         else:
             to, reason = S.FAILED, exit_.reason
-        runtime = supervised.handle.runtime_now()  # a quick exit does not wait for its limits
+        runtime = supervised.runtime_news()  # a quick exit does not wait for its limits
         moved = workload is not None and workload_transition(
             workload=workload, to=to, reason=reason, expect=[S.RUNNING], only_on=self.config.node_id,
-            exit_code=exit_.code, restart=False, **({"runtime": runtime} if runtime != supervised.recorded else {}),
+            exit_code=exit_.code, restart=False, **({"runtime": runtime} if runtime is not None else {}),
         )
         supervised.handle.cleanup()
         with self.lock:
