@@ -3,7 +3,7 @@ import os
 from celery import Celery
 from celery.signals import task_prerun
 
-from .broker import install as install_embedded_broker
+from core.broker import install as install_embedded_broker
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cnetsite.settings")
 

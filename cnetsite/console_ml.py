@@ -18,7 +18,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from cnetsite.admin_site import DeletesThroughService, OwnedOnly
-from cnetsite.errors import DomainError
+from core.errors import DomainError
 from workloads.forms import flatten_errors, number_value, size_value
 
 # The seed's linear-regression deployment (seed 004), offered as a one-click example.

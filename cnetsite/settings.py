@@ -84,7 +84,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "cnetsite.metrics.middleware.RequestLatencyMiddleware",  # first: times everything below
     "django.middleware.security.SecurityMiddleware",
-    "cnetsite.middleware.BodySizeLimitMiddleware",
+    "core.middleware.BodySizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -144,7 +144,7 @@ WHITENOISE_USE_FINDERS = True
 
 LOGIN_URL = "/admin/login/"
 
-# Bodies over 1 MiB are refused with 413 (see cnetsite.middleware).
+# Bodies over 1 MiB are refused with 413 (see core.middleware).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("CNET_MAX_BODY_BYTES", 1024 * 1024)
 # Model artifacts: the largest one the registry stores (uploaded or written by training).
 CNET_ML_MAX_ARTIFACT_BYTES = env_int("CNET_ML_MAX_ARTIFACT_BYTES", 512 * 1024 * 1024)
@@ -152,18 +152,18 @@ CNET_MAX_UPLOAD_BYTES = CNET_ML_MAX_ARTIFACT_BYTES + 1024 * 1024  # the file plu
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "cnetsite.authentication.BearerOrTokenAuthentication",
+        "core.authentication.BearerOrTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "cnetsite.api.HeaderLimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "core.api.HeaderLimitOffsetPagination",
     "PAGE_SIZE": env_int("CNET_API_PAGE_SIZE", 100),
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.OrderingFilter",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "cnetsite.api.api_exception_handler",
+    "EXCEPTION_HANDLER": "core.api.api_exception_handler",
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }

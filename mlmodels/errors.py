@@ -1,6 +1,6 @@
-"""Errors of predict that the shared ones do not cover; mapped by ``cnetsite.api.api_exception_handler``."""
+"""Errors of predict that the shared ones do not cover; mapped by ``core.api.api_exception_handler``."""
 
-from cnetsite.errors import DomainError
+from core.errors import DomainError
 
 
 class PayloadTooLarge(DomainError):

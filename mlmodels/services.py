@@ -9,9 +9,10 @@ from pathlib import PurePosixPath
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from cnetsite.errors import InvalidRequest, StateConflict
+from core.errors import InvalidRequest, StateConflict
 from nodes.models import Node, NodeStatus
 from nodes.resources import Resources
+from workloads.dispatch import node_queue, publish
 from workloads.models import ACTIVE, TERMINAL, Workload, WorkloadType
 from workloads.services import workload_stop, workload_submit
 
@@ -243,10 +244,6 @@ def prediction_task_dispatch(*, task_id: str) -> bool:
     """Send a prediction to an agent that runs models. Loading an artifact unpickles what a
     user uploaded or trained, so it happens where user code already runs, never on the control
     plane. No such node, or the broker down: it stays pending and the sweep sends it again."""
-    from workloads.dispatch import node_queue
-
-    from .tasks import run_prediction as run_prediction_task
-
     node_id = (
         Node.objects.filter(status=NodeStatus.READY, capabilities__mlmodel__available=True)
         .order_by("cpu_allocated_millicores", "node_id").values_list("node_id", flat=True).first()
@@ -254,12 +251,7 @@ def prediction_task_dispatch(*, task_id: str) -> bool:
     if node_id is None:
         logger.warning("prediction %s: no ready node runs models; left pending", task_id)
         return False
-    try:
-        run_prediction_task.apply_async(args=[task_id], queue=node_queue(node_id))
-    except Exception:  # broker down
-        logger.warning("prediction %s: could not publish; left pending", task_id, exc_info=True)
-        return False
-    return True
+    return publish("mlmodels.run_prediction", [task_id], node_queue(node_id))
 
 
 _CACHE = inference.ModelCache(size=4)

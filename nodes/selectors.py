@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.db.models import Count, F, Max, QuerySet, Sum
 
-from cnetsite.errors import NotFound
+from core.errors import NotFound
 
 from .models import RESOURCES, Node, NodeStatus
 from .resources import Resources

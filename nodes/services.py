@@ -9,7 +9,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from cnetsite.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 from .db import prepared_cursor
 from .models import RESOURCES, Node, NodeStatus

@@ -13,7 +13,7 @@ from typing import ClassVar
 from django.db.models import Case, F, FloatField, Value, When
 from django.db.models.functions import Cast
 
-from cnetsite.errors import InvalidRequest
+from core.errors import InvalidRequest
 from nodes.models import RESOURCES
 from nodes.resources import NAMES, Resources
 

@@ -15,7 +15,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from cnetsite.admin_site import DeletesThroughService, OwnedOnly
-from cnetsite.errors import DomainError
+from core.errors import DomainError
 from nodes.models import Node
 
 from .api.serializers import WorkloadSubmitSerializer

@@ -22,7 +22,7 @@ def tick() -> dict:
     return {
         "lost": mark_lost_on_offline_nodes(),
         "redispatched": redispatch_unacknowledged(),
-        "placed": place_pending(),
+        "placed": workloads_place_pending(),
     }
 
 
@@ -55,7 +55,3 @@ def redispatch_unacknowledged() -> int:
         logger.info("workload %s: not acknowledged, dispatching again", workload_id)
         count += dispatch_start_again(workload_id=workload_id, node_id=node_id)
     return count
-
-
-def place_pending() -> int:
-    return workloads_place_pending()

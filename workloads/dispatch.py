@@ -2,12 +2,14 @@
 
 A start message that is lost (broker down, agent killed before it acked) is not a lost
 workload: the control loop re-dispatches scheduled work nobody acknowledged
-(``workloads_redispatch_unacknowledged``), and starts are idempotent, so a doorbell that
-rings twice is harmless.
+(``control.redispatch_unacknowledged``), and starts are idempotent, so a doorbell that
+rings twice is harmless. Tasks are sent by name: this module is below the task modules, which
+call the services that call it.
 """
 
 import logging
 
+from celery import current_app
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
@@ -25,9 +27,7 @@ def dispatch_start(*, workload_id, node_id: str) -> bool:
 
     Callers know the node (they just placed the workload, or read it with the workload); a
     start that finds the workload no longer scheduled there is ignored by the agent."""
-    from .tasks import start_workload as start_workload_task
-
-    return _publish(start_workload_task, [str(workload_id)], node_queue(node_id))
+    return publish("workloads.start", [str(workload_id)], node_queue(node_id))
 
 
 def dispatch_start_again(*, workload_id, node_id: str) -> bool:
@@ -44,22 +44,20 @@ def dispatch_start_again(*, workload_id, node_id: str) -> bool:
 
 
 def dispatch_stop(*, workload_id, node_id: str) -> bool:
-    from .tasks import stop_workload as stop_workload_task
-
-    return _publish(stop_workload_task, [str(workload_id)], node_queue(node_id))
+    return publish("workloads.stop", [str(workload_id)], node_queue(node_id))
 
 
 def request_pending_placement() -> bool:
     """Ask the control worker to place pending work (resources were just released)."""
-    from .tasks import place_pending as place_pending_task
-
-    return _publish(place_pending_task, [], CONTROL_QUEUE)
+    return publish("workloads.place_pending", [], CONTROL_QUEUE)
 
 
-def _publish(task, args: list, queue: str) -> bool:
+def publish(task_name: str, args: list, queue: str) -> bool:
+    """Send a task by its registered name; False (logged) when the broker is down. A signature
+    applies the registered task where there is one, so ``task_always_eager`` still holds."""
     try:
-        task.apply_async(args=args, queue=queue)
+        current_app.signature(task_name, args=args).apply_async(queue=queue)
     except Exception:  # broker down: the control loops will ring again
-        logger.warning("could not publish %s%s to %s; control loop will retry", task.name, args, queue, exc_info=True)
+        logger.warning("could not publish %s%s to %s; control loop will retry", task_name, args, queue, exc_info=True)
         return False
     return True

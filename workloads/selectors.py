@@ -1,6 +1,6 @@
 from django.db.models import Count, QuerySet
 
-from cnetsite.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 from .models import ACTIVE, Workload, WorkloadEvent, WorkloadLog, WorkloadStatus
 

@@ -8,9 +8,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from cnetsite.db import atomic_retried
-from cnetsite.errors import InvalidRequest, StateConflict
-from cnetsite.metrics import observe_placement
+from core.db import atomic_retried
+from core.errors import InvalidRequest, StateConflict
+from core.instruments import observe_placement
 from nodes.models import Node, NodeStatus
 from nodes.resources import Resources, human
 from nodes.selectors import node_could_ever_hold, node_largest, node_largest_free

@@ -8,6 +8,7 @@ timeout, and a redelivered start finds the workload no longer ``scheduled``.
 from celery import shared_task
 
 from . import control
+from .services import workloads_place_pending
 
 
 @shared_task(name="workloads.start", acks_late=True, reject_on_worker_lost=True)
@@ -26,7 +27,7 @@ def stop_workload(workload_id: str) -> None:
 
 @shared_task(name="workloads.place_pending", acks_late=True)
 def place_pending() -> int:
-    return control.place_pending()
+    return workloads_place_pending()
 
 
 @shared_task(name="workloads.control_tick", acks_late=True)

@@ -7,7 +7,7 @@ Two kinds of figures, measured where they can be measured:
   type, the pending queue, and dispatch latency (submit → running). The database is the
   record, so any web worker on any control-plane host reports the same fleet-wide values,
   and nothing is lost when a process restarts.
-- **Observed in-process** (here): placement latency (around ``place()``, wherever a
+- **Observed in-process** (``core.instruments``): placement latency (around ``place()``, wherever a
   placement runs: the web process on submit, the control worker for the pending queue)
   and API request latency (``middleware.py``, in the web process).
 
@@ -23,29 +23,10 @@ start, not set later. Without it (the embedded default, tests) values are per pr
 
 import os
 
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram, multiprocess
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 from prometheus_client.registry import Collector
 
-# Placement is one indexed query plus one conditional UPDATE: milliseconds, more on lost races.
-PLACEMENT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-PLACEMENT_SECONDS = Histogram(
-    "cnet_placement_duration_seconds",
-    "Time to choose a node for one pending workload and claim its resources (place()).",
-    ["strategy", "outcome"],
-    buckets=PLACEMENT_BUCKETS,
-)
-REQUEST_SECONDS = Histogram(
-    "cnet_http_request_duration_seconds",
-    "Time to answer one HTTP request, by method, URL route pattern and status code.",
-    ["method", "route", "status"],
-    buckets=REQUEST_BUCKETS,
-)
-
-
-def observe_placement(*, seconds: float, strategy: str, placed: bool) -> None:
-    PLACEMENT_SECONDS.labels(strategy=strategy, outcome="placed" if placed else "unplaced").observe(seconds)
+from core import instruments  # noqa: F401 - registers the histograms before the first scrape
 
 
 def instruments_source() -> Collector:

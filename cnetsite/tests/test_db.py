@@ -5,7 +5,7 @@ import threading
 import pytest
 from django.db import connection
 
-from cnetsite.db import atomic_retried
+from core.db import atomic_retried
 from nodes.models import Node
 from tests.helpers import make_node
 

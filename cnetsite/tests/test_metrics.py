@@ -248,7 +248,7 @@ def test_api_request_latency_is_labelled_by_route_pattern_method_and_status(api)
 def test_multiprocess_mode_sums_histograms_over_processes(tmp_path):
     """With PROMETHEUS_MULTIPROC_DIR, what two processes observed shows in a third's scrape."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    observe = ("from cnetsite.metrics import observe_placement; "
+    observe = ("from core.instruments import observe_placement; "
                "observe_placement(seconds=0.003, strategy='default', placed=True)")
     for _ in range(2):
         subprocess.run([sys.executable, "-c", observe], cwd=ROOT, env=env, check=True, timeout=60)

@@ -4,7 +4,7 @@ import re
 
 from rest_framework import serializers
 
-from cnetsite.fields import (
+from core.fields import (
     NoUnknownFieldsMixin,
     RelativePathField,
     StrictCharField,

@@ -6,7 +6,7 @@ from rest_framework.decorators import action
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from cnetsite.errors import InvalidRequest
+from core.errors import InvalidRequest
 from workloads.api.serializers import LogQuerySerializer
 from workloads.selectors import workload_log_tail
 

@@ -1,6 +1,6 @@
 from django.urls import re_path
 
-from cnetsite.routers import OptionalSlashRouter
+from core.routers import OptionalSlashRouter
 
 from .views import NodeViewSet, resources
 

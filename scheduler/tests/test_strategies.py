@@ -2,7 +2,7 @@
 
 import pytest
 
-from cnetsite.errors import InvalidRequest
+from core.errors import InvalidRequest
 from nodes.resources import Resources
 from scheduler.strategies import (
     STRATEGIES,

@@ -16,7 +16,7 @@ from django.db import IntegrityError, close_old_connections
 from django.db.models import Max
 from django.utils import timezone
 
-from cnetsite.errors import InvalidRequest
+from core.errors import InvalidRequest
 from nodes.detect import sample_usage
 from nodes.models import Node, NodeStatus
 from nodes.resources import Resources

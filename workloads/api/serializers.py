@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from cnetsite.fields import (
+from core.fields import (
     NoUnknownFieldsMixin,
     RelativePathField,
     StrictCharField,

@@ -1,4 +1,4 @@
-from cnetsite.routers import OptionalSlashRouter
+from core.routers import OptionalSlashRouter
 
 from .views import WorkloadViewSet
 

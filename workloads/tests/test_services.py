@@ -5,7 +5,7 @@ import threading
 import pytest
 from django.db import connection
 
-from cnetsite.errors import InvalidRequest, StateConflict
+from core.errors import InvalidRequest, StateConflict
 from nodes.models import Node
 from nodes.resources import Resources
 from tests.helpers import GiB, make_node

@@ -13,6 +13,7 @@ from workloads.agent.runtime import set_current_agent
 from workloads.executors.limits import CgroupLimiter
 from workloads.models import Workload, WorkloadLog, WorkloadStatus
 from workloads.services import workload_submit
+from workloads.tasks import start_workload  # noqa: F401 - registered, so an eager doorbell runs it
 
 from .test_links import agent_for, remove_node_cgroups  # noqa: F401 - autouse cleanup
 

@@ -68,4 +68,4 @@ class Transport(filesystem.Transport):
 
 def install() -> None:
     """Make ``filesystem://`` URLs use this transport in every process that loads Celery."""
-    TRANSPORT_ALIASES["filesystem"] = "cnetsite.broker:Transport"
+    TRANSPORT_ALIASES["filesystem"] = "core.broker:Transport"

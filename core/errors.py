@@ -1,4 +1,4 @@
-"""Domain errors raised by services; ``cnetsite.api.api_exception_handler`` maps them to HTTP."""
+"""Domain errors raised by services; ``core.api.api_exception_handler`` maps them to HTTP."""
 
 
 class DomainError(Exception):
