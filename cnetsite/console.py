@@ -11,8 +11,9 @@ from django.db.models import Count
 from django.template.response import TemplateResponse
 
 from nodes.models import Node, NodeStatus
-from nodes.resources import MILLICORES_PER_CORE
+from nodes.resources import MILLICORES_PER_CORE, human_bytes
 from nodes.selectors import cluster_stats
+from nodes.usage import usage_measured, usage_percent, usage_summed
 from workloads.models import WorkloadStatus
 from workloads.selectors import (
     workload_active_counts_by_node,
@@ -25,27 +26,12 @@ DASHBOARD_NODES = 40
 RESOURCE_LABELS = {"cpu": "CPU", "memory": "Memory", "gpu": "GPU", "storage": "Storage"}
 
 
-def human_bytes(amount: float) -> str:
-    value = float(amount or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(value) < 1024 or unit == "PiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def _amount(name: str, value: float) -> str:
     if name == "cpu":
         return f"{value:g}"
     if name == "gpu":
         return f"{int(value)}"
     return human_bytes(value)
-
-
-def _pct(part: float, whole: float) -> float | None:
-    if not whole:
-        return None
-    return max(0.0, min(100.0, part * 100 / whole))
 
 
 @dataclass(frozen=True)
@@ -63,7 +49,7 @@ class Bar:
 
     @property
     def pct(self) -> float | None:
-        return _pct(self.allocated, self.capacity)
+        return usage_percent(self.allocated, self.capacity)
 
     @property
     def width(self) -> str:
@@ -92,15 +78,13 @@ class Bar:
 
 
 def node_bars(node: Node) -> list[Bar]:
-    usage = node.usage or {}
+    measured = usage_measured(node.usage or {})
     return [
         Bar("cpu", node.cpu_allocated_millicores / MILLICORES_PER_CORE, node.cpu_millicores / MILLICORES_PER_CORE,
-            usage.get("cpu_percent")),
-        Bar("memory", node.memory_allocated_bytes, node.memory_bytes,
-            _pct(usage.get("memory_used_bytes", 0), usage.get("memory_total_bytes", 0))),
+            _measured_percent(measured, "cpu")),
+        Bar("memory", node.memory_allocated_bytes, node.memory_bytes, _measured_percent(measured, "memory")),
         Bar("gpu", node.gpu_allocated, node.gpu_count),
-        Bar("storage", node.storage_allocated_bytes, node.storage_bytes,
-            _pct(usage.get("disk_used_bytes", 0), usage.get("disk_total_bytes", 0))),
+        Bar("storage", node.storage_allocated_bytes, node.storage_bytes, _measured_percent(measured, "storage")),
     ]
 
 
@@ -108,21 +92,15 @@ def cluster_bars() -> list[Bar]:
     """Totals over live (not offline) nodes; measured usage weighs each machine by its size."""
     stats = cluster_stats()
     capacity, allocated = stats["capacity"], stats["allocated"]
-    measured = {"cpu": [0.0, 0.0], "memory": [0, 0], "storage": [0, 0]}
-    for usage in Node.objects.exclude(status=NodeStatus.OFFLINE).values_list("usage", flat=True):
-        if not usage:
-            continue
-        cores = usage.get("cpu_count", 0)
-        measured["cpu"][0] += usage.get("cpu_percent", 0) / 100 * cores
-        measured["cpu"][1] += cores
-        measured["memory"][0] += usage.get("memory_used_bytes", 0)
-        measured["memory"][1] += usage.get("memory_total_bytes", 0)
-        measured["storage"][0] += usage.get("disk_used_bytes", 0)
-        measured["storage"][1] += usage.get("disk_total_bytes", 0)
+    measured, _reporting = usage_summed(Node.objects.exclude(status=NodeStatus.OFFLINE).values_list("usage", flat=True))
     return [
-        Bar(name, allocated[name], capacity[name], _pct(*measured[name]) if name in measured else None)
+        Bar(name, allocated[name], capacity[name], _measured_percent(measured, name))
         for name in ("cpu", "memory", "gpu", "storage")
     ]
+
+
+def _measured_percent(measured: dict[str, tuple[float, float]], name: str) -> float | None:
+    return usage_percent(*measured[name]) if name in measured else None
 
 
 def node_rows(nodes, *, user) -> list[dict]:

@@ -46,9 +46,19 @@ def human(name: str, amount: int) -> str:
         return f"{amount / MILLICORES_PER_CORE:g} CPU"
     if name == "gpu":
         return f"{amount} GPU"
-    value = float(amount)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
+    return human_bytes(amount)
+
+
+def human_bytes(amount: float | None) -> str:
+    """Binary units, one decimal: "1.5 GiB"; plain bytes as a whole number."""
+    value = float(amount or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def human_cores(millicores: int | None) -> str:
+    """Millicores as cores, as few digits as they need: 1500 → "1.5"."""
+    return f"{(millicores or 0) / MILLICORES_PER_CORE:g}"

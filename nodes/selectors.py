@@ -5,6 +5,7 @@ from core.errors import NotFound
 
 from .models import RESOURCES, Node, NodeStatus
 from .resources import Resources
+from .usage import usage_summed
 
 
 def node_get(*, node_id: str) -> Node:
@@ -62,29 +63,21 @@ def cluster_stats() -> dict:
     by_status = dict(
         Node.objects.values("status").annotate(n=Count("id")).values_list("status", "n")
     )
-    usage_rows = Node.objects.exclude(status=NodeStatus.OFFLINE).values_list("usage", flat=True)
+    measured, reporting = usage_summed(Node.objects.exclude(status=NodeStatus.OFFLINE).values_list("usage", flat=True))
     return {
         "nodes": {status: by_status.get(status, 0) for status in NodeStatus.values}
         | {"total": sum(by_status.values())},
         "capacity": capacity.to_api(),
         "allocated": allocated.to_api(),
         "free": free.to_api(),
-        "usage": _sum_usage(usage_rows),
+        # Measured usage summed over live nodes (memory/disk bytes, cpu as busy cores).
+        "usage": {
+            "cpu_cores_busy": round(measured["cpu"][0], 2),
+            "memory_used_bytes": int(measured["memory"][0]),
+            "disk_used_bytes": int(measured["storage"][0]),
+            "nodes_reporting": reporting,
+        },
     }
-
-
-def _sum_usage(rows) -> dict:
-    """Measured usage summed over live nodes (memory/disk bytes, cpu as busy cores)."""
-    total = {"cpu_cores_busy": 0.0, "memory_used_bytes": 0, "disk_used_bytes": 0, "nodes_reporting": 0}
-    for usage in rows:
-        if not usage:
-            continue
-        total["nodes_reporting"] += 1
-        total["cpu_cores_busy"] += usage.get("cpu_percent", 0) / 100 * usage.get("cpu_count", 0)
-        total["memory_used_bytes"] += usage.get("memory_used_bytes", 0)
-        total["disk_used_bytes"] += usage.get("disk_used_bytes", 0)
-    total["cpu_cores_busy"] = round(total["cpu_cores_busy"], 2)
-    return total
 
 
 

@@ -17,6 +17,7 @@ from django.utils.html import format_html
 from cnetsite.admin_site import DeletesThroughService, OwnedOnly
 from core.errors import DomainError
 from nodes.models import Node
+from nodes.resources import human_bytes, human_cores
 
 from .api.serializers import WorkloadSubmitSerializer
 from .forms import WorkloadSubmitForm
@@ -58,10 +59,8 @@ class WorkloadAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
 
     @admin.display(description="Requirements")
     def requirements(self, workload: Workload) -> str:
-        from cnetsite.console import human_bytes
-
         gpu = f" · {workload.gpu_count} GPU" if workload.gpu_count else ""
-        return f"{workload.cpu_millicores / 1000:g} CPU · {human_bytes(workload.memory_bytes)}{gpu}"
+        return f"{human_cores(workload.cpu_millicores)} CPU · {human_bytes(workload.memory_bytes)}{gpu}"
 
     @admin.action(description="Stop selected workloads")
     def stop(self, request, queryset):

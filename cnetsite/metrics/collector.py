@@ -14,24 +14,15 @@ from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from nodes.resources import MILLICORES_PER_CORE
+from nodes.usage import usage_measured
+
 # Our resource names → (Prometheus unit label, factor from the stored unit).
 # CPU is stored in millicores and exported in cores, as node exporters do.
-UNITS = {"cpu": ("core", 0.001), "memory": ("byte", 1), "gpu": ("device", 1), "storage": ("byte", 1)}
+UNITS = {"cpu": ("core", 1 / MILLICORES_PER_CORE), "memory": ("byte", 1), "gpu": ("device", 1), "storage": ("byte", 1)}
 
 # Submit → running: a busy queue and a container image start are seconds; a full queue is hours.
 DISPATCH_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-
-
-def measured_usage(usage: dict) -> dict[str, float]:
-    """The agent's last heartbeat sample as resource → amount (GPU use is not sampled)."""
-    found = {}
-    if "cpu_percent" in usage and "cpu_count" in usage:
-        found["cpu"] = usage["cpu_percent"] / 100 * usage["cpu_count"]
-    if "memory_used_bytes" in usage:
-        found["memory"] = usage["memory_used_bytes"]
-    if "disk_used_bytes" in usage:
-        found["storage"] = usage["disk_used_bytes"]
-    return found
 
 
 class DatabaseCollector(Collector):
@@ -79,7 +70,7 @@ class DatabaseCollector(Collector):
                 unit, factor = UNITS[name]
                 capacity.add_metric([node, name, unit], row[capacity_column] * factor)
                 allocated.add_metric([node, name, unit], row[allocated_column] * factor)
-            for name, amount in measured_usage(row["usage"] or {}).items():
+            for name, (amount, _total) in usage_measured(row["usage"] or {}).items():
                 usage.add_metric([node, name, UNITS[name][0]], amount)
             if row["last_heartbeat"] is not None:
                 heartbeat_age.add_metric([node], max(0.0, (now - row["last_heartbeat"]).total_seconds()))

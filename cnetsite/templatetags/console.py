@@ -5,7 +5,7 @@ import json
 from django import template
 from django.utils import timezone
 
-from cnetsite.console import human_bytes as _human_bytes
+from nodes.resources import human_bytes, human_cores
 
 register = template.Library()
 
@@ -20,14 +20,8 @@ def status_badge(status, label=None):
     return {"status": status, "label": label or status}
 
 
-@register.filter
-def human_bytes(amount):
-    return _human_bytes(amount)
-
-
-@register.filter
-def cores(millicores):
-    return f"{(millicores or 0) / 1000:g}"
+register.filter("human_bytes", human_bytes)
+register.filter("cores", human_cores)
 
 
 @register.filter

@@ -1,21 +1,11 @@
-import django_filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import viewsets
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from ..models import Node, NodeStatus
 from ..selectors import node_get, node_list, node_local
+from .filters import NodeFilter
 from .serializers import NodeSerializer
-
-
-class NodeFilter(django_filters.FilterSet):
-    status = django_filters.MultipleChoiceFilter(choices=NodeStatus.choices)
-    parent = django_filters.CharFilter(field_name="parent__node_id")
-
-    class Meta:
-        model = Node
-        fields = ["status", "parent"]
 
 
 class NodeViewSet(viewsets.ReadOnlyModelViewSet):

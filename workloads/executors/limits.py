@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodes.resources import MILLICORES_PER_CORE
+
 logger = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path(os.environ.get("CNET_CGROUP_ROOT", "/sys/fs/cgroup"))
@@ -58,6 +60,23 @@ class CgroupLimiter:
         path.write_text(str(value))
 
 
+def cpu_quota_us(millicores: int) -> int:
+    """A CFS quota per CPU_PERIOD_US; the kernel refuses one under 1 ms."""
+    return max(1000, millicores * CPU_PERIOD_US // MILLICORES_PER_CORE)
+
+
+def _oom_kills_counted(runtime: dict, file_name: str) -> bool:
+    """Whether a cgroup's ``oom_kill`` counter (v2 memory.events, v1 memory.oom_control) is above 0."""
+    for path in runtime.get("cgroups", []):
+        counters = Path(path) / file_name
+        if counters.exists():
+            for line in counters.read_text().splitlines():
+                name, _, count = line.partition(" ")
+                if name == "oom_kill" and int(count) > 0:
+                    return True
+    return False
+
+
 class CgroupV2Limiter(CgroupLimiter):
     kind = "cgroup2"
 
@@ -70,20 +89,12 @@ class CgroupV2Limiter(CgroupLimiter):
                 self._write(path / "memory.max", limits.memory_bytes)
                 self._write(path / "memory.swap.max", 0)
             if limits.cpu_millicores:
-                quota = max(1000, limits.cpu_millicores * CPU_PERIOD_US // 1000)
-                self._write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+                self._write(path / "cpu.max", f"{cpu_quota_us(limits.cpu_millicores)} {CPU_PERIOD_US}")
             self._write(path / "cgroup.procs", pid)
         return {"cgroups": created, "limits": self.kind}
 
     def oom_killed(self, runtime):
-        for path in runtime.get("cgroups", []):
-            events = Path(path) / "memory.events"
-            if events.exists():
-                for line in events.read_text().splitlines():
-                    name, _, count = line.partition(" ")
-                    if name == "oom_kill" and int(count) > 0:
-                        return True
-        return False
+        return _oom_kills_counted(runtime, "memory.events")
 
 
 class CgroupV1Limiter(CgroupLimiter):
@@ -106,19 +117,12 @@ class CgroupV1Limiter(CgroupLimiter):
                 cpu.mkdir(parents=True, exist_ok=True)
                 created.append(str(cpu))
                 self._write(cpu / "cpu.cfs_period_us", CPU_PERIOD_US)
-                self._write(cpu / "cpu.cfs_quota_us", max(1000, limits.cpu_millicores * CPU_PERIOD_US // 1000))
+                self._write(cpu / "cpu.cfs_quota_us", cpu_quota_us(limits.cpu_millicores))
                 self._write(cpu / "cgroup.procs", pid)
         return {"cgroups": created, "limits": self.kind}
 
     def oom_killed(self, runtime):
-        for path in runtime.get("cgroups", []):
-            oom = Path(path) / "memory.oom_control"
-            if oom.exists():
-                for line in oom.read_text().splitlines():
-                    name, _, count = line.partition(" ")
-                    if name == "oom_kill" and int(count) > 0:
-                        return True
-        return False
+        return _oom_kills_counted(runtime, "memory.oom_control")
 
 
 def detect_limiter(*, node_id: str) -> CgroupLimiter:
