@@ -1,0 +1,102 @@
+"""The control loops on the database alone, with the clock moved instead of waited for."""
+
+from datetime import UTC, datetime
+
+import pytest
+import time_machine
+
+from nodes.models import Node
+from nodes.resources import Resources
+from nodes.services import node_heartbeat
+from tests.helpers import GiB, make_node
+from workloads import control
+from workloads.models import Workload, WorkloadStatus
+from workloads.services import workload_submit, workload_transition
+
+START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+S = WorkloadStatus
+
+
+@pytest.fixture(autouse=True)
+def loop_settings(settings):
+    settings.CNET_HEARTBEAT_SECONDS = 5.0
+    settings.CNET_UNHEALTHY_AFTER_BEATS = 3
+    settings.CNET_OFFLINE_AFTER_SECONDS = 18.0
+    settings.CNET_REDISPATCH_AFTER_SECONDS = 30.0
+    return settings
+
+
+def submit_on(node_id: str, **extra) -> Workload:
+    return workload_submit(owner=None, name=f"on-{node_id}", type="process", config={"command": "sleep"},
+                           requirements=Resources(cpu=1000, memory=GiB), node=node_id, **extra)
+
+
+def reload(workload: Workload) -> Workload:
+    return Workload.objects.select_related("node").get(pk=workload.pk)
+
+
+@pytest.mark.django_db
+def test_work_on_a_node_that_went_offline_is_lost_with_its_reason_and_its_resources_released():
+    with time_machine.travel(START, tick=False) as clock:
+        make_node("doomed")
+        make_node("alive")
+        running = submit_on("doomed")
+        workload_transition(workload_id=running.pk, to=S.RUNNING)
+        scheduled = submit_on("doomed")
+        healthy = submit_on("alive")
+
+        clock.shift(10)
+        node_heartbeat(node_id="alive", usage={})
+        assert control.mark_lost_on_offline_nodes() == 0  # silent 10 s: not offline yet
+
+        clock.shift(10)
+        node_heartbeat(node_id="alive", usage={})
+        assert control.mark_lost_on_offline_nodes() == 2
+        for workload in (running, scheduled):
+            lost = reload(workload)
+            assert lost.status == S.LOST
+            assert lost.reason == "node doomed went offline (no heartbeat for 18s)"
+        assert reload(healthy).status == S.SCHEDULED
+        assert Node.objects.get(node_id="doomed").allocated()["cpu"] == 0
+        assert Node.objects.get(node_id="alive").allocated()["cpu"] == 1000
+        assert control.mark_lost_on_offline_nodes() == 0  # a second pass loses nothing twice
+
+
+@pytest.mark.django_db
+def test_lost_work_with_a_restart_policy_goes_back_to_the_queue_and_onto_a_live_node():
+    with time_machine.travel(START, tick=False) as clock:
+        make_node("doomed")
+        make_node("alive", parent="doomed")
+        workload = submit_on("doomed", restart_policy="on-failure")
+        clock.shift(20)
+        node_heartbeat(node_id="alive", usage={})
+        control.mark_lost_on_offline_nodes()
+        moved = reload(workload)
+        assert (moved.status, moved.node.node_id, moved.restart_count) == (S.SCHEDULED, "alive", 1)
+
+
+@pytest.mark.django_db
+def test_a_start_nobody_acknowledged_is_sent_again_once_per_interval_and_only_to_a_ready_node():
+    with time_machine.travel(START, tick=False) as clock:
+        make_node("quiet")
+        make_node("offline")
+        waiting = submit_on("quiet")
+        stranded = submit_on("offline")
+        Node.objects.filter(node_id="offline").update(status="offline")
+
+        clock.shift(29)
+        assert control.redispatch_unacknowledged() == 0  # the first doorbell may still be in flight
+
+        clock.shift(2)
+        assert control.redispatch_unacknowledged() == 1
+        assert reload(waiting).dispatched_at == START.replace(second=31)
+        assert reload(stranded).dispatched_at is None
+
+        clock.shift(29)
+        assert control.redispatch_unacknowledged() == 0  # counted from the last ring, not the first
+        clock.shift(2)
+        assert control.redispatch_unacknowledged() == 1
+
+        workload_transition(workload_id=waiting.pk, to=S.RUNNING)
+        clock.shift(31)
+        assert control.redispatch_unacknowledged() == 0  # the agent picked it up
