@@ -77,7 +77,8 @@ def main() -> None:
     from mlmodels.models import MLModel
     from mlmodels.services import model_serve, model_version_create
     from nodes.resources import Resources
-    from workloads.agent.agent import Agent, AgentSettings
+    from workloads.agent.agent import Agent
+    from workloads.agent.config import AgentSettings
 
     call_command("migrate", verbosity=0)
     user = get_user_model().objects.create_superuser("bench", password="bench")
@@ -98,7 +99,7 @@ def main() -> None:
     # A real agent (in this process) starts the model server where the scheduler placed it.
     agent = Agent(AgentSettings(
         node_id="bench", address="127.0.0.1", port=port, capacity=Resources(cpu=2000, memory=4 * 1024**3),
-        parent=None, peers=[], labels={}, work_dir=work, data_dir=DATA,
+        parent=None, peers=[], labels={}, work_dir=work, data_dir=DATA, log_dir=DATA / "logs",
         capabilities={"process": {"available": True}, "mlmodel": {"available": True}}))
     agent.register()
     run = model_serve(model=model, port=port + 1, node="bench")

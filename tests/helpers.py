@@ -1,10 +1,19 @@
-"""Shared test helpers: polling with a deadline and node builders."""
+"""Shared test helpers: polling with a deadline, free ports, node builders, in-process agents."""
 
+import socket
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from django.conf import settings
 
 from nodes.models import Node
 from nodes.resources import Resources
 from nodes.services import node_register
+from workloads.agent.agent import Agent
+from workloads.agent.config import AgentSettings
+from workloads.executors.limits import CGROUP_ROOT
 
 GiB = 1024**3
 
@@ -20,6 +29,14 @@ def wait_for(predicate, timeout: float = 10.0, every: float = 0.05, message: str
     raise AssertionError(f"{message} not met within {timeout}s")
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now, as the kernel chooses one (bind to port 0), so tests
+    running side by side never share one."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def make_node(node_id: str, *, cpu: float = 4, memory: int = 8 * GiB, gpu: int = 0, storage: int = 100 * GiB,
               parent: str | None = None, peers: tuple[str, ...] = (), capabilities: dict | None = None) -> Node:
     """Register a node the way an agent does (cpu in cores, memory in bytes)."""
@@ -30,3 +47,42 @@ def make_node(node_id: str, *, cpu: float = 4, memory: int = 8 * GiB, gpu: int =
         peers=peers,
         capabilities=capabilities if capabilities is not None else {"process": {"available": True}},
     )
+
+
+@contextmanager
+def in_process_agents() -> Iterator[Callable[..., Agent]]:
+    """Yield ``make(node_id, **options)``, which builds the agent ``runagent`` runs, in this process
+    and driven by the test (not registered yet). On exit, whatever the test did, every process they
+    still supervise is killed and the cgroup folders each made for its node are removed.
+
+    ``make`` takes the node's size (cpu in cores, memory and storage in bytes), ``port`` (a free
+    one if not given), ``work_dir`` and ``data_dir`` (default: the test data folder),
+    ``capabilities`` (default: processes only), and any other ``AgentSettings`` field."""
+    made: list[Agent] = []
+
+    def make(node_id: str, *, cpu: float = 1, memory: int = GiB, storage: int = 0, port: int | None = None,
+             work_dir: Path | None = None, data_dir: Path | None = None, capabilities: dict | None = None,
+             **options) -> Agent:
+        data_dir = data_dir or Path(settings.DATA_DIR)
+        options = {"parent": None, "peers": [], "labels": {}, **options}
+        agent = Agent(AgentSettings(
+            node_id=node_id, address="127.0.0.1", port=port or free_port(),
+            capacity=Resources(cpu=round(cpu * 1000), gpu=0, memory=memory, storage=storage),
+            work_dir=work_dir or data_dir, data_dir=data_dir, log_dir=data_dir / "logs",
+            capabilities=capabilities or {"process": {"available": True}}, **options,
+        ))
+        made.append(agent)
+        return agent
+
+    try:
+        yield make
+    finally:
+        for agent in made:
+            for supervised in list(agent.handles.values()):
+                supervised.handle.kill()
+                supervised.handle.cleanup()
+            for base in ("", "memory", "cpu"):  # what detect_limiter made (v2, v1) for the node
+                try:
+                    (CGROUP_ROOT / base / "cnet" / agent.config.node_id).rmdir()
+                except OSError:
+                    pass

@@ -11,9 +11,9 @@ from django.utils import timezone
 from nodes.models import NodeStatus
 from nodes.services import nodes_check_liveness
 
-from .dispatch import dispatch_start_again
+from .dispatch import dispatch_start
 from .models import ACTIVE, Workload, WorkloadStatus
-from .services import workload_transition, workloads_place_pending
+from .services import workload_mark_redispatched, workload_transition, workloads_place_pending
 
 logger = logging.getLogger(__name__)
 
@@ -53,5 +53,7 @@ def redispatch_unacknowledged() -> int:
     count = 0
     for workload_id, node_id in stale.values_list("pk", "node__node_id"):
         logger.info("workload %s: not acknowledged, dispatching again", workload_id)
-        count += dispatch_start_again(workload_id=workload_id, node_id=node_id)
+        if dispatch_start(workload_id=workload_id, node_id=node_id):
+            workload_mark_redispatched(workload_id=workload_id)
+            count += 1
     return count

@@ -10,7 +10,6 @@ call the services that call it.
 import logging
 
 from celery import current_app
-from django.utils import timezone
 
 logger = logging.getLogger(__name__)
 
@@ -28,19 +27,6 @@ def dispatch_start(*, workload_id, node_id: str) -> bool:
     Callers know the node (they just placed the workload, or read it with the workload); a
     start that finds the workload no longer scheduled there is ignored by the agent."""
     return publish("workloads.start", [str(workload_id)], node_queue(node_id))
-
-
-def dispatch_start_again(*, workload_id, node_id: str) -> bool:
-    """Ring again for a start nobody acknowledged, and note when: the redispatch loop waits
-    from then (from ``scheduled_at`` while a workload has only had its first doorbell)."""
-    from .models import Workload, WorkloadStatus
-
-    if not dispatch_start(workload_id=workload_id, node_id=node_id):
-        return False
-    Workload.objects.filter(pk=workload_id, status=WorkloadStatus.SCHEDULED).update(
-        dispatched_at=timezone.now()
-    )
-    return True
 
 
 def dispatch_stop(*, workload_id, node_id: str) -> bool:

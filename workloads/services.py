@@ -55,7 +55,8 @@ RESTARTS_ON = {
 def workload_transition(
     *, workload_id=None, workload: Workload | None = None, to: str, reason: str = "",
     expect: Iterable[str] | None = None, only_on: str | None = None, restart: bool = True,
-    events: Sequence[WorkloadEvent] = (), **fields
+    events: Sequence[WorkloadEvent] = (), node_pk: int | None = None, exit_code: int | None = None,
+    runtime: dict | None = None, agent_epoch: int | None = None, restart_count: int | None = None,
 ) -> bool:
     """Move a workload to ``to`` if the table allows it from its current state.
 
@@ -72,6 +73,12 @@ def workload_transition(
     its state and node as it would a read's. The copy is brought up to date when it moves (not
     by a restart that move sets off).
     ``events`` (what led to the move) are recorded with it, before its own event, in one INSERT.
+
+    Besides its status, reason and times a move sets only what it names (None leaves a column
+    alone): the node a placement claimed (``node_pk``), an agent's report (``exit_code``; the
+    ``runtime`` it re-adopts the work from after a restart, stored in the same UPDATE so a
+    running row always says how to find its process; ``agent_epoch``), a restart's
+    ``restart_count``.
     """
     # No savepoint when nested: nothing here is retried after an error, and a placement's
     # transaction saves two round trips.
@@ -89,15 +96,18 @@ def workload_transition(
         if only_on is not None and row["node__node_id"] != only_on:
             return False
         now = timezone.now()
-        changes = {"status": to, "updated_at": now, **fields}
+        named = {"node_id": node_pk, "exit_code": exit_code, "runtime": runtime, "agent_epoch": agent_epoch,
+                 "restart_count": restart_count}
+        changes = {"status": to, "updated_at": now}
+        changes.update((name, value) for name, value in named.items() if value is not None)
         if reason:
             changes["reason"] = reason
         if to == S.SCHEDULED:
-            changes.setdefault("scheduled_at", now)
+            changes["scheduled_at"] = now
         elif to == S.RUNNING:
-            changes.setdefault("started_at", now)
+            changes["started_at"] = now
         elif to in TERMINAL:
-            changes.setdefault("finished_at", now)
+            changes["finished_at"] = now
         elif to == S.PENDING:
             changes.update(node=None, scheduled_at=None, dispatched_at=None, started_at=None,
                            finished_at=None, exit_code=None, runtime={}, stop_requested_at=None)
@@ -170,6 +180,19 @@ def workload_record_runtime(*, workload_id, runtime: dict, only_on: str) -> None
     """Store what an agent learned of a running workload after recording its start (its limits),
     while it still runs there: a restarted agent re-adopts it from this."""
     Workload.objects.filter(pk=workload_id, status=S.RUNNING, node__node_id=only_on).update(runtime=runtime)
+
+
+def workload_request_stop(*, workload_id) -> None:
+    """Record that a workload is to stop. Its agent reads this (a stop message may be lost) and
+    reports the exit as stopped; the restart policy no longer applies. The first request's time
+    is kept."""
+    Workload.objects.filter(pk=workload_id, stop_requested_at__isnull=True).update(stop_requested_at=timezone.now())
+
+
+def workload_mark_redispatched(*, workload_id) -> None:
+    """Note that a scheduled workload's start was sent again: the redispatch loop waits from now
+    before it rings once more (from ``scheduled_at`` while it has had only its first doorbell)."""
+    Workload.objects.filter(pk=workload_id, status=S.SCHEDULED).update(dispatched_at=timezone.now())
 
 
 def workload_submit(*, owner, name: str, type: str, config: dict, requirements: Resources,
@@ -261,7 +284,7 @@ def _place(workload: Workload, *, earlier_events: Sequence[WorkloadEvent] = ()) 
         placed = WorkloadEvent(workload_id=workload_id, kind=EventKind.PLACEMENT, reason=summary,
                                details=decision.reasons, node_id=node_id)
         if not workload_transition(workload=workload, to=S.SCHEDULED, expect=[S.PENDING], reason=summary,
-                                   node_id=node_pk, events=[*earlier_events, placed]):
+                                   node_pk=node_pk, events=[*earlier_events, placed]):
             # Someone else placed or stopped it meanwhile: give back what we took.
             node_release(node_pk=node_pk, requirements=workload.requirements)
             WorkloadEvent.objects.bulk_create(earlier_events)
@@ -295,9 +318,7 @@ def workload_stop(*, workload: Workload, reason: str = "stopped by user") -> Wor
         raise StateConflict(f"workload is already {status}", field="status")
     node_alive = workload.node and workload.node.status != NodeStatus.OFFLINE
     if status == S.RUNNING and node_alive:
-        Workload.objects.filter(pk=workload.pk, stop_requested_at__isnull=True).update(
-            stop_requested_at=timezone.now()
-        )
+        workload_request_stop(workload_id=workload.pk)
         workload_note(workload_id=workload.pk, reason=f"stop requested: {reason}")
         node_id = workload.node.node_id
         transaction.on_commit(lambda: dispatch_stop(workload_id=workload.pk, node_id=node_id))

@@ -9,19 +9,10 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from nodes.resources import Resources
-from tests.helpers import wait_for
-from workloads.agent.agent import Agent, AgentSettings
+from tests.helpers import GiB, in_process_agents, wait_for
+from workloads.agent.agent import Agent
 
-GiB = 1024**3
 EXAMPLES = Path(settings.BASE_DIR) / "examples" / "ml_models"
-# This app's tests own ports 18400-18499: 18400-18429 in-process servers, 18450-18479 e2e.
-_next_port = [18400 + (os.getpid() % 6) * 5]
-
-
-def next_port() -> int:
-    _next_port[0] += 1
-    return _next_port[0]
 
 
 def linear_artifact(slope: float = 2.0, intercept: float = 3.0) -> bytes:
@@ -46,29 +37,19 @@ def raising_artifact() -> bytes:
     return buffer.getvalue()
 
 
-def agent_settings(node_id: str, work_dir: Path) -> AgentSettings:
-    return AgentSettings(
-        node_id=node_id, address="127.0.0.1", port=8080,
-        capacity=Resources(cpu=4000, gpu=0, memory=8 * GiB, storage=100 * GiB),
-        parent=None, peers=[], labels={}, work_dir=work_dir, data_dir=Path(settings.DATA_DIR),
-        heartbeat_seconds=5, stop_grace_seconds=2,
-        capabilities={"process": {"available": True}, "mlmodel": {"available": True}},
-    )
-
-
 @pytest.fixture
 def agent(db, tmp_path):
-    """A real Agent in this process (the one ``runagent`` runs), on a node of its own.
+    """A real Agent in this process (the one ``runagent`` runs), on a node of its own that runs
+    ML work, working in ``tmp_path``.
 
     Tests call ``agent.start(id)`` where the node's Celery worker would; every process it
     started is killed at teardown."""
-    node_id = f"ml-{secrets.token_hex(3)}"
-    instance = Agent(agent_settings(node_id, tmp_path))
-    instance.register()
-    yield instance
-    for supervised in list(instance.handles.values()):
-        supervised.handle.kill()
-        supervised.handle.cleanup()
+    with in_process_agents() as make_agent:
+        instance = make_agent(f"ml-{secrets.token_hex(3)}", cpu=4, memory=8 * GiB, storage=100 * GiB,
+                              work_dir=tmp_path, stop_grace_seconds=2,
+                              capabilities={"process": {"available": True}, "mlmodel": {"available": True}})
+        instance.register()
+        yield instance
 
 
 def run_agent_until(agent: Agent, predicate, timeout: float = 30.0, message: str = "condition"):

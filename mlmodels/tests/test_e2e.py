@@ -15,7 +15,7 @@ from django.db import connection
 
 from mlmodels.models import ModelRun, ModelVersion
 from nodes.models import Node, NodeStatus
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 from workloads.models import Workload, WorkloadStatus
 
 from .conftest import EXAMPLES
@@ -46,10 +46,11 @@ def agent_process(transactional_db, tmp_path):
     # The embedded broker is a folder under the data dir, so on it the agent shares the test's
     # (fresh per session); with Redis the agent gets a fresh data dir of its own.
     data_dir = settings.DATA_DIR if settings.CELERY_BROKER_URL.startswith("filesystem") else tmp_path / "data"
+    serve_port = free_port()  # the one port the agent may give a model server
     env = {**os.environ, "DATABASE_URL": database_url(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
            "CNET_DATA_DIR": str(data_dir), "CNET_WORK_DIR": str(work_dir), "CNET_LOCAL_NODE_ID": node_id,
-           "CNET_ML_SERVE_PORTS": "18450-18479", "CNET_HEARTBEAT_SECONDS": "1", "CNET_STOP_GRACE_SECONDS": "2",
-           "DJANGO_SETTINGS_MODULE": "cnetsite.settings", "PYTHONUNBUFFERED": "1"}
+           "CNET_ML_SERVE_PORTS": f"{serve_port}-{serve_port}", "CNET_HEARTBEAT_SECONDS": "1",
+           "CNET_STOP_GRACE_SECONDS": "2", "DJANGO_SETTINGS_MODULE": "cnetsite.settings", "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen([sys.executable, "manage.py", "runagent", "--node-id", node_id, "--cpu", "2",
                              "--memory", str(4 * 1024**3)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -60,6 +61,7 @@ def agent_process(transactional_db, tmp_path):
         assert proc.poll() is None, (tmp_path / "agent.log").read_text()
         proc.node_id = node_id
         proc.log_path = tmp_path / "agent.log"
+        proc.serve_port = serve_port
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -107,7 +109,7 @@ def test_seed_deploy_train_predict_serve_on_a_real_agent(api, agent_process):
     reply = wait_for(sync_prediction, timeout=60, every=0.2, message="sync prediction")
     assert reply.data["prediction"] == pytest.approx(14.0, abs=0.3)
     assert reply.data["served_by"] == agent_process.node_id
-    assert 18450 <= api.get(f"/api/ml/models/{model_id}/serve").data[0]["port"] <= 18479
+    assert api.get(f"/api/ml/models/{model_id}/serve").data[0]["port"] == agent_process.serve_port
 
     assert api.delete(f"/api/ml/models/{model_id}").status_code == 204
     serving_id = served.data["task_id"]

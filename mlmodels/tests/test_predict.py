@@ -5,9 +5,10 @@ import pytest
 from mlmodels import inference
 from mlmodels.models import MLModel, ModelRun, PredictionTask
 from mlmodels.services import model_serve, model_version_create, prediction_task_run
+from tests.helpers import free_port
 from workloads.models import WorkloadStatus
 
-from .conftest import linear_artifact, next_port, raising_artifact, run_agent_until
+from .conftest import linear_artifact, raising_artifact, run_agent_until
 
 
 def make_model(owner, data: bytes, name: str = "lr") -> MLModel:
@@ -20,7 +21,7 @@ def make_model(owner, data: bytes, name: str = "lr") -> MLModel:
 
 def serve(agent, model: MLModel) -> ModelRun:
     """Start a model server the way the API does, and let the agent start it as its worker would."""
-    run = model_serve(model=model, port=next_port(), node=agent.config.node_id)
+    run = model_serve(model=model, port=free_port(), node=agent.config.node_id)
     assert run.workload.status == WorkloadStatus.SCHEDULED, run.workload.reason
     agent.start(str(run.workload_id))
     run.workload.refresh_from_db()
@@ -148,7 +149,7 @@ def test_serve_from_the_workload_working_directory_refuses_escapes(agent, admin_
     outside.write_bytes(linear_artifact())
     (tmp_path / "escape.joblib").symlink_to(outside)
     workload = workload_submit(owner=admin_user, name="escape", type="mlmodel",
-                               config={"model_path": "escape.joblib", "port": next_port()},
+                               config={"model_path": "escape.joblib", "port": free_port()},
                                requirements=Resources(cpu=100, memory=10**6), node=agent.config.node_id)
     agent.start(str(workload.pk))
     workload.refresh_from_db()

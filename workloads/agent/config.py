@@ -1,6 +1,6 @@
 """The agent's configuration: the seed's YAML, overridden by flags, defaults from the machine."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -11,11 +11,29 @@ from nodes.resources import MILLICORES_PER_CORE, Resources
 
 from ..executors.base import EXECUTORS
 from ..executors.container import detect_container_engine
-from .agent import AgentSettings
 
 
 class ConfigError(Exception):
     pass
+
+
+@dataclass
+class AgentSettings:
+    node_id: str
+    address: str
+    port: int
+    capacity: Resources
+    parent: str | None
+    peers: list[str]
+    labels: dict
+    work_dir: Path
+    data_dir: Path  # the state file (agent/<node_id>.json) and the storage whose usage is reported
+    log_dir: Path  # workload output, under <node_id>/, until it is shipped to the database
+    heartbeat_seconds: float = 5.0
+    stop_grace_seconds: float = 10.0
+    # On SIGTERM: "stop" ends running work (stopped); "requeue" hands it back to be placed again.
+    shutdown_policy: str = "stop"
+    capabilities: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +91,7 @@ def load_agent_settings(path: str | None, overrides: Overrides) -> AgentSettings
         labels=dict(raw.get("labels") or {}),
         work_dir=Path(settings.CNET_WORK_DIR),
         data_dir=data_dir,
+        log_dir=Path(settings.CNET_LOG_DIR),
         heartbeat_seconds=float(pick(overrides.heartbeat, agent, "heartbeat_seconds", settings.CNET_HEARTBEAT_SECONDS)),
         stop_grace_seconds=settings.CNET_STOP_GRACE_SECONDS,
         shutdown_policy=str(pick(overrides.shutdown_policy, agent, "shutdown_policy", "stop")),

@@ -15,8 +15,8 @@ import docker.errors
 import pytest
 
 from nodes.resources import Resources
-from tests.helpers import GiB, wait_for
-from workloads.agent.agent import Agent, AgentSettings
+from tests.helpers import GiB, in_process_agents, wait_for
+from workloads.agent.agent import Agent
 from workloads.api.serializers import ContainerConfigSerializer
 from workloads.executors.base import ExecutorError
 from workloads.executors.container import (
@@ -58,23 +58,21 @@ def docker_client():
 def make_agent(docker_client, tmp_path):
     """Agents for one fresh node id; its containers are removed afterwards whatever happened."""
     node_id = f"ct-{uuid.uuid4().hex[:8]}"
+    with in_process_agents() as make_in_process:
 
-    def make(*, data_dir: Path | None = None, grace: float = 2.0) -> Agent:
-        data = data_dir or tmp_path / "data"
-        (tmp_path / "work").mkdir(exist_ok=True)
-        agent = Agent(AgentSettings(
-            node_id=node_id, address="127.0.0.1", port=18500,
-            capacity=Resources(cpu=2000, gpu=0, memory=4 * GiB, storage=10 * GiB),
-            parent=None, peers=[], labels={}, work_dir=tmp_path / "work", data_dir=data,
-            stop_grace_seconds=grace,
-            capabilities={"process": {"available": True}, "container": detect_container_engine(), "gpus": []},
-        ))
-        agent.register()
-        agent.reconcile()
-        return agent
+        def make(*, data_dir: Path | None = None, grace: float = 2.0) -> Agent:
+            (tmp_path / "work").mkdir(exist_ok=True)
+            agent = make_in_process(
+                node_id, cpu=2, memory=4 * GiB, storage=10 * GiB, work_dir=tmp_path / "work",
+                data_dir=data_dir or tmp_path / "data", stop_grace_seconds=grace,
+                capabilities={"process": {"available": True}, "container": detect_container_engine(), "gpus": []},
+            )
+            agent.register()
+            agent.reconcile()
+            return agent
 
-    make.node_id = node_id
-    yield make
+        make.node_id = node_id
+        yield make
     for container in docker_client.api.containers(all=True, filters={"label": f"{LABEL_NODE}={node_id}"}):
         try:
             docker_client.api.remove_container(container["Id"], force=True)

@@ -15,6 +15,8 @@ from workloads.services import (
     ALLOWED,
     workload_delete,
     workload_logs_append,
+    workload_mark_redispatched,
+    workload_request_stop,
     workload_stop,
     workload_submit,
     workload_transition,
@@ -98,6 +100,38 @@ def test_every_transition_records_an_event_with_from_to_and_reason():
     assert last.reason == "exit 0" and last.node_id == "local"
     workload.refresh_from_db()
     assert workload.exit_code == 0 and workload.finished_at is not None and workload.started_at is not None
+
+
+@pytest.mark.django_db
+def test_a_transition_stores_the_report_it_names_and_leaves_the_rest():
+    make_node("local")
+    workload = submit()
+    assert workload_transition(workload_id=workload.pk, to=S.RUNNING, runtime={"pid": 7}, agent_epoch=3)
+    assert workload_transition(workload_id=workload.pk, to=S.SUCCEEDED, exit_code=0)  # no runtime news: kept
+    workload.refresh_from_db()
+    assert (workload.runtime, workload.agent_epoch, workload.exit_code) == ({"pid": 7}, 3, 0)
+
+
+@pytest.mark.django_db
+def test_a_stop_requested_twice_keeps_the_time_of_the_first_request():
+    make_node("local")
+    workload = submit()
+    workload_transition(workload_id=workload.pk, to=S.RUNNING)
+    workload_request_stop(workload_id=workload.pk)
+    first = Workload.objects.get(pk=workload.pk).stop_requested_at
+    workload_request_stop(workload_id=workload.pk)
+    assert first is not None and Workload.objects.get(pk=workload.pk).stop_requested_at == first
+
+
+@pytest.mark.django_db
+def test_a_redispatch_is_noted_only_while_the_workload_waits_to_start():
+    make_node("local")
+    workload = submit()
+    workload_mark_redispatched(workload_id=workload.pk)
+    rung = Workload.objects.get(pk=workload.pk).dispatched_at
+    workload_transition(workload_id=workload.pk, to=S.RUNNING)
+    workload_mark_redispatched(workload_id=workload.pk)  # a late ring: the agent has it already
+    assert rung is not None and Workload.objects.get(pk=workload.pk).dispatched_at == rung
 
 
 @pytest.mark.django_db

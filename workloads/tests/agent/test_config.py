@@ -49,3 +49,8 @@ def test_the_launcher_accepts_the_seeds_config_flags_from_any_folder(tmp_path, f
     # The flag reached the config loader (which refuses the missing file) before any database work.
     assert result.returncode == 1
     assert f"config file {missing} does not exist" in result.stderr
+
+
+def test_workload_output_goes_to_the_folder_cnet_log_dir_names(settings, tmp_path):
+    settings.CNET_LOG_DIR = tmp_path / "logs"
+    assert load_agent_settings(None, Overrides()).log_dir == tmp_path / "logs"

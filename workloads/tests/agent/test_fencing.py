@@ -13,15 +13,13 @@ from tests.helpers import wait_for
 from workloads.models import Workload, WorkloadStatus
 from workloads.services import workload_submit
 
-from .test_links import agent_for, remove_node_cgroups  # noqa: F401 - autouse cleanup
-
 S = WorkloadStatus
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_silent_agent_kills_its_work_and_reports_it_lost_once_back_in_touch():
+def test_a_silent_agent_kills_its_work_and_reports_it_lost_once_back_in_touch(make_agent):
     node_id = f"fence-{uuid.uuid4().hex[:6]}"
-    agent = agent_for(node_id, port=18330, heartbeat_seconds=2)
+    agent = make_agent(node_id, heartbeat_seconds=2)
     agent.register()
     assert agent.fence_after == settings.CNET_OFFLINE_AFTER_SECONDS - 2
     workload = workload_submit(owner=None, name="fenced", type="process", node=node_id,

@@ -3,27 +3,23 @@
 import uuid
 
 import pytest
-from django.utils import timezone
 
 from nodes.resources import Resources
 from tests.helpers import wait_for
 from workloads.models import Workload, WorkloadStatus
-from workloads.services import workload_submit
-
-from .test_links import agent_for, remove_node_cgroups  # noqa: F401 - autouse cleanup
+from workloads.services import workload_request_stop, workload_submit
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_stop_request_whose_message_was_lost_is_carried_out():
+def test_a_stop_request_whose_message_was_lost_is_carried_out(make_agent):
     node_id = f"stopper-{uuid.uuid4().hex[:6]}"
-    agent = agent_for(node_id, port=18331, stop_grace_seconds=2)
+    agent = make_agent(node_id, stop_grace_seconds=2)
     agent.register()
     workload = workload_submit(owner=None, name="sleeper", type="process", node=node_id,
                                config={"command": "sleep", "args": ["60"]},
                                requirements=Resources(cpu=100, gpu=0, memory=0, storage=0))
     agent.start(str(workload.pk))
-    # What workload_stop records; its message to the agent is lost (never published here).
-    Workload.objects.filter(pk=workload.pk).update(stop_requested_at=timezone.now())
+    workload_request_stop(workload_id=workload.pk)  # what workload_stop records; its message is lost
     agent._last_status_check = 0  # the periodic check is due
 
     def stopped():

@@ -15,18 +15,22 @@ from workloads.models import Workload, WorkloadLog, WorkloadStatus
 from workloads.services import workload_submit
 from workloads.tasks import start_workload  # noqa: F401 - registered, so an eager doorbell runs it
 
-from .test_links import agent_for, remove_node_cgroups  # noqa: F401 - autouse cleanup
 
+@pytest.fixture
+def agent_with_work(make_agent):
+    """``agent_with_work(name, command, *args, memory=0, **submit)``: a registered in-process agent
+    and a workload submitted at its node (not started yet)."""
 
-def agent_with_work(name: str, port: int, command: str, *args: str, memory: int = 0, **submit):
-    """A registered in-process agent and a workload submitted at its node (not started yet)."""
-    node_id = f"{name}-{uuid.uuid4().hex[:6]}"
-    agent = agent_for(node_id, port=port)
-    agent.register()
-    workload = workload_submit(owner=None, name=name, type="process", node=node_id,
-                               config={"command": command, "args": list(args)},
-                               requirements=Resources(cpu=100, gpu=0, memory=memory, storage=0), **submit)
-    return agent, workload
+    def make(name: str, command: str, *args: str, memory: int = 0, **submit):
+        node_id = f"{name}-{uuid.uuid4().hex[:6]}"
+        agent = make_agent(node_id)
+        agent.register()
+        workload = workload_submit(owner=None, name=name, type="process", node=node_id,
+                                   config={"command": command, "args": list(args)},
+                                   requirements=Resources(cpu=100, gpu=0, memory=memory, storage=0), **submit)
+        return agent, workload
+
+    return make
 
 
 def supervise_until_done(agent, workload) -> Workload:
@@ -39,10 +43,10 @@ def supervise_until_done(agent, workload) -> Workload:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_started_workload_wakes_the_supervisor_at_once():
+def test_a_started_workload_wakes_the_supervisor_at_once(agent_with_work):
     # The process may exit before the worker thread hands it over; the SIGCHLD wakeup came too
     # early then, and its exit waited for the supervisor's next pass.
-    agent, workload = agent_with_work("waker", 18341, "true")
+    agent, workload = agent_with_work("waker", "true")
     woken = []
     agent.wake = lambda: woken.append(str(agent.handles.keys()))
     agent.context.wake = lambda: None  # the start's own wake only, not its limits' (set up in a thread)
@@ -53,8 +57,8 @@ def test_a_started_workload_wakes_the_supervisor_at_once():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_rerun_numbers_its_log_chunks_after_those_of_earlier_runs():
-    agent, workload = agent_with_work("numberer", 18342, sys.executable, "-c", "print('second run')")
+def test_a_rerun_numbers_its_log_chunks_after_those_of_earlier_runs(agent_with_work):
+    agent, workload = agent_with_work("numberer", sys.executable, "-c", "print('second run')")
     WorkloadLog.objects.bulk_create(WorkloadLog(workload=workload, seq=seq, stream="stdout", text=f"run 1 line {seq}\n")
                                     for seq in range(3))
     agent.start(str(workload.pk))
@@ -65,8 +69,8 @@ def test_a_rerun_numbers_its_log_chunks_after_those_of_earlier_runs():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_limits_set_up_beside_the_start_are_stored_for_a_restarted_agent():
-    agent, workload = agent_with_work("limiter", 18343, "sleep", "60", memory=64 * 1024**2)
+def test_limits_set_up_beside_the_start_are_stored_for_a_restarted_agent(agent_with_work):
+    agent, workload = agent_with_work("limiter", "sleep", "60", memory=64 * 1024**2)
     agent.start(str(workload.pk))
 
     def stored_by_the_supervisor():
@@ -80,11 +84,11 @@ def test_limits_set_up_beside_the_start_are_stored_for_a_restarted_agent():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_without_cgroups_the_watchdog_kills_work_over_its_memory_once_its_limits_are_known():
+def test_without_cgroups_the_watchdog_kills_work_over_its_memory_once_its_limits_are_known(agent_with_work):
     # Bounded (512 MiB, then it waits), so a watchdog that misses it fails the test, not the machine.
     code = "import time\nheap = []\nwhile len(heap) < 64:\n    heap.append(bytearray(8 << 20)); time.sleep(0.01)\n" \
            "time.sleep(60)"
-    agent, workload = agent_with_work("hog", 18344, sys.executable, "-c", code, memory=64 * 1024**2)
+    agent, workload = agent_with_work("hog", sys.executable, "-c", code, memory=64 * 1024**2)
     agent.context.limiter = CgroupLimiter(group="cnet/none")  # applies nothing: the watchdog's case
     agent.start(str(workload.pk))
     ended = supervise_until_done(agent, workload)
@@ -94,10 +98,10 @@ def test_without_cgroups_the_watchdog_kills_work_over_its_memory_once_its_limits
 
 
 @pytest.mark.django_db(transaction=True)
-def test_starts_saving_state_at_once_leave_every_started_workload_in_the_state_file():
+def test_starts_saving_state_at_once_leave_every_started_workload_in_the_state_file(agent_with_work):
     # The agent's worker starts two workloads in two threads; a restarted agent finds (and, if
     # they were lost meanwhile, kills) its survivors from this file, so none may be missing.
-    agent, _ = agent_with_work("saver", 18345, "true")
+    agent, _ = agent_with_work("saver", "true")
     errors = []
 
     def start(workload_id):
@@ -116,18 +120,18 @@ def test_starts_saving_state_at_once_leave_every_started_workload_in_the_state_f
             thread.start()
         for thread in threads:
             thread.join()
-        assert not errors and set(ids) <= set(agent._load_state())
+        assert not errors and set(ids) <= set(agent.state_file.load())
         for workload_id in ids:
             agent._drop(workload_id, "next round")
     agent.shutdown()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_workload_restarted_onto_the_same_node_is_started_there_at_once():
+def test_a_workload_restarted_onto_the_same_node_is_started_there_at_once(agent_with_work):
     # The restart's start message can arrive while the agent still records the exit that set it
     # off; it must find the run that ended gone, or it is ignored until the redispatch loop.
     # Eager tasks deliver each message at once, inside that recording: the worst timing.
-    agent, workload = agent_with_work("again", 18347, "false", restart_policy="on-failure", max_restarts=2)
+    agent, workload = agent_with_work("again", "false", restart_policy="on-failure", max_restarts=2)
     celery_app.conf.task_always_eager = True
     set_current_agent(agent)
     try:
