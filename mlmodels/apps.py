@@ -6,9 +6,9 @@ class MlmodelsConfig(AppConfig):
     verbose_name = "ML models"
 
     def ready(self) -> None:
-        # workloads never imports mlmodels: the mlmodel executor registers itself here.
-        from workloads.executors.base import register_executor
+        # workloads never imports mlmodels: the mlmodel kind registers itself here.
+        from workloads.kinds import register_kind
 
-        from .executor import MLModelExecutor
+        from .kind import KIND
 
-        register_executor(MLModelExecutor())
+        register_kind(KIND)

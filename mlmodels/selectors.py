@@ -2,8 +2,9 @@
 
 from django.db.models import Exists, OuterRef, QuerySet, Subquery
 
-from workloads.models import Workload, WorkloadStatus, WorkloadType
+from workloads.models import Workload, WorkloadStatus
 
+from .kind import MLMODEL
 from .models import MLModel, ModelRun, ModelVersion, PredictionTask, RunKind
 
 
@@ -54,7 +55,7 @@ def model_serving_runs(*, model: MLModel) -> QuerySet[ModelRun]:
 
 def ml_workload_list(*, user) -> QuerySet[Workload]:
     """The ML workloads (training runs and model servers) a user may see: the seed's tasks."""
-    workloads = Workload.objects.filter(type=WorkloadType.MLMODEL).select_related("node", "ml_run")
+    workloads = Workload.objects.filter(type=MLMODEL).select_related("node", "ml_run")
     return workloads if user.is_staff else workloads.filter(owner=user)
 
 

@@ -13,11 +13,12 @@ from core.errors import InvalidRequest, StateConflict
 from nodes.models import Node, NodeStatus
 from nodes.resources import Resources
 from workloads.dispatch import node_queue, publish
-from workloads.models import ACTIVE, TERMINAL, Workload, WorkloadType
+from workloads.models import ACTIVE, TERMINAL, Workload
 from workloads.services import workload_stop, workload_submit
 
 from . import client, inference
 from .errors import PayloadTooLarge, PredictionFailed
+from .kind import MLMODEL
 from .models import MLModel, ModelRun, ModelVersion, PredictionTask, RunKind, TaskStatus, VersionSource
 from .selectors import model_serving_endpoints
 
@@ -47,7 +48,7 @@ def model_deploy(*, owner, name: str, model_type: str, model_path: str, command:
         if script_path:
             config["script_path"] = script_path
         try:
-            workload = workload_submit(owner=owner, name=f"{name}:train", type=WorkloadType.MLMODEL, config=config,
+            workload = workload_submit(owner=owner, name=f"{name}:train", type=MLMODEL, config=config,
                                        requirements=resources, node=node, strategy=strategy)
         except InvalidRequest as error:
             field = "resources" if error.field == "requirements" else error.field
@@ -144,7 +145,7 @@ def model_serve(*, model: MLModel, version: ModelVersion | None = None, port: in
                                        memory=min(model.memory_bytes, 512_000_000), storage=0)
     with transaction.atomic():
         workload = workload_submit(owner=model.owner, name=f"{model.name}:serve:v{version.number}",
-                                   type=WorkloadType.MLMODEL, config=config, requirements=resources, node=node)
+                                   type=MLMODEL, config=config, requirements=resources, node=node)
         run = ModelRun.objects.create(model=model, workload=workload, kind=RunKind.SERVING, version=version)
     logger.info("model %s: serving v%s as workload %s", model.pk, version.number, workload.pk)
     return run

@@ -99,13 +99,11 @@ class WorkloadAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
         nodes = Node.objects.order_by("node_id").values_list("node_id", flat=True)[:NODE_CHOICES_SHOWN]
         form = WorkloadSubmitForm(request.POST or None, node_choices=nodes)
         if request.method == "POST" and form.is_valid():
-            payload = form.to_payload()
-            if payload is not None:
-                workload = self._submit(request, form, payload)
-                if workload is not None:
-                    self.message_user(request, f"Submitted {workload.name}: {workload.status}"
-                                      f"{' on ' + workload.node.node_id if workload.node else ''}", messages.SUCCESS)
-                    return redirect(reverse("admin:workloads_workload_change", args=[workload.pk]))
+            workload = self._submit(request, form, form.to_payload())
+            if workload is not None:
+                self.message_user(request, f"Submitted {workload.name}: {workload.status}"
+                                  f"{' on ' + workload.node.node_id if workload.node else ''}", messages.SUCCESS)
+                return redirect(reverse("admin:workloads_workload_change", args=[workload.pk]))
         context = self.admin_site.each_context(request) | {
             "title": "Submit a workload", "form": form, "opts": self.opts,
             **_submit_layout(form),
@@ -174,12 +172,9 @@ class WorkloadAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
 
 
 def _submit_layout(form: WorkloadSubmitForm) -> dict:
-    """The form's fields in sections; each run field says which types show it."""
-    run = ["image", "command_line", "ports", "model_path", "model_type", "framework", "port", "env", "working_dir"]
+    """The form's fields in sections; each run field says which kinds show it (from the kind registry)."""
     return {
-        "run_fields": [
-            (form[name], " ".join(kind for kind, names in form.TYPE_FIELDS.items() if name in names)) for name in run
-        ],
+        "run_fields": [(form[name], " ".join(shown_by)) for name, shown_by in form.run_fields.items()],
         "resource_fields": [form[name] for name in ("cpu", "memory", "gpu", "storage")],
         "more_fields": [form[name] for name in ("node", "strategy", "priority", "restart_policy", "max_restarts")],
     }

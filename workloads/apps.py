@@ -6,5 +6,8 @@ class WorkloadsConfig(AppConfig):
     verbose_name = "Workloads"
 
     def ready(self) -> None:
-        # Importing an executor module registers it with the registry.
-        from .executors import container, process  # noqa: F401
+        from .executors import container_kind, process_kind
+        from .kinds import register_kind
+
+        register_kind(process_kind.KIND)
+        register_kind(container_kind.KIND)

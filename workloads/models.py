@@ -7,12 +7,6 @@ from django.db.models import Q
 from nodes.resources import Resources
 
 
-class WorkloadType(models.TextChoices):
-    PROCESS = "process", "Process"
-    CONTAINER = "container", "Container"
-    MLMODEL = "mlmodel", "ML model"
-
-
 class WorkloadStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     SCHEDULED = "scheduled", "Scheduled"
@@ -39,11 +33,12 @@ class RestartPolicy(models.TextChoices):
 class Workload(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=255)
-    type = models.CharField(max_length=16, choices=WorkloadType.choices)
+    # A registered kind's name (workloads.kinds): kinds are plugins, so the column lists none.
+    type = models.CharField(max_length=16)
     status = models.CharField(
         max_length=16, choices=WorkloadStatus.choices, default=WorkloadStatus.PENDING
     )
-    # Validated per type by workloads.api.serializers; executors read it as is.
+    # Shaped by its kind's config serializer (workloads.kinds); executors read it as is.
     config = models.JSONField(default=dict)
     cpu_millicores = models.PositiveBigIntegerField(default=0)
     gpu_count = models.PositiveIntegerField(default=0)

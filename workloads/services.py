@@ -19,6 +19,7 @@ from scheduler.placement import place
 from scheduler.strategies import strategy_get
 
 from .dispatch import dispatch_start, dispatch_stop, request_pending_placement
+from .kinds import kind_capability
 from .models import (
     ACTIVE,
     TERMINAL,
@@ -266,7 +267,7 @@ def _place(workload: Workload, *, earlier_events: Sequence[WorkloadEvent] = ()) 
             requirements=workload.requirements,
             local_node_id=local,
             strategy=strategy_get(workload.strategy),
-            capability=workload.type if workload.type != "process" else None,
+            capability=kind_capability(workload.type),
         )
         observe_placement(seconds=time.perf_counter() - started, strategy=workload.strategy,
                           placed=decision.placed)

@@ -80,9 +80,10 @@ class DatabaseCollector(Collector):
         yield from (by_status, status, capacity, allocated, usage, heartbeat_age, heartbeat_at)
 
     def _workloads(self, now):
-        from workloads.models import Workload, WorkloadStatus, WorkloadType
+        from workloads.kinds import kinds
+        from workloads.models import Workload, WorkloadStatus
 
-        counts = {(s, t): 0 for s in WorkloadStatus.values for t in WorkloadType.values}
+        counts = {(s, kind.name): 0 for s in WorkloadStatus.values for kind in kinds()}
         rows = Workload.objects.order_by().values_list("status", "type").annotate(n=Count("pk"))
         for status, type_, n in rows:
             counts[(status, type_)] = n

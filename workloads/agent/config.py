@@ -9,8 +9,7 @@ from django.conf import settings
 from nodes.detect import detect_capacity, detect_gpus
 from nodes.resources import MILLICORES_PER_CORE, Resources
 
-from ..executors.base import EXECUTORS
-from ..executors.container import detect_container_engine
+from ..kinds import kind_capabilities
 
 
 class ConfigError(Exception):
@@ -95,9 +94,7 @@ def load_agent_settings(path: str | None, overrides: Overrides) -> AgentSettings
         heartbeat_seconds=float(pick(overrides.heartbeat, agent, "heartbeat_seconds", settings.CNET_HEARTBEAT_SECONDS)),
         stop_grace_seconds=settings.CNET_STOP_GRACE_SECONDS,
         shutdown_policy=str(pick(overrides.shutdown_policy, agent, "shutdown_policy", "stop")),
-        capabilities={"process": {"available": True}, "container": detect_container_engine(),
-                      # registered from MlmodelsConfig.ready() when that app is installed
-                      "mlmodel": {"available": "mlmodel" in EXECUTORS}, "gpus": detect_gpus()},
+        capabilities={**kind_capabilities(), "gpus": detect_gpus()},  # each registered kind, probed
     )
 
 

@@ -1,11 +1,12 @@
 import django_filters
 
-from ..models import Workload, WorkloadStatus, WorkloadType
+from ..kinds import kind_choices
+from ..models import Workload, WorkloadStatus
 
 
 class WorkloadFilter(django_filters.FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=WorkloadStatus.choices)
-    type = django_filters.ChoiceFilter(choices=WorkloadType.choices)
+    type = django_filters.ChoiceFilter(choices=kind_choices)  # read per request: every registered kind
     node = django_filters.CharFilter(field_name="node__node_id")
     name = django_filters.CharFilter(lookup_expr="icontains")
 

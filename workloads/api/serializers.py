@@ -1,20 +1,14 @@
-"""Request shapes (the seed's payloads) and response shapes. Business rules live in services."""
+"""Request shapes (the seed's payloads) and response shapes. Business rules live in services.
+
+Each kind's ``config`` shape is its own serializer, found in the kind registry."""
 
 from rest_framework import serializers
 
-from core.fields import (
-    NoUnknownFieldsMixin,
-    RelativePathField,
-    StrictCharField,
-    StrictFloatField,
-    StrictIntegerField,
-    StringListField,
-    StringMapField,
-)
+from core.fields import NoUnknownFieldsMixin, StrictCharField, StrictFloatField, StrictIntegerField
 from nodes.resources import MILLICORES_PER_CORE, Resources
 
-from ..container_policy import mount_allowed, network_allowed, privileged_allowed
-from ..models import RestartPolicy, Workload, WorkloadEvent, WorkloadType
+from ..kinds import kind_choices, kind_get
+from ..models import RestartPolicy, Workload, WorkloadEvent
 
 MAX_CORES = 100_000
 MAX_BYTES = 2**60  # an exbibyte: anything larger is a typo, not a machine
@@ -48,122 +42,24 @@ class RequirementsSerializer(NoUnknownFieldsMixin, serializers.Serializer):
         )
 
 
-class ProcessConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
-    command = StrictCharField(max_length=4096)
-    args = StringListField(required=False, default=list)
-    env = StringMapField(required=False, default=dict)
-    working_dir = RelativePathField(required=False, max_length=4096)
+class KindField(serializers.ChoiceField):
+    """The name of a registered kind. DRF makes a serializer's fields anew for each serializer
+    (``__deepcopy__`` calls ``__init__``), so a kind registered after this module loaded is known."""
 
+    default_error_messages = {"unknown": "{input!r} is not a workload type here; known: {known}."}
 
-class PortsField(serializers.Field):
-    """``{"80/tcp": 8080}``, or ``["8080:80", 9000]``; normalized to the Docker SDK's dict."""
+    def __init__(self, **kwargs):
+        super().__init__(choices=kind_choices(), **kwargs)
 
     def to_internal_value(self, data):
-        items = data.items() if isinstance(data, dict) else None
-        if items is None:
-            if not isinstance(data, list):
-                raise serializers.ValidationError("must be a map of container port to host port, or a list")
-            items = [self._split(entry) for entry in data]
-        ports = {}
-        for container, host in items:
-            container = str(container)
-            number = container.split("/")[0]
-            if not number.isdigit() or not 0 < int(number) < 65536:
-                raise serializers.ValidationError(f"container port {container!r} is not a port number")
-            if host is not None and (isinstance(host, bool) or not isinstance(host, int) or not 0 < host < 65536):
-                raise serializers.ValidationError(f"host port {host!r} is not a port number")
-            ports[container if "/" in container else f"{container}/tcp"] = host
-        return ports
-
-    @staticmethod
-    def _split(entry):
-        if isinstance(entry, int) and not isinstance(entry, bool):
-            return entry, None
-        if isinstance(entry, str) and ":" in entry:
-            host, _, container = entry.rpartition(":")
-            if host.isdigit():
-                return container, int(host)
-        if isinstance(entry, str):
-            return entry, None
-        raise serializers.ValidationError(f"port {entry!r} must be \"host:container\" or a number")
-
-    def to_representation(self, value):
-        return value
-
-
-class VolumeSerializer(NoUnknownFieldsMixin, serializers.Serializer):
-    source = StrictCharField(max_length=1024)
-    target = StrictCharField(max_length=1024)
-    read_only = serializers.BooleanField(required=False, default=False)
-
-    def validate_target(self, value: str) -> str:
-        if not value.startswith("/"):
-            raise serializers.ValidationError("must be an absolute path inside the container")
-        return value
-
-
-class ContainerConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
-    image = StrictCharField(max_length=512)
-    # The seed writes command as a list (["nginx"]); a plain string works too.
-    command = serializers.JSONField(required=False)
-    args = StringListField(required=False, default=list)
-    env = StringMapField(required=False, default=dict)
-    ports = PortsField(required=False)
-    working_dir = StrictCharField(required=False, max_length=4096)
-    volumes = VolumeSerializer(many=True, required=False)
-    pull_policy = serializers.ChoiceField(
-        choices=["if-not-present", "always", "never"], required=False, default="if-not-present"
-    )
-    privileged = serializers.BooleanField(required=False, default=False)
-    network_mode = StrictCharField(required=False, max_length=64)
-
-    def validate_command(self, value):
-        if isinstance(value, str):
-            return [value] if value else []
-        if isinstance(value, list) and all(isinstance(part, str) for part in value):
-            return value
-        raise serializers.ValidationError("must be a string or a list of strings")
-
-    def validate_privileged(self, value: bool) -> bool:
-        if not privileged_allowed(value):
-            raise serializers.ValidationError("privileged containers are not allowed on this cluster")
-        return value
-
-    def validate_network_mode(self, value: str) -> str:
-        if not network_allowed(value):
-            raise serializers.ValidationError(f"network mode {value!r} is not allowed on this cluster")
-        return value
-
-    def validate_volumes(self, volumes: list[dict]) -> list[dict]:
-        for volume in volumes:
-            if not mount_allowed(volume["source"]):
-                raise serializers.ValidationError(
-                    f"host bind mount {volume['source']!r} is not allowed on this cluster; use a named volume"
-                )
-        return volumes
-
-
-class MLModelConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
-    model_path = RelativePathField(max_length=4096)
-    model_type = StrictCharField(required=False, max_length=64, default="sklearn")
-    framework = StrictCharField(required=False, max_length=64, default="scikit-learn")
-    port = StrictIntegerField(required=False, min_value=1, max_value=65535)
-    command = StrictCharField(required=False, max_length=4096)
-    args = StringListField(required=False, default=list)
-    env = StringMapField(required=False, default=dict)
-    working_dir = RelativePathField(required=False, max_length=4096)
-
-
-CONFIG_SERIALIZERS = {
-    WorkloadType.PROCESS: ProcessConfigSerializer,
-    WorkloadType.CONTAINER: ContainerConfigSerializer,
-    WorkloadType.MLMODEL: MLModelConfigSerializer,
-}
+        if str(data) not in self.choice_strings_to_values:
+            self.fail("unknown", input=data, known=", ".join(self.choices))
+        return super().to_internal_value(data)
 
 
 class WorkloadSubmitSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     name = StrictCharField(max_length=255)
-    type = serializers.ChoiceField(choices=WorkloadType.choices)
+    type = KindField()
     requirements = serializers.DictField(required=False)
     config = serializers.DictField()
     node = StrictCharField(required=False, max_length=128)
@@ -173,7 +69,7 @@ class WorkloadSubmitSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     max_restarts = StrictIntegerField(required=False, default=3, min_value=0, max_value=100)
 
     def validate(self, attrs):
-        config = CONFIG_SERIALIZERS[attrs["type"]](data=attrs["config"])
+        config = kind_get(attrs["type"]).config_serializer(data=attrs["config"])
         if not config.is_valid():
             raise serializers.ValidationError({"config": config.errors})
         requirements = RequirementsSerializer(data=attrs.get("requirements", {}))

@@ -1,17 +1,20 @@
-"""What every executor provides, and the registry the agent looks executors up in.
+"""What every executor provides, and how the agent finds the executor of a kind.
 
-``workloads`` never imports ``mlmodels``: the mlmodel executor registers itself here from
-its app's ``ready()``.
+Executors belong to kinds (``workloads.kinds``), which name them by dotted path: each is made
+the first time this process needs it, so only agents ever import one.
 """
 
+import functools
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 
+from ..kinds import UnknownKind, kind_get, kinds
 from .limits import CgroupLimiter
 
 # A workload's env is merged over the agent's, minus the agent's own configuration and
@@ -124,18 +127,36 @@ def _withheld(name: str) -> bool:
     return upper.startswith(WITHHELD_PREFIXES) or any(word in upper for word in WITHHELD_WORDS)
 
 
-EXECUTORS: dict[str, Executor] = {}
-
-
-def register_executor(executor: Executor) -> None:
-    EXECUTORS[executor.type] = executor
-
-
 def executor_for(workload_type: str) -> Executor:
     try:
-        return EXECUTORS[workload_type]
-    except KeyError:
+        path = kind_get(workload_type).executor
+    except UnknownKind:
         raise ExecutorError(f"this agent cannot run {workload_type} workloads (no executor installed)") from None
+    return _made(path)
+
+
+@functools.cache
+def _made(path: str) -> Executor:
+    return import_string(path)()
+
+
+class _KindExecutors(Mapping):
+    """Every registered kind's executor, by kind name: what the agent reaps orphans with."""
+
+    def __getitem__(self, name: str) -> Executor:
+        try:
+            return executor_for(name)
+        except ExecutorError:
+            raise KeyError(name) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([kind.name for kind in kinds()])
+
+    def __len__(self) -> int:
+        return len(kinds())
+
+
+EXECUTORS = _KindExecutors()
 
 
 class LogTail:

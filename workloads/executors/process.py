@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from .base import AgentContext, Executor, ExecutorError, Exit, Handle, LogTail, register_executor, workload_env
+from .base import AgentContext, Executor, ExecutorError, Exit, Handle, LogTail, workload_env
 from .limits import Limits
 
 logger = logging.getLogger(__name__)
@@ -238,6 +238,3 @@ def _nice(pid: int) -> None:
         psutil.Process(pid).nice(10)
     except psutil.Error:
         pass
-
-
-register_executor(ProcessExecutor())

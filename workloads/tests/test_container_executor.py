@@ -17,15 +17,10 @@ import pytest
 from nodes.resources import Resources
 from tests.helpers import GiB, in_process_agents, wait_for
 from workloads.agent.agent import Agent
-from workloads.api.serializers import ContainerConfigSerializer
 from workloads.executors.base import ExecutorError
-from workloads.executors.container import (
-    LABEL_NODE,
-    LABEL_WORKLOAD,
-    ContainerExecutor,
-    container_name,
-    detect_container_engine,
-)
+from workloads.executors.container.engine import detect_container_engine
+from workloads.executors.container.executor import LABEL_NODE, LABEL_WORKLOAD, ContainerExecutor, container_name
+from workloads.executors.container_kind import ContainerConfigSerializer
 from workloads.models import TERMINAL, Workload, WorkloadEvent, WorkloadLog, WorkloadStatus
 from workloads.services import workload_delete, workload_stop, workload_submit, workload_transition
 

@@ -1,0 +1,32 @@
+"""The ``process`` kind: a program on the node, run as an argument list (never through a shell).
+
+Every node can run one, so it needs no capability. Its executor is ``process.ProcessExecutor``.
+"""
+
+from rest_framework import serializers
+
+from core.fields import NoUnknownFieldsMixin, RelativePathField, StrictCharField, StringListField, StringMapField
+
+from ..forms import COMMAND_LINE, ENV, WORKING_DIR, argv_config, filled
+from ..kinds import Kind
+
+
+class ProcessConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    command = StrictCharField(max_length=4096)
+    args = StringListField(required=False, default=list)
+    env = StringMapField(required=False, default=dict)
+    working_dir = RelativePathField(required=False, max_length=4096)
+
+
+def form_config(values: dict) -> dict:
+    return {**argv_config(values["command_line"]), **filled(values, "env", "working_dir")}
+
+
+KIND = Kind(
+    name="process",
+    label="Process",
+    config_serializer=ProcessConfigSerializer,
+    executor="workloads.executors.process.ProcessExecutor",
+    form_fields={"command_line": COMMAND_LINE, "env": ENV, "working_dir": WORKING_DIR},
+    form_config=form_config,
+)
