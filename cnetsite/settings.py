@@ -176,7 +176,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SERVE_INCLUDE_SCHEMA": False,
-    # The schema and docs are API calls like any other: authenticated (docs/architecture.md, invariants).
+    # The schema and docs are API calls like any other: every one is authenticated.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
 }
 
