@@ -124,19 +124,6 @@ class MLModelConsole(OwnedOnly, DeletesThroughService):
     def changelist_view(self, request, extra_context=None):
         return super().changelist_view(request, {"title": "ML models", **(extra_context or {})})
 
-    @staticmethod
-    def _status(model) -> str:
-        if getattr(model, "serving_now", False):
-            return "running"
-        return getattr(model, "training_status", None) or ("succeeded" if model.promoted_version_id else "pending")
-
-    @staticmethod
-    def _status_label(model) -> str:
-        if getattr(model, "serving_now", False):
-            return "Serving"
-        status = getattr(model, "training_status", None)
-        return f"Training {status}" if status else ("Ready" if model.promoted_version_id else "Created")
-
     def name_link(self, model):
         return format_html('<a class="strong" href="{}">{}</a>',
                            reverse("admin:mlmodels_mlmodel_change", args=[model.pk]), model.name)
@@ -145,7 +132,10 @@ class MLModelConsole(OwnedOnly, DeletesThroughService):
     name_link.admin_order_field = "name"
 
     def status_badge(self, model):
-        return format_html('<span class="badge s-{}">{}</span>', self._status(model), self._status_label(model))
+        from mlmodels.selectors import model_status
+
+        status = model_status(model=model)  # the API's word for it
+        return format_html('<span class="badge s-{}">{}</span>', status, status)
 
     status_badge.short_description = "Status"
 
@@ -211,8 +201,7 @@ class MLModelConsole(OwnedOnly, DeletesThroughService):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         from mlmodels.api.serializers import PredictSerializer
-        from mlmodels.models import RunKind
-        from mlmodels.selectors import model_serving_runs, model_version_list
+        from mlmodels.selectors import model_serving_runs, model_status, model_training_run, model_version_list
         from mlmodels.services import model_predict
 
         model = self._visible(request, object_id)
@@ -232,12 +221,12 @@ class MLModelConsole(OwnedOnly, DeletesThroughService):
                     answer = {**answer, "code": code}
                 except DomainError as error:
                     predict_error = str(error)
-        training = model.runs.filter(kind=RunKind.TRAINING).select_related("workload__node").first()
+        training = model_training_run(model=model)
         servers = list(model_serving_runs(model=model).order_by("-created_at")[:10])
         starting = ("pending", "scheduled")
         context = self.admin_site.each_context(request) | {
             "title": model.name, "model": model, "opts": self.opts,
-            "status": self._status(model), "status_label": self._status_label(model),
+            "status": model_status(model=model),
             "versions": model_version_list(model=model),
             "servers": servers,
             "training": training.workload if training else None,
@@ -253,13 +242,13 @@ class MLModelConsole(OwnedOnly, DeletesThroughService):
         return TemplateResponse(request, "admin/mlmodels/mlmodel/detail.html", context)
 
     def promote_view(self, request, object_id, version_id):
-        from mlmodels.selectors import model_version_list
+        from mlmodels.selectors import model_version_get
         from mlmodels.services import model_version_promote
 
         model = self._visible(request, object_id)
         if request.method != "POST":
             return redirect(reverse("admin:mlmodels_mlmodel_change", args=[model.pk]))
-        version = model_version_list(model=model).filter(pk=version_id).first()
+        version = model_version_get(model=model, version_id=version_id)
         if version is None:
             raise Http404("no such version")
         model_version_promote(model=model, version=version)

@@ -234,8 +234,7 @@ class MLModelExecutor(Executor):
         command = ml_python() if command in {"python", "python3"} else resolve_command(command, env.get("PATH"))
         cwd = working_dir(context.work_dir, config.get("working_dir"))
         inner = spawn(workload_id=str(workload.pk), argv=[command, *config.get("args", [])], env=env, cwd=cwd,
-                      context=context,
-                      limits=Limits(memory_bytes=workload.memory_bytes, cpu_millicores=workload.cpu_millicores))
+                      context=context, limits=Limits.of(workload))
         return TrainingHandle(inner=inner, workload_id=str(workload.pk), config=config, cwd=cwd, env=env,
                               context=context)
 
@@ -263,7 +262,7 @@ class MLModelExecutor(Executor):
             OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
         )
         handle = spawn(workload_id=str(workload.pk), argv=argv, env=env, cwd=base, context=context,
-                       limits=Limits(memory_bytes=workload.memory_bytes, cpu_millicores=workload.cpu_millicores))
+                       limits=Limits.of(workload))
         handle.workload_type = "mlmodel"
         handle.extra["serving"] = {"address": host, "port": port, "checksum": checksum,
                                    "model_version": config.get("model_version")}

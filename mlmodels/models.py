@@ -135,12 +135,29 @@ class PredictionTask(models.Model):
     # The HTTP status a synchronous predict would have answered (422: the model raised).
     error_status = models.PositiveSmallIntegerField(null=True, blank=True)
     log = models.TextField(blank=True)
+    # The node whose agent took it last, and how many times one did: the sweep retries a run
+    # whose agent died (node offline, or running past the deadline) until attempts run out.
+    node = models.ForeignKey("nodes.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=TaskStatus.values), name="prediction_task_status_known"),
+            # A running task has a start time: the sweep measures its deadline from it.
+            models.CheckConstraint(condition=~Q(status=TaskStatus.RUNNING) | Q(started_at__isnull=False),
+                                   name="prediction_task_running_started"),
+        ]
+        indexes = [
+            # GET /api/tasks for one user, newest first.
+            models.Index(fields=["owner", "-created_at"], name="predtask_owner_created"),
+            # The sweep: pending tasks not sent yet, running ones past their deadline (few rows each).
+            models.Index(fields=["created_at"], condition=Q(status=TaskStatus.PENDING), name="predtask_pending"),
+            models.Index(fields=["started_at"], condition=Q(status=TaskStatus.RUNNING), name="predtask_running"),
+        ]
 
     def __str__(self) -> str:
         return f"prediction {self.id} ({self.status})"

@@ -1,8 +1,12 @@
 """Reads on ML models: what a user may see, the latest runs, serving endpoints, tasks."""
 
-from django.db.models import Exists, OuterRef, QuerySet, Subquery
+from dataclasses import dataclass
+
+from django.db.models import CharField, Exists, F, OuterRef, QuerySet, Subquery, Sum, Value, Window
+from django.db.models.functions import Length, Replace
 
 from workloads.models import Workload, WorkloadStatus
+from workloads.selectors import workload_log_tail
 
 from .kind import MLMODEL
 from .models import MLModel, ModelRun, ModelVersion, PredictionTask, RunKind
@@ -21,6 +25,41 @@ def model_list(*, user) -> QuerySet[MLModel]:
     return models if user.is_staff else models.filter(owner=user)
 
 
+# A model's status words beyond its training run's (pending, scheduled, running, succeeded, ...).
+MODEL_SERVING, MODEL_READY, MODEL_CREATED = "serving", "ready", "created"
+
+
+def model_status(*, model: MLModel) -> str:
+    """The one word for a model read through ``model_list``, shown by the API and the console alike:
+    serving while a server runs, else its latest training run's status, else ready (a version
+    to serve) or created."""
+    if getattr(model, "serving_now", False):
+        return MODEL_SERVING
+    return getattr(model, "training_status", None) or (MODEL_READY if model.promoted_version_id else MODEL_CREATED)
+
+
+def model_training_run(*, model: MLModel) -> ModelRun | None:
+    """Its latest training run, with the workload and its node."""
+    return model.runs.filter(kind=RunKind.TRAINING).select_related("workload__node").first()
+
+
+@dataclass(frozen=True)
+class TrainingLog:
+    model_id: str
+    task_id: str | None
+    status: str | None
+    lines: list[str]
+
+
+def model_training_log(*, model: MLModel, lines: int | None) -> TrainingLog:
+    """The seed's model logs: its latest training run's last ``lines`` lines (all when None)."""
+    run = model_training_run(model=model)
+    if run is None:
+        return TrainingLog(model_id=str(model.pk), task_id=None, status=None, lines=[])
+    return TrainingLog(model_id=str(model.pk), task_id=str(run.workload_id), status=run.workload.status,
+                       lines=workload_log_tail(workload=run.workload, lines=lines))
+
+
 def model_for_predict(*, user, model_id) -> MLModel | None:
     """The lean read predict needs (no subqueries): it is on the hot path."""
     models = MLModel.objects.only("id", "name", "owner_id", "promoted_version_id")
@@ -31,6 +70,15 @@ def model_for_predict(*, user, model_id) -> MLModel | None:
 
 def model_version_list(*, model: MLModel) -> QuerySet[ModelVersion]:
     return ModelVersion.objects.filter(model=model).defer("artifact").order_by("-number")
+
+
+def model_version_get(*, model: MLModel, version_id) -> ModelVersion | None:
+    return model_version_list(model=model).filter(pk=version_id).first()
+
+
+def model_version_artifact(*, model: MLModel, version_id) -> dict | None:
+    """What a download sends: the artifact's bytes, filename and checksum."""
+    return ModelVersion.objects.filter(model=model, pk=version_id).values("artifact", "filename", "checksum").first()
 
 
 def model_serving_endpoints(*, model_id) -> list[dict]:
@@ -62,3 +110,79 @@ def ml_workload_list(*, user) -> QuerySet[Workload]:
 def prediction_task_list(*, user) -> QuerySet[PredictionTask]:
     tasks = PredictionTask.objects.select_related("version").defer("version__artifact")
     return tasks if user.is_staff else tasks.filter(owner=user)
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """The seed's tasks, newest first: ML workloads and prediction tasks, with each workload's log tail."""
+
+    items: list  # Workload | PredictionTask
+    total: int
+    logs: dict  # workload id -> its last lines
+
+
+def _task_sources(*, user) -> dict[str, QuerySet]:
+    return {"workload": ml_workload_list(user=user), "prediction": prediction_task_list(user=user)}
+
+
+NEWEST_FIRST = ("-created_at", "-id")
+
+
+def ml_task_page(*, user, limit: int, offset: int, lines: int) -> TaskPage:
+    """One page of both kinds of task. The database orders and slices the union of their keys
+    (no merging in Python); then one query per kind loads the page's rows, one their log tails.
+
+    Each side of the union is first cut to its newest ``offset + limit`` rows (an index scan on
+    ``created_at``), so the union sorts at most twice a page however many tasks there are.
+    """
+    sources = _task_sources(user=user)
+    newest = [
+        queryset.filter(pk__in=queryset.order_by(*NEWEST_FIRST).values("pk")[: offset + limit])
+        .order_by().values("id", "created_at").annotate(source=Value(source, output_field=CharField()))
+        for source, queryset in sources.items()
+    ]
+    page = newest[0].union(*newest[1:], all=True).order_by(*NEWEST_FIRST)[offset: offset + limit]
+    every, *others = (queryset.order_by().values("pk") for queryset in sources.values())
+    total = every.union(*others, all=True).count()
+    return _task_page(user=user, keys=[(row["id"], row["source"]) for row in page], lines=lines, total=total)
+
+
+def ml_task_get(*, user, task_id, lines: int) -> TaskPage:
+    """A page of one task (or none) by id: a prediction task or an ML workload."""
+    for source, queryset in _task_sources(user=user).items():
+        if (pk := queryset.filter(pk=task_id).values_list("pk", flat=True).first()) is not None:
+            return _task_page(user=user, keys=[(pk, source)], lines=lines, total=1)
+    return TaskPage(items=[], total=0, logs={})
+
+
+def _task_page(*, user, keys: list[tuple], lines: int, total: int) -> TaskPage:
+    rows = {}
+    wanted = {source: [pk for pk, of in keys if of == source] for source in ("workload", "prediction")}
+    for source, queryset in _task_sources(user=user).items():
+        if wanted[source]:
+            rows.update({item.pk: item for item in queryset.filter(pk__in=wanted[source])})
+    items = [rows[pk] for pk, _source in keys if pk in rows]  # in the database's order
+    return TaskPage(items=items, total=total, logs=workload_log_tails(workload_ids=wanted["workload"], lines=lines))
+
+
+def workload_log_tails(*, workload_ids: list, lines: int) -> dict[str, list[str]]:
+    """The last ``lines`` lines of each workload's output, oldest first, in one query.
+
+    A chunk is read only while the newer chunks of its workload hold fewer than ``lines``
+    newlines (a lower bound of their lines), so a long log costs the few chunks its tail is in.
+    """
+    if not lines or not workload_ids:
+        return {}
+    text = "log_chunks__text"
+    newlines = Length(text) - Length(Replace(text, Value("\n"), Value("")))
+    chunks = (
+        Workload.objects.filter(pk__in=workload_ids, log_chunks__isnull=False)
+        .annotate(newer_newlines=Window(Sum(newlines), partition_by=F("pk"), order_by=F("log_chunks__seq").desc())
+                  - newlines)
+        .filter(newer_newlines__lt=lines)
+        .order_by("pk", "log_chunks__seq").values_list("pk", text)
+    )
+    tails: dict[str, list[str]] = {}
+    for pk, chunk in chunks:
+        tails.setdefault(str(pk), []).extend(chunk.splitlines())
+    return {pk: collected[-lines:] for pk, collected in tails.items()}

@@ -7,6 +7,8 @@ from datetime import timedelta
 from pathlib import PurePosixPath
 
 from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Subquery, TextField, Value
+from django.db.models.functions import Concat
 from django.utils import timezone
 
 from core.errors import InvalidRequest, StateConflict
@@ -25,15 +27,28 @@ from .selectors import model_serving_endpoints
 logger = logging.getLogger(__name__)
 
 
-def model_deploy(*, owner, name: str, model_type: str, model_path: str, command: str, args: list[str],
-                 env: dict, working_dir: str, resources: Resources, framework: str = "scikit-learn",
-                 script_path: str = "", node: str | None = None, strategy: str | None = None,
-                 serve: bool = False, port: int | None = None) -> MLModel:
+def model_training_command(*, command: str, args: list[str], script_path: str,
+                           model_path: str) -> tuple[str, list[str]]:
+    """The command a deploy trains with. Naming none runs ``script_path`` with python3 the
+    seed's way (``python3 <script> train <model_path>`` unless args are given)."""
+    if command:
+        return command, args
+    if not script_path:
+        raise InvalidRequest("required (or give script_path to run it with python3)", field="command")
+    return "python3", args or [script_path, "train", model_path]
+
+
+def model_deploy(*, owner, name: str, model_type: str, model_path: str, env: dict, working_dir: str,
+                 resources: Resources, command: str = "", args: list[str] | None = None,
+                 framework: str = "scikit-learn", script_path: str = "", node: str | None = None,
+                 strategy: str | None = None, serve: bool = False, port: int | None = None) -> MLModel:
     """Record the model and submit its training run as an ``mlmodel`` workload, placed by the scheduler.
 
     The seed's ``MODEL_PATH``/``MODEL_TYPE`` join the env. Any refusal (no node could ever
     hold the resources, unknown node or strategy) rolls the model back too: nothing is written.
     """
+    command, args = model_training_command(command=command, args=args or [], script_path=script_path,
+                                           model_path=model_path)
     env = {**env, "MODEL_PATH": model_path, "MODEL_TYPE": model_type}
     with transaction.atomic():
         model = MLModel.objects.create(
@@ -191,7 +206,8 @@ def model_predict(*, model: MLModel, input_data, mode: str = "auto", owner=None)
     if mode != "async":
         endpoints = model_serving_endpoints(model_id=model.pk)
         if endpoints:
-            return 200, _predict_remote(model=model, endpoints=endpoints, input_data=input_data)
+            answer = _predict_remote(model=model, endpoints=endpoints, input_data=input_data)
+            return 200, {**answer, "message": "Prediction completed"}
         if mode == "sync":
             raise StateConflict(f"model {model.name!r} is not serving: start a server with "
                                 f"POST /api/ml/models/{model.pk}/serve, or predict asynchronously")
@@ -252,18 +268,28 @@ def prediction_task_dispatch(*, task_id: str) -> bool:
     if node_id is None:
         logger.warning("prediction %s: no ready node runs models; left pending", task_id)
         return False
-    return publish("mlmodels.run_prediction", [task_id], node_queue(node_id))
+    return publish("mlmodels.run_prediction", [task_id, node_id], node_queue(node_id))
 
 
 _CACHE = inference.ModelCache(size=4)
 
 
-def prediction_task_run(*, task_id) -> bool:
-    """Run one pending prediction task with the registry's artifact. Idempotent: only the caller
-    that moves it pending → running does the work."""
-    now = timezone.now()
+def prediction_task_claim(*, task_id, node_id: str | None = None) -> int | None:
+    """Move a pending task to running on ``node_id`` (the agent that took it), counting the
+    attempt. Returns the attempt's number, or None when another caller claimed it first."""
+    node = Subquery(Node.objects.filter(node_id=node_id).values("pk")[:1]) if node_id else None
     if not PredictionTask.objects.filter(pk=task_id, status=TaskStatus.PENDING).update(
-            status=TaskStatus.RUNNING, started_at=now):
+            status=TaskStatus.RUNNING, started_at=timezone.now(), node=node, attempts=F("attempts") + 1):
+        return None
+    return PredictionTask.objects.values_list("attempts", flat=True).get(pk=task_id)
+
+
+def prediction_task_run(*, task_id, node_id: str | None = None) -> bool:
+    """Run one pending prediction task with the registry's artifact. Idempotent: only the caller
+    that moves it pending → running does the work, and only while the sweep has not given its
+    attempt up (retried or failed) does it write the answer."""
+    attempt = prediction_task_claim(task_id=task_id, node_id=node_id)
+    if attempt is None:
         return False
     task = PredictionTask.objects.select_related("version").defer("version__artifact").get(pk=task_id)
     version = task.version
@@ -284,16 +310,53 @@ def prediction_task_run(*, task_id) -> bool:
             fields = {"status": TaskStatus.FAILED, "error": f"could not load version {version.number}: {error}",
                       "error_status": 422}
         elapsed = (time.perf_counter() - started) * 1000
-        fields["log"] = (f"{timezone.now().isoformat()} predicted with version {version.number} "
-                         f"(sha256 {version.checksum[:12]}) in {elapsed:.2f} ms: {fields['status']}"
-                         + (f": {fields.get('error')}" if fields.get("error") else ""))
-    PredictionTask.objects.filter(pk=task_id).update(finished_at=timezone.now(), **fields)
-    return True
+        line = (f"{timezone.now().isoformat()} predicted with version {version.number} "
+                f"(sha256 {version.checksum[:12]}) in {elapsed:.2f} ms: {fields['status']}"
+                + (f": {fields.get('error')}" if fields.get("error") else ""))
+        fields["log"] = Concat(F("log"), Value(line), output_field=TextField())  # after any retry notes
+    written = PredictionTask.objects.filter(pk=task_id, status=TaskStatus.RUNNING, attempts=attempt).update(
+        finished_at=timezone.now(), **fields)
+    if not written:
+        logger.warning("prediction %s: attempt %s finished after the sweep gave it up; answer dropped",
+                       task_id, attempt)
+    return bool(written)
 
 
-def prediction_tasks_dispatch_stranded(*, older_than_seconds: float, limit: int = 100) -> int:
-    """Send again prediction tasks still pending after a while (no node then, broker down, or
-    an agent that died holding the message); running one twice is harmless (idempotent)."""
+def prediction_tasks_recover(*, run_deadline_seconds: float, max_attempts: int) -> tuple[int, int]:
+    """Running tasks whose agent died (its node went offline, or the run is past its deadline)
+    go back to pending for another agent, or fail with the reason once ``max_attempts`` runs
+    have died. Returns (retried, failed). Each UPDATE re-checks ``status=running`` on the row
+    itself, so an answer that lands meanwhile is never overwritten."""
+    now = timezone.now()
+    running = PredictionTask.objects.filter(status=TaskStatus.RUNNING)
+    offline = Node.objects.filter(status=NodeStatus.OFFLINE).values("pk")
+    causes = [
+        ("its node went offline", Q(node__in=offline)),
+        (f"it ran past the {run_deadline_seconds:g} s deadline", Q(started_at__lte=now - timedelta(
+            seconds=run_deadline_seconds))),
+    ]
+    retried = failed = 0
+    for cause, stuck in causes:
+        note = f"{now.isoformat()} attempt lost: {cause} before its agent answered"
+        failed += running.filter(stuck, attempts__gte=max_attempts).update(
+            status=TaskStatus.FAILED, finished_at=now, error_status=503,
+            error=f"no agent finished it in {max_attempts} attempts; the last was lost: {cause}",
+            log=Concat(F("log"), Value(f"{note}; failed\n"), output_field=TextField()))
+        retried += running.filter(stuck, attempts__lt=max_attempts).update(
+            status=TaskStatus.PENDING, started_at=None,
+            log=Concat(F("log"), Value(f"{note}; retried\n"), output_field=TextField()))
+    if retried or failed:
+        logger.warning("predictions: %s lost run(s) retried, %s failed after %s attempts", retried, failed,
+                       max_attempts)
+    return retried, failed
+
+
+def prediction_tasks_dispatch_stranded(*, older_than_seconds: float, run_deadline_seconds: float,
+                                       max_attempts: int, limit: int = 100) -> int:
+    """The sweep: recover runs whose agent died, then send again prediction tasks still pending
+    after a while (no node then, broker down, an agent that died holding the message, or just
+    recovered); running one twice is harmless (idempotent). Returns how many were sent."""
+    prediction_tasks_recover(run_deadline_seconds=run_deadline_seconds, max_attempts=max_attempts)
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
     ids = PredictionTask.objects.filter(status=TaskStatus.PENDING, created_at__lte=cutoff).order_by(
         "created_at").values_list("pk", flat=True)[:limit]

@@ -12,9 +12,12 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
+from cnetsite.admin_site import DeletesThroughService
+from core.errors import DomainError
+
 from .models import Node
 from .selectors import node_tree
-from .services import node_set_schedulable
+from .services import node_delete, node_set_schedulable
 
 
 def _bar_html(bar) -> str:
@@ -27,7 +30,7 @@ def _bar_html(bar) -> str:
 
 
 @admin.register(Node)
-class NodeAdmin(admin.ModelAdmin):
+class NodeAdmin(DeletesThroughService, admin.ModelAdmin):
     list_display = ["node_id", "health", "endpoint", "parent", "cpu", "memory", "gpu", "storage", "heartbeat"]
     list_display_links = ["node_id"]
     list_filter = ["status"]
@@ -48,15 +51,21 @@ class NodeAdmin(admin.ModelAdmin):
         return False  # nodes join by running an agent (runagent registers them)
 
     def has_delete_permission(self, request, obj=None):
-        # A node still holding scheduled or running work is not deleted: that work would be
-        # left active with no node, out of reach of the liveness loop. Drain it first.
-        from workloads.models import ACTIVE  # the admin is a composition root
+        return request.user.is_superuser
 
-        return request.user.is_superuser and (obj is None or not obj.workloads.filter(status__in=ACTIVE).exists())
+    def delete_through_service(self, obj) -> None:
+        node_delete(node_id=obj.node_id)  # refused while the node holds work
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except DomainError as error:  # its transaction rolled back: nothing was deleted
+            self.message_user(request, str(error), messages.ERROR)
+            return redirect(reverse("admin:nodes_node_change", args=[object_id]))
 
     def get_actions(self, request):
         actions = super().get_actions(request)
-        actions.pop("delete_selected", None)  # it would skip the per-node check above
+        actions.pop("delete_selected", None)  # one node at a time, so a refusal names its node
         return actions
 
     def changelist_view(self, request, extra_context=None):

@@ -9,7 +9,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, NotFound, StateConflict
 
 from .db import prepared_cursor
 from .models import RESOURCES, Node, NodeStatus
@@ -166,6 +166,31 @@ def node_set_schedulable(*, node_id: str, schedulable: bool) -> bool:
     return Node.objects.filter(node_id=node_id, status__in=[NodeStatus.READY, NodeStatus.UNHEALTHY]).update(
         status=NodeStatus.DRAINING
     ) == 1
+
+
+@transaction.atomic
+def node_delete(*, node_id: str) -> None:
+    """Remove a node that holds no work; its children become roots of their own trees.
+
+    A node with anything allocated holds scheduled or running work, which would be left
+    active with no node, out of reach of the liveness loop: drain it and let that work end
+    first. The check is the WHERE of an UPDATE that locks the row (Postgres) or the database
+    (SQLite) until the delete commits, so a claim racing the delete either lands first (and
+    the delete is refused) or finds no node.
+    """
+    idle = Q(**{allocated: 0 for _capacity, allocated in RESOURCES.values()})
+    if not Node.objects.filter(idle, node_id=node_id).update(status=NodeStatus.OFFLINE):
+        node = Node.objects.filter(node_id=node_id).first()
+        if node is None:
+            raise NotFound(f"no node {node_id!r}")
+        held = ", ".join(f"{column} {getattr(node, column)}" for _capacity, column in RESOURCES.values()
+                         if getattr(node, column))
+        raise StateConflict(f"node {node_id} holds work ({held} allocated): drain it and let its work end first")
+    node = Node.objects.get(node_id=node_id)
+    for child in Node.objects.filter(parent=node):
+        node_set_parent(node=child, parent=None)
+    node.delete()
+    logger.info("node %s deleted", node_id)
 
 
 def node_mark_offline(*, node_id: str, epoch: int | None = None) -> bool:

@@ -14,6 +14,7 @@ from nodes.services import node_register
 from workloads.agent.agent import Agent
 from workloads.agent.config import AgentSettings
 from workloads.executors.limits import CGROUP_ROOT
+from workloads.models import ACTIVE, Workload
 
 GiB = 1024**3
 
@@ -86,3 +87,13 @@ def in_process_agents() -> Iterator[Callable[..., Agent]]:
                     (CGROUP_ROOT / base / "cnet" / agent.config.node_id).rmdir()
                 except OSError:
                     pass
+
+
+def supervise_until_done(agent: Agent, workload: Workload, *, timeout: float = 15) -> Workload:
+    """Drive an in-process agent's supervision passes until the workload has ended; return its row."""
+    def ended():
+        agent.supervise_once()
+        row = Workload.objects.get(pk=workload.pk)
+        return row if row.status not in ACTIVE else None
+
+    return wait_for(ended, timeout=timeout, message="the workload ended")

@@ -14,8 +14,10 @@ from core.fields import (
     StringMapField,
 )
 from nodes.resources import MILLICORES_PER_CORE, Resources
+from workloads.models import Workload
 
-from ..models import MLModel, ModelVersion, PredictionTask
+from ..models import MLModel, ModelRun, ModelVersion, PredictionTask
+from ..selectors import model_status, model_version_get
 
 MAX_CORES = 100_000
 MAX_BYTES = 2**60
@@ -78,14 +80,6 @@ class DeploySerializer(NoUnknownFieldsMixin, serializers.Serializer):
         if not resources.is_valid():
             raise serializers.ValidationError({"resources": resources.errors})
         attrs["resources"] = _resources(resources.validated_data)
-        if not attrs.get("command"):
-            if not attrs["script_path"]:
-                raise serializers.ValidationError(
-                    {"command": ["required (or give script_path to run it with python3)"]})
-            attrs["command"] = "python3"
-            attrs.setdefault("args", [])
-            if not attrs["args"]:
-                attrs["args"] = [attrs["script_path"], "train", attrs["model_path"]]
         for key, value in (("MODEL_PATH", attrs["model_path"]), ("MODEL_TYPE", attrs["model_type"])):
             if key in attrs["env"] and attrs["env"][key] != value:
                 raise serializers.ValidationError(
@@ -94,10 +88,18 @@ class DeploySerializer(NoUnknownFieldsMixin, serializers.Serializer):
 
 
 class ServeSerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    """POST …/serve; ``version`` (a version of the model in ``context["model"]``) defaults to the promoted one."""
+
     version = serializers.UUIDField(required=False)
     port = StrictIntegerField(required=False, min_value=1, max_value=65535)
     node = StrictCharField(required=False, max_length=128)
     resources = serializers.JSONField(required=False)
+
+    def validate_version(self, value) -> ModelVersion:
+        version = model_version_get(model=self.context["model"], version_id=value)
+        if version is None:
+            raise serializers.ValidationError("no such version of this model")
+        return version
 
     def validate_resources(self, value):
         if not isinstance(value, dict):
@@ -181,10 +183,7 @@ class MLModelSerializer(serializers.ModelSerializer):
         return "ml_model"
 
     def get_status(self, model) -> str:
-        status = getattr(model, "training_status", None)
-        if status:
-            return status
-        return "ready" if model.promoted_version_id else "created"
+        return model_status(model=model)
 
     def get_resources(self, model) -> dict:
         return {"cpu_limit": model.cpu_millicores / MILLICORES_PER_CORE, "memory_limit": model.memory_bytes,
@@ -238,3 +237,108 @@ class PredictionTaskSerializer(serializers.ModelSerializer):
 
     def get_log_file(self, task):
         return None  # its log lives in the database (``log``), not in a file on a node
+
+
+class TrainingLogSerializer(serializers.Serializer):
+    """GET …/logs: the latest training run's output (``lines`` one per item, ``logs`` joined)."""
+
+    model_id = serializers.CharField()
+    task_id = serializers.CharField(allow_null=True)
+    status = serializers.CharField(allow_null=True)
+    lines = serializers.ListField(child=serializers.CharField())
+    logs = serializers.SerializerMethodField()
+
+    def get_logs(self, log) -> str:
+        return "\n".join(log.lines)
+
+
+class ServingRunSerializer(serializers.ModelSerializer):
+    """A model server: the workload that runs it and where it listens."""
+
+    task_id = serializers.UUIDField(source="workload_id", read_only=True)
+    status = serializers.CharField(source="workload.status", read_only=True)
+    version = serializers.IntegerField(source="version.number", default=None, read_only=True)
+    node = serializers.CharField(source="workload.node.node_id", default=None, read_only=True)
+    address = serializers.SerializerMethodField()
+    port = serializers.SerializerMethodField()
+    reason = serializers.CharField(source="workload.reason", read_only=True)
+
+    class Meta:
+        model = ModelRun
+        fields = ["task_id", "status", "version", "node", "address", "port", "reason"]
+
+    @staticmethod
+    def _serving(run) -> dict:
+        return (run.workload.runtime or {}).get("serving") or {}
+
+    def get_address(self, run) -> str | None:
+        return self._serving(run).get("address")
+
+    def get_port(self, run) -> int | None:
+        return self._serving(run).get("port") or run.workload.config.get("port")
+
+
+class TaskListQuerySerializer(serializers.Serializer):
+    """GET /api/tasks?limit=&offset=&lines= (lines: each training run's or server's last lines)."""
+
+    limit = serializers.IntegerField(required=False, default=100, min_value=0, max_value=1000)
+    offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10**9)
+    lines = serializers.IntegerField(required=False, default=20, min_value=0, max_value=100_000)
+
+
+class TaskQuerySerializer(serializers.Serializer):
+    lines = serializers.IntegerField(required=False, default=100, min_value=0, max_value=1_000_000)
+
+
+class MLWorkloadTaskSerializer(serializers.ModelSerializer):
+    """A training run or model server as the seed's task: its ``log_file`` on its node, and ``log``
+    (its last lines, from the database: ``context["logs"]`` by workload id)."""
+
+    kind = serializers.SerializerMethodField()
+    type = serializers.SerializerMethodField()
+    model_id = serializers.SerializerMethodField()
+    command = serializers.SerializerMethodField()
+    args = serializers.SerializerMethodField()
+    node = serializers.CharField(source="node.node_id", default=None, read_only=True)
+    serving = serializers.SerializerMethodField()
+    log_file = serializers.SerializerMethodField()
+    log = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Workload
+        fields = ["id", "kind", "type", "name", "model_id", "status", "command", "args", "node", "serving",
+                  "exit_code", "reason", "log_file", "log", "created_at", "started_at", "finished_at"]
+        read_only_fields = fields
+
+    def get_kind(self, workload) -> str:
+        return "training" if workload.config.get("command") else "serving"
+
+    def get_type(self, workload) -> str:
+        return "ml_model"
+
+    def get_model_id(self, workload) -> str | None:
+        run = getattr(workload, "ml_run", None)  # None too for a workload submitted through /api/workloads
+        return str(run.model_id) if run else workload.config.get("model_id")
+
+    def get_command(self, workload) -> str | None:
+        return workload.config.get("command")
+
+    def get_args(self, workload) -> list[str]:
+        return workload.config.get("args", [])
+
+    def get_serving(self, workload) -> dict | None:
+        return (workload.runtime or {}).get("serving")
+
+    def get_log_file(self, workload) -> str | None:
+        return ((workload.runtime or {}).get("log_files") or {}).get("stdout")
+
+    def get_log(self, workload) -> str:
+        return "\n".join(self.context.get("logs", {}).get(str(workload.pk), []))
+
+
+class TaskSerializer(serializers.BaseSerializer):
+    """One row of /api/tasks: a prediction task or an ML workload, each in its own shape."""
+
+    def to_representation(self, task):
+        serializer = PredictionTaskSerializer if isinstance(task, PredictionTask) else MLWorkloadTaskSerializer
+        return serializer(task, context=self.context).data

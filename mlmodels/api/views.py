@@ -1,23 +1,24 @@
 from django.http import Http404, HttpResponse
 from django.utils.http import content_disposition_header
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from core.errors import InvalidRequest
 from workloads.api.serializers import LogQuerySerializer
-from workloads.selectors import workload_log_tail
 
 from ..models import ModelVersion, RunKind, VersionSource
 from ..selectors import (
-    ml_workload_list,
+    ml_task_get,
+    ml_task_page,
     model_for_predict,
     model_list,
     model_serving_runs,
+    model_training_log,
+    model_version_artifact,
+    model_version_get,
     model_version_list,
-    prediction_task_list,
 )
 from ..services import (
     model_delete,
@@ -31,9 +32,15 @@ from ..services import (
 from .serializers import (
     DeploySerializer,
     MLModelSerializer,
+    MLWorkloadTaskSerializer,
     PredictionTaskSerializer,
     PredictSerializer,
     ServeSerializer,
+    ServingRunSerializer,
+    TaskListQuerySerializer,
+    TaskQuerySerializer,
+    TaskSerializer,
+    TrainingLogSerializer,
     UploadSerializer,
     VersionSerializer,
 )
@@ -73,43 +80,31 @@ class MLModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.De
         model = model_for_predict(user=request.user, model_id=pk)
         if model is None:
             raise Http404
-        code, answer = model_predict(model=model, input_data=body.validated_data["input_data"],
-                                     mode=body.validated_data["mode"], owner=request.user)
-        if code == 200:
-            answer = {**answer, "message": "Prediction completed"}
+        code, answer = model_predict(model=model, owner=request.user, **body.validated_data)
         return Response(answer, status=code)
 
-    @extend_schema(parameters=[OpenApiParameter("lines", int, description="last N lines (default all)")])
+    @extend_schema(parameters=[OpenApiParameter("lines", int, description="last N lines (default all)")],
+                   responses=TrainingLogSerializer)
     @action(detail=True, methods=["get"])
     def logs(self, request, pk=None):
         query = LogQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        model = self.get_object()
-        run = model.runs.filter(kind=RunKind.TRAINING).select_related("workload").first()
-        lines = workload_log_tail(workload=run.workload, lines=query.validated_data.get("lines")) if run else []
-        return Response({"model_id": str(model.pk), "task_id": str(run.workload_id) if run else None,
-                         "status": run.workload.status if run else None, "lines": lines, "logs": "\n".join(lines)})
+        log = model_training_log(model=self.get_object(), lines=query.validated_data.get("lines"))
+        return Response(TrainingLogSerializer(log).data)
 
-    @extend_schema(request=ServeSerializer, responses={201: dict})
+    @extend_schema(request=ServeSerializer, responses={201: ServingRunSerializer})
     @action(detail=True, methods=["post", "get", "delete"])
     def serve(self, request, pk=None):
         """POST: start a model server (promoted version by default); GET: list servers; DELETE: stop them."""
         model = self.get_object()
         if request.method == "GET":
-            return Response([_serving(run) for run in model_serving_runs(model=model)[:100]])
+            return Response(ServingRunSerializer(model_serving_runs(model=model)[:100], many=True).data)
         if request.method == "DELETE":
             return Response({"stopped": model_stop(model=model, kinds=(RunKind.SERVING,))})
-        body = ServeSerializer(data=request.data)
+        body = ServeSerializer(data=request.data, context={"model": model})
         body.is_valid(raise_exception=True)
-        data = body.validated_data
-        version = None
-        if "version" in data:
-            version = model_version_list(model=model).filter(pk=data["version"]).first()
-            if version is None:
-                raise InvalidRequest("no such version of this model", field="version")
-        run = model_serve(model=model, version=version, port=data.get("port"), node=data.get("node"),
-                          resources=data.get("resources"))
-        return Response(_serving(run), status=status.HTTP_201_CREATED)
+        run = model_serve(model=model, **body.validated_data)
+        return Response(ServingRunSerializer(run).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=dict)
     @action(detail=True, methods=["post"])
@@ -132,13 +127,13 @@ class MLModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.De
                                        source=VersionSource.UPLOAD, metrics=data["metrics"],
                                        framework=data.get("framework"))
         if data["promote"]:
-            model = model_version_promote(model=model, version=version)
-        model.refresh_from_db(fields=["promoted_version"])
-        context = {"promoted_version_id": model.promoted_version_id}
-        return Response(VersionSerializer(version, context=context).data, status=status.HTTP_201_CREATED)
+            model_version_promote(model=model, version=version)
+        # Read back: the first version of a model is promoted by the service on its own.
+        return Response(VersionSerializer(model_version_get(model=model, version_id=version.pk)).data,
+                        status=status.HTTP_201_CREATED)
 
     def _version(self, model, version_id) -> ModelVersion:
-        version = model_version_list(model=model).filter(pk=version_id).first()
+        version = model_version_get(model=model, version_id=version_id)
         if version is None:
             raise Http404
         return version
@@ -161,8 +156,7 @@ class MLModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.De
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
     @action(detail=True, methods=["get"], url_path=rf"versions/(?P<version_id>{UUID})/download")
     def download(self, request, pk=None, version_id=None):
-        model = self.get_object()
-        row = ModelVersion.objects.filter(model=model, pk=version_id).values("artifact", "filename", "checksum").first()
+        row = model_version_artifact(model=self.get_object(), version_id=version_id)
         if row is None:
             raise Http404
         response = HttpResponse(bytes(row["artifact"]), content_type="application/octet-stream")
@@ -171,73 +165,31 @@ class MLModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.De
         return response
 
 
-def _serving(run) -> dict:
-    workload = run.workload
-    serving = (workload.runtime or {}).get("serving") or {}
-    return {"task_id": str(workload.pk), "status": workload.status,
-            "version": run.version.number if run.version else None,
-            "node": workload.node.node_id if workload.node else None, "address": serving.get("address"),
-            "port": serving.get("port") or workload.config.get("port"), "reason": workload.reason}
+def _task_schema(many: bool = False) -> PolymorphicProxySerializer:
+    return PolymorphicProxySerializer(component_name="Task", resource_type_field_name=None, many=many,
+                                      serializers=[MLWorkloadTaskSerializer, PredictionTaskSerializer])
 
 
 class TaskViewSet(viewsets.ViewSet):
-    """The seed's /api/tasks: ML training runs, model servers and prediction tasks, as one plain array,
-    each with its ``log_file`` (on its node) and ``log`` (the last ``lines`` lines, from the database)."""
+    """The seed's /api/tasks: ML training runs, model servers and prediction tasks, as one plain array
+    (newest first; ``X-Total-Count`` counts them all), each with its ``log_file`` (on its node) and
+    ``log`` (its last ``lines`` lines, from the database)."""
 
     lookup_value_regex = UUID
-    MAX_LIMIT = 1000
 
-    def _int(self, name: str, default: int, high: int) -> int:
-        raw = self.request.query_params.get(name)
-        if raw is None:
-            return default
-        if not raw.isdigit() or int(raw) > high:
-            raise InvalidRequest(f"must be an integer from 0 to {high}", field=name)
-        return int(raw)
-
-    @extend_schema(parameters=[OpenApiParameter("lines", int), OpenApiParameter("limit", int),
-                               OpenApiParameter("offset", int)], responses=dict)
+    @extend_schema(parameters=[TaskListQuerySerializer], responses=_task_schema(many=True))
     def list(self, request):
-        limit = self._int("limit", 100, self.MAX_LIMIT)
-        offset = self._int("offset", 0, 10**9)
-        lines = self._int("lines", 20, 100_000)
-        workloads = ml_workload_list(user=request.user).order_by("-created_at")
-        predictions = prediction_task_list(user=request.user).order_by("-created_at")
-        merged = sorted([*workloads[: offset + limit], *predictions[: offset + limit]],
-                        key=lambda item: item.created_at, reverse=True)[offset: offset + limit]
-        total = workloads.count() + predictions.count()
-        return Response([self._represent(item, lines) for item in merged], headers={"X-Total-Count": str(total)})
+        query = TaskListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        page = ml_task_page(user=request.user, **query.validated_data)
+        return Response(TaskSerializer(page.items, many=True, context={"logs": page.logs}).data,
+                        headers={"X-Total-Count": str(page.total)})
 
+    @extend_schema(parameters=[TaskQuerySerializer], responses=_task_schema())
     def retrieve(self, request, pk=None):
-        lines = self._int("lines", 100, 1_000_000)
-        task = prediction_task_list(user=request.user).filter(pk=pk).first()
-        if task is None:
-            task = ml_workload_list(user=request.user).filter(pk=pk).first()
-        if task is None:
+        query = TaskQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        page = ml_task_get(user=request.user, task_id=pk, **query.validated_data)
+        if not page.items:
             raise Http404
-        return Response(self._represent(task, lines))
-
-    def _represent(self, item, lines: int) -> dict:
-        if not hasattr(item, "config"):
-            return PredictionTaskSerializer(item).data
-        config = item.config or {}
-        runtime = item.runtime or {}
-        run = getattr(item, "ml_run", None) if hasattr(item, "ml_run") else None
-        kind = "training" if config.get("command") else "serving"
-        log = workload_log_tail(workload=item, lines=lines) if lines else []
-        return {
-            "id": str(item.pk), "kind": kind, "type": "ml_model", "name": item.name,
-            "model_id": str(run.model_id) if run else config.get("model_id"), "status": item.status,
-            "command": config.get("command"), "args": config.get("args", []),
-            "node": item.node.node_id if item.node else None,
-            "serving": runtime.get("serving"), "exit_code": item.exit_code, "reason": item.reason,
-            "log_file": (runtime.get("log_files") or {}).get("stdout"), "log": "\n".join(log),
-            "created_at": _iso(item.created_at), "started_at": _iso(item.started_at),
-            "finished_at": _iso(item.finished_at),
-        }
-
-
-def _iso(value):
-    from rest_framework.fields import DateTimeField
-
-    return DateTimeField().to_representation(value) if value else None
+        return Response(TaskSerializer(page.items[0], context={"logs": page.logs}).data)

@@ -1,12 +1,16 @@
 """The seed's ML API, with the seed's own request bodies (auth header aside)."""
 
 import copy
+from datetime import UTC, datetime
 
 import pytest
+import time_machine
 
 from mlmodels.models import MLModel, ModelRun
+from mlmodels.services import model_version_create, prediction_task_create
 from tests.helpers import make_node
 from workloads.models import Workload, WorkloadStatus
+from workloads.services import workload_logs_append
 
 ML = {"process": {"available": True}, "mlmodel": {"available": True}}
 
@@ -92,6 +96,67 @@ def test_logs_and_tasks_follow_the_seed(api, node):
     assert [t["id"] for t in tasks.data] == [str(ModelRun.objects.get(model_id=model_id).workload_id)]
     assert all("log_file" in t and "log" in t for t in tasks.data)  # jq '.[].log_file'
     assert api.get(f"/api/tasks/{tasks.data[0]['id']}").data["kind"] == "training"
+
+
+def test_tasks_are_paged_by_the_database_newest_first_across_both_kinds(api, admin_user, node,
+                                                                          django_assert_max_num_queries):
+    """Training runs and prediction tasks interleaved in time; every page in one order, whatever its size."""
+    expected = []
+    with time_machine.travel(datetime(2026, 12, 1, 12, 0, tzinfo=UTC), tick=False) as clock:
+        model = MLModel.objects.get(pk=api.post("/api/ml/models", SEED_LINEAR, format="json").data["id"])
+        expected.append(str(ModelRun.objects.get(model=model).workload_id))
+        model_version_create(model=model, data=b"artifact", filename="lr.joblib", source="upload")
+        model.refresh_from_db()
+        for i in range(6):
+            clock.shift(1)
+            expected.append(str(prediction_task_create(model=model, input_data=i, owner=admin_user).pk))
+            clock.shift(1)
+            body = {**SEED_LINEAR, "name": f"m{i}", "resources": {"cpu_limit": 0.1}}
+            expected.append(str(ModelRun.objects.get(model_id=api.post("/api/ml/models", body, format="json")
+                                                     .data["id"]).workload_id))
+    expected.reverse()  # newest first
+
+    with django_assert_max_num_queries(6):  # auth, page, count, workloads, predictions, log tails
+        response = api.get("/api/tasks")
+    assert [t["id"] for t in response.data] == expected and response["X-Total-Count"] == "13"
+    assert {t["kind"] for t in response.data} == {"training", "prediction"}
+    with django_assert_max_num_queries(6):
+        page = api.get("/api/tasks?limit=5&offset=3")
+    assert [t["id"] for t in page.data] == expected[3:8] and page["X-Total-Count"] == "13"
+    assert api.get("/api/tasks?offset=13").data == []
+
+
+def test_each_task_log_is_its_last_lines_read_from_the_database(api, node):
+    model_id = api.post("/api/ml/models", SEED_LINEAR, format="json").data["id"]
+    workload_id = ModelRun.objects.get(model_id=model_id).workload_id
+    workload_logs_append(workload_id=workload_id, chunks=[(0, "stdout", "one\ntwo\n"), (1, "stdout", "three\n"),
+                                                          (2, "stderr", "four\nfive")])
+    assert api.get("/api/tasks?lines=3").data[0]["log"] == "three\nfour\nfive"
+    assert api.get("/api/tasks?lines=100").data[0]["log"] == "one\ntwo\nthree\nfour\nfive"
+    assert api.get("/api/tasks?lines=0").data[0]["log"] == ""
+    assert api.get(f"/api/tasks/{workload_id}?lines=1").data["log"] == "five"
+    assert api.get(f"/api/ml/models/{model_id}/logs?lines=2").data["lines"] == ["four", "five"]
+
+
+@pytest.mark.parametrize("query", ["limit=1001", "limit=x", "offset=-1", "lines=-1"])
+def test_bad_task_paging_is_400_naming_the_parameter(api, node, query):
+    response = api.get(f"/api/tasks?{query}")
+    assert response.status_code == 400 and response.data["detail"].startswith(query.split("=")[0])
+
+
+def test_a_deploy_naming_no_command_trains_its_script_with_python3(api, node):
+    body = {key: value for key, value in SEED_LINEAR.items() if key not in ("command", "args")}
+    data = api.post("/api/ml/models", body, format="json").data
+    args = [SEED_LINEAR["script_path"], "train", SEED_LINEAR["model_path"]]
+    assert data["command"] == "python3" and data["args"] == args
+    assert ModelRun.objects.get(model_id=data["id"]).workload.config["args"] == args
+
+
+def test_a_deploy_naming_neither_command_nor_script_is_refused_whole(api, node):
+    body = {key: value for key, value in SEED_LINEAR.items() if key not in ("command", "args", "script_path")}
+    response = api.post("/api/ml/models", body, format="json")
+    assert response.status_code == 400 and response.data["detail"].startswith("command")
+    assert not MLModel.objects.exists() and not Workload.objects.exists()
 
 
 @pytest.mark.parametrize("change, field", [

@@ -7,10 +7,11 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from mlmodels.models import MLModel, ModelRun, ModelVersion, RunKind
-from mlmodels.services import model_version_create, model_version_store_from_training
+from mlmodels.services import model_serve, model_version_create, model_version_store_from_training
 from nodes.resources import Resources
 from tests.helpers import make_node
-from workloads.services import workload_submit
+from workloads.models import WorkloadStatus
+from workloads.services import workload_submit, workload_transition
 
 from .conftest import linear_artifact
 
@@ -105,3 +106,23 @@ def test_artifact_uploads_may_exceed_the_json_body_limit(api, model, settings):
     too_big = api.post(f"/api/ml/models/{model.pk}/versions",
                        {"file": SimpleUploadedFile("huge.joblib", b"\0" * (5 * 1024 * 1024))}, format="multipart")
     assert too_big.status_code == 413
+
+
+def test_the_api_and_the_console_show_the_same_status_word(api, staff_client, model):
+    def shown() -> str:
+        word = api.get(f"/api/ml/models/{model.pk}").data["status"]
+        detail = staff_client.get(f"/admin/mlmodels/mlmodel/{model.pk}/change/").content.decode()
+        listing = staff_client.get("/admin/mlmodels/mlmodel/").content.decode()
+        assert f'data-status="{word}">{word}</span>' in detail
+        assert f'<span class="badge s-{word}">{word}</span>' in listing
+        return word
+
+    assert shown() == "created"
+    model_version_create(model=model, data=b"artifact", filename="lr.joblib", source="upload")
+    assert shown() == "ready"
+    make_node("local", capabilities=ML)
+    model.refresh_from_db()
+    run = model_serve(model=model)
+    assert shown() == "ready"  # placed, not answering yet
+    workload_transition(workload_id=run.workload_id, to=WorkloadStatus.RUNNING)
+    assert shown() == "serving"

@@ -5,9 +5,10 @@ import threading
 import pytest
 from django.db import IntegrityError, connection, transaction
 
+from core.errors import NotFound, StateConflict
 from nodes.models import Node, NodeStatus
 from nodes.resources import Resources
-from nodes.services import node_allocate, node_register, node_release, node_set_schedulable
+from nodes.services import node_allocate, node_delete, node_register, node_release, node_set_schedulable
 from tests.helpers import GiB, make_node
 
 
@@ -100,3 +101,34 @@ def test_racing_allocations_never_oversubscribe_a_node():
     node.refresh_from_db()
     assert wins.count(True) == 8
     assert node.cpu_allocated_millicores == 2000
+
+
+@pytest.mark.django_db
+def test_delete_refuses_a_node_that_holds_work_and_changes_nothing():
+    node = make_node("busy", gpu=1)
+    node_allocate(node_pk=node.pk, requirements=Resources(cpu=500, gpu=1))
+    with pytest.raises(StateConflict) as refused:
+        node_delete(node_id="busy")
+    assert "cpu_allocated_millicores 500" in str(refused.value) and "gpu_allocated 1" in str(refused.value)
+    node.refresh_from_db()
+    assert node.status == NodeStatus.READY and node.cpu_allocated_millicores == 500
+
+
+@pytest.mark.django_db
+def test_delete_removes_an_idle_node_and_its_children_become_roots():
+    make_node("root")
+    node = make_node("mid", parent="root")
+    make_node("leaf", parent="mid")
+    taken = Resources(cpu=100)
+    node_allocate(node_pk=node.pk, requirements=taken)
+    node_release(node_pk=node.pk, requirements=taken)  # its work ended: it holds nothing now
+    node_delete(node_id="mid")
+    assert not Node.objects.filter(node_id="mid").exists()
+    leaf = Node.objects.get(node_id="leaf")
+    assert leaf.parent is None and leaf.path == f"/{leaf.pk}/" and leaf.depth == 0
+
+
+@pytest.mark.django_db
+def test_delete_of_an_unknown_node_is_not_found():
+    with pytest.raises(NotFound):
+        node_delete(node_id="nobody")

@@ -44,7 +44,7 @@ def test_deploy_the_seed_model_and_predict_from_the_form(page, live_server, agen
     # The model's page follows training, the stored version with its metrics, then the server.
     expect(page.locator("h1")).to_have_text("linear-regression-model")
     expect(page.locator('#versions tr[data-version="1"]')).to_contain_text("promoted", timeout=90_000)
-    expect(page.locator("[data-status]")).to_have_attribute("data-status", "running", timeout=60_000)
+    expect(page.locator("[data-status]")).to_have_attribute("data-status", "serving", timeout=60_000)
     model = MLModel.objects.get(name="linear-regression-model")
     assert model.owner == admin and model.promoted_version.number == 1
 

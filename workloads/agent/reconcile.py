@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from ..executors.base import EXECUTORS, AgentContext, ExecutorError, executor_for
+from ..executors.base import AgentContext, ExecutorError, executor_for, executors
 from ..models import ACTIVE, Workload, WorkloadStatus
 from ..services import workload_note, workload_transition
 from .config import AgentSettings
@@ -88,7 +88,7 @@ class Reconciliation:
         """What executors find on this node for work not supervised here now (e.g. containers)."""
         with self.lock:
             known = set(self.handles)
-        for executor in EXECUTORS.values():
+        for executor in executors():
             try:
                 executor.reap_orphans(known=known, context=self.context)
             except Exception:

@@ -7,7 +7,7 @@ the first time this process needs it, so only agents ever import one.
 import functools
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,23 +140,9 @@ def _made(path: str) -> Executor:
     return import_string(path)()
 
 
-class _KindExecutors(Mapping):
-    """Every registered kind's executor, by kind name: what the agent reaps orphans with."""
-
-    def __getitem__(self, name: str) -> Executor:
-        try:
-            return executor_for(name)
-        except ExecutorError:
-            raise KeyError(name) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([kind.name for kind in kinds()])
-
-    def __len__(self) -> int:
-        return len(kinds())
-
-
-EXECUTORS = _KindExecutors()
+def executors() -> list[Executor]:
+    """Every registered kind's executor: what the agent reaps orphans with."""
+    return [executor_for(kind.name) for kind in kinds()]
 
 
 class LogTail:

@@ -23,6 +23,11 @@ class Limits:
     memory_bytes: int
     cpu_millicores: int
 
+    @classmethod
+    def of(cls, workload) -> "Limits":
+        """What a workload asked for, as its cgroup limits."""
+        return cls(memory_bytes=workload.memory_bytes, cpu_millicores=workload.cpu_millicores)
+
 
 class CgroupLimiter:
     """Base: one cgroup per workload under ``cnet/<node>/``; subclasses know the file names."""

@@ -152,7 +152,7 @@ class ProcessExecutor(Executor):
         argv = [resolve_command(config["command"], env.get("PATH")), *config.get("args", [])]
         cwd = working_dir(context.work_dir, config.get("working_dir"))
         return spawn(workload_id=str(workload.pk), argv=argv, env=env, cwd=cwd, context=context,
-                     limits=Limits(memory_bytes=workload.memory_bytes, cpu_millicores=workload.cpu_millicores))
+                     limits=Limits.of(workload))
 
     def adopt(self, workload, context: AgentContext) -> ProcessHandle | None:
         runtime = workload.runtime or {}

@@ -10,7 +10,7 @@ from django import forms
 from rest_framework import serializers
 
 from core.fields import NoUnknownFieldsMixin, StrictCharField
-from tests.helpers import in_process_agents, make_node
+from tests.helpers import in_process_agents, make_node, supervise_until_done
 from workloads.agent.config import Overrides, load_agent_settings
 from workloads.executors.base import workload_env
 from workloads.executors.limits import Limits
@@ -18,7 +18,6 @@ from workloads.executors.process import ProcessExecutor, spawn
 from workloads.forms import filled
 from workloads.kinds import Kind, register_kind, unregister_kind
 from workloads.models import Workload, WorkloadLog, WorkloadStatus
-from workloads.tests.agent.test_supervision import supervise_until_done
 
 
 class GreetingConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
@@ -33,8 +32,7 @@ class GreetingExecutor(ProcessExecutor):
     def start(self, workload, context):
         argv = [sys.executable, "-c", "import sys; print('hello,', sys.argv[1])", workload.config["whom"]]
         return spawn(workload_id=str(workload.pk), argv=argv, env=workload_env(workload, context), cwd=context.work_dir,
-                     context=context,
-                     limits=Limits(memory_bytes=workload.memory_bytes, cpu_millicores=workload.cpu_millicores))
+                     context=context, limits=Limits.of(workload))
 
 
 GREETING = Kind(

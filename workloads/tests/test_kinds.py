@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from workloads.executors.base import EXECUTORS, Executor, ExecutorError, executor_for
+from workloads.executors.base import Executor, ExecutorError, executor_for, executors
 from workloads.executors.process_kind import KIND as PROCESS
 from workloads.kinds import UnknownKind, kind_capabilities, kind_capability, kind_get, kinds, register_kind
 
@@ -15,7 +15,7 @@ def test_the_apps_register_process_container_and_mlmodel_each_with_an_executor_a
         executor = executor_for(kind.name)
         assert isinstance(executor, Executor) and executor.type == kind.name
         assert executor_for(kind.name) is executor  # made once per process
-    assert dict(EXECUTORS) == {kind.name: executor_for(kind.name) for kind in kinds()}
+    assert executors() == [executor_for(kind.name) for kind in kinds()]
 
 
 def test_an_unknown_type_has_no_executor_and_is_named_in_the_error():

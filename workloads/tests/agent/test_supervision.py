@@ -8,7 +8,7 @@ import pytest
 
 from cnetsite.celery import app as celery_app
 from nodes.resources import Resources
-from tests.helpers import wait_for
+from tests.helpers import supervise_until_done, wait_for
 from workloads.agent.runtime import set_current_agent
 from workloads.executors.limits import CgroupLimiter
 from workloads.models import Workload, WorkloadLog, WorkloadStatus
@@ -31,15 +31,6 @@ def agent_with_work(make_agent):
         return agent, workload
 
     return make
-
-
-def supervise_until_done(agent, workload) -> Workload:
-    def ended():
-        agent.supervise_once()
-        row = Workload.objects.get(pk=workload.pk)
-        return row if row.status not in (WorkloadStatus.SCHEDULED, WorkloadStatus.RUNNING) else None
-
-    return wait_for(ended, timeout=15, message="the workload ended")
 
 
 @pytest.mark.django_db(transaction=True)
