@@ -97,3 +97,27 @@ def supervise_until_done(agent: Agent, workload: Workload, *, timeout: float = 1
         return row if row.status not in ACTIVE else None
 
     return wait_for(ended, timeout=timeout, message="the workload ended")
+
+
+def workload_row(workload_id) -> Workload:
+    return Workload.objects.select_related("node").get(pk=workload_id)
+
+
+def wait_status(workload_id, *statuses: str, node: str | None = None, timeout: float = 30.0) -> Workload:
+    """Poll the database until the workload is in one of ``statuses`` (on ``node``, if named);
+    on a timeout, say where it is instead."""
+    def reached():
+        workload = workload_row(workload_id)
+        ok = workload.status in statuses and (node is None or (workload.node and workload.node.node_id == node))
+        return workload if ok else None
+
+    try:
+        return wait_for(reached, timeout=timeout, message=f"workload {workload_id} {statuses}")
+    except AssertionError:
+        workload = workload_row(workload_id)
+        raise AssertionError(f"workload {workload_id} is {workload.status} on {workload.node} ({workload.reason}),"
+                             f" not {statuses} on {node or 'any node'} after {timeout}s") from None
+
+
+def node_status(node_id: str) -> str:
+    return Node.objects.values_list("status", flat=True).get(node_id=node_id)

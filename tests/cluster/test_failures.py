@@ -13,8 +13,8 @@ import psutil
 from django.db import connection
 
 from nodes.models import Node, NodeStatus
-from tests.helpers import wait_for
-from workloads.models import Workload, WorkloadEvent, WorkloadStatus
+from tests.helpers import node_status, wait_for, wait_status, workload_row
+from workloads.models import WorkloadEvent, WorkloadStatus
 
 from .conftest import AGENTS, MEASURED, MiB
 
@@ -43,28 +43,6 @@ def submit(cluster, *, name: str, code: str, args=(), cpu: float = 0.25, node: s
     status, data = cluster.api.post("/api/workloads", body)
     assert status == 201, data
     return data["id"]
-
-
-def row(workload_id) -> Workload:
-    return Workload.objects.select_related("node").get(pk=workload_id)
-
-
-def wait_status(workload_id, *statuses: str, node: str | None = None, timeout: float = 30.0) -> Workload:
-    def reached():
-        workload = row(workload_id)
-        ok = workload.status in statuses and (node is None or (workload.node and workload.node.node_id == node))
-        return workload if ok else None
-
-    try:
-        return wait_for(reached, timeout=timeout, message=f"workload {workload_id} {statuses}")
-    except AssertionError:
-        workload = row(workload_id)
-        raise AssertionError(f"workload {workload_id} is {workload.status} on {workload.node} ({workload.reason}),"
-                             f" not {statuses} on {node or 'any node'} after {timeout}s") from None
-
-
-def node_status(node_id: str) -> str:
-    return Node.objects.values_list("status", flat=True).get(node_id=node_id)
 
 
 def proof_lines(path) -> list[tuple[str, float]]:
@@ -166,7 +144,7 @@ def test_cut_off_host_is_replaced_elsewhere_and_never_runs_alongside_its_replace
     lines = proof_lines(proof)
     old_last = max(stamp for node, stamp in lines if node == "h8-child")
     assert old_last < new_first, f"two copies ran at once: h8-child wrote at {old_last}, h8-peer from {new_first}"
-    assert row(workload_id).status == S.RUNNING and row(workload_id).restart_count == 1
+    assert workload_row(workload_id).status == S.RUNNING and workload_row(workload_id).restart_count == 1
     MEASURED.append(
         f"cut -> replacement running: {new_first - cut_at:.1f}s (unhealthy after {seen['unhealthy'] - cut_at:.1f}s, "
         f"offline after {seen['offline'] - cut_at:.1f}s; old copy's last line {old_last - cut_at:.1f}s after "
@@ -190,10 +168,10 @@ def test_broker_outage_accepts_submissions_runs_them_after_and_leaves_running_wo
         during.append(submit(cluster, name=f"during-{i}", code=COUNTER, args=[2]))
         post_seconds.append(time.monotonic() - started)
     for workload_id in during:  # accepted: recorded, placed, waiting for its doorbell
-        assert row(workload_id).status in (S.PENDING, S.SCHEDULED)
+        assert workload_row(workload_id).status in (S.PENDING, S.SCHEDULED)
     time.sleep(max(0.0, stopped_at + 15 - time.time()))  # the outage itself, not synchronisation
-    assert all(row(workload_id).status in (S.PENDING, S.SCHEDULED) for workload_id in during)
-    assert pid_alive(pid) and row(steady).status == S.RUNNING
+    assert all(workload_row(workload_id).status in (S.PENDING, S.SCHEDULED) for workload_id in during)
+    assert pid_alive(pid) and workload_row(steady).status == S.RUNNING
     assert len(logs(cluster, steady)) > logs_before + 30, "logs kept reaching the database"
     cluster.lab.restart("redis")
     cluster.wait_redis()
@@ -210,7 +188,7 @@ def test_broker_outage_accepts_submissions_runs_them_after_and_leaves_running_wo
 
     # Running work never noticed: same process, no pause in its output, and it still obeys a stop,
     # which travels through the broker that came back.
-    assert row(steady).status == S.RUNNING and row(steady).runtime["pid"] == pid
+    assert workload_row(steady).status == S.RUNNING and workload_row(steady).runtime["pid"] == pid
     assert largest_gap(proof_lines(proof), stopped_at, back_at) < 1.0
     status, _data = cluster.api.post(f"/api/workloads/{steady}/stop")
     assert status in (200, 202)
@@ -241,7 +219,7 @@ def test_control_plane_killed_mid_flight_work_goes_on_and_is_recorded(cluster):
     status, data = cluster.api.get(f"/api/workloads/{job}")
     assert status == 200 and (data["status"], data["exit_code"]) == (S.SUCCEEDED, 0), data
     assert logs(cluster, job) == [f"line {i}" for i in range(25)]
-    assert row(steady).status == S.RUNNING and row(steady).runtime["pid"] == steady_pid
+    assert workload_row(steady).status == S.RUNNING and workload_row(steady).runtime["pid"] == steady_pid
     assert largest_gap(proof_lines(proof), killed_at, back_at) < 1.0
     # Its first ticks after the restart declare nobody offline: agents kept heartbeating.
     after = submit(cluster, name="after", code=COUNTER, args=[1])
@@ -270,7 +248,7 @@ def test_agent_killed_and_restarted_readopts_its_work_across_the_network(cluster
              timeout=30, message="re-adopted")
     readopted_at = time.time()
 
-    workload = row(workload_id)
+    workload = workload_row(workload_id)
     assert (workload.status, workload.node.node_id, workload.runtime["pid"]) == (S.RUNNING, "h8-child", pid)
     shipped = len(logs(cluster, workload_id))
     wait_for(lambda: len(logs(cluster, workload_id)) >= shipped + 5, timeout=10, message="log shipping resumed")

@@ -15,8 +15,8 @@ import redis
 from django.conf import settings
 from django.db import connections, transaction
 
-from nodes.models import Node, NodeStatus
-from tests.helpers import wait_for
+from nodes.models import NodeStatus
+from tests.helpers import node_status, wait_for, wait_status, workload_row
 from workloads.dispatch import dispatch_start, node_queue
 from workloads.models import Workload, WorkloadEvent, WorkloadStatus
 from workloads.tasks import start_workload as start_workload_task
@@ -38,27 +38,6 @@ def submit(api, *, name: str, command: str = "sleep", args=("60",), cpu: float =
 
 def script(code: str) -> dict:
     return {"command": PY, "args": ["-u", "-c", code]}
-
-
-def row(workload_id) -> Workload:
-    return Workload.objects.select_related("node").get(pk=workload_id)
-
-
-def wait_status(workload_id, *statuses: str, timeout: float = 20.0) -> Workload:
-    def reached():
-        workload = row(workload_id)
-        return workload if workload.status in statuses else None
-
-    try:
-        return wait_for(reached, timeout=timeout, message=f"workload {workload_id} {statuses}")
-    except AssertionError:
-        workload = row(workload_id)
-        raise AssertionError(f"workload {workload_id} is {workload.status} ({workload.reason}), "
-                             f"not {statuses} after {timeout}s") from None
-
-
-def node_status(node_id: str) -> str:
-    return Node.objects.values_list("status", flat=True).get(node_id=node_id)
 
 
 def pid_alive(pid: int) -> bool:
@@ -85,7 +64,7 @@ def test_placement_spills_to_child_then_peer_then_waits_for_room(api, cluster):
     assert {first_peer.node.node_id, second_peer.node.node_id} == {"peer1", "peer2"}
 
     waiting = submit(api, name="needs-2.5-c", cpu=2.5)
-    workload = row(waiting)
+    workload = workload_row(waiting)
     assert workload.status == S.PENDING and workload.node is None
     for node_id in ("parent", "child", "peer1", "peer2"):
         assert f"{node_id}: " in workload.reason, workload.reason  # one reason per node
@@ -121,7 +100,7 @@ def test_killed_agent_loses_its_work_which_restarts_elsewhere_and_survivors_die_
     lost = wait_status(plain, S.LOST)
     assert "node child went offline" in lost.reason
     # on-failure: lost on the child, placed again (on a peer: too big for the parent).
-    moved = wait_for(lambda: (w := row(retried)).status == S.RUNNING and w.node.node_id != "child" and w,
+    moved = wait_for(lambda: (w := workload_row(retried)).status == S.RUNNING and w.node.node_id != "child" and w,
                      timeout=20, message="retried runs elsewhere")
     assert moved.restart_count == 1 and moved.node.node_id in {"peer1", "peer2"}
     assert all(pid_alive(pid) for pid in old_pids.values())  # kill -9 of the agent spares its work
@@ -131,7 +110,7 @@ def test_killed_agent_loses_its_work_which_restarts_elsewhere_and_survivors_die_
              message="the returning agent killed its stale copies")
     copies = cluster.workload_processes(retried)
     assert [proc.pid for proc in copies] == [moved.runtime["pid"]]  # one copy, the new one
-    assert row(plain).status == S.LOST
+    assert workload_row(plain).status == S.LOST
 
 
 def test_node_that_returns_after_its_work_was_declared_lost_kills_it(api, cluster):
@@ -145,7 +124,7 @@ def test_node_that_returns_after_its_work_was_declared_lost_kills_it(api, cluste
         cluster.signal("child", signal.SIGCONT)
     wait_for(lambda: not pid_alive(pid), timeout=10, message="the returning agent killed its lost work")
     wait_for(lambda: node_status("child") == NodeStatus.READY, timeout=10, message="child rejoined")
-    assert row(workload_id).status == S.LOST
+    assert workload_row(workload_id).status == S.LOST
 
 
 def test_restarted_agent_readopts_a_workload_that_survived_and_records_its_exit(api, cluster):
@@ -160,7 +139,7 @@ def test_restarted_agent_readopts_a_workload_that_survived_and_records_its_exit(
     cluster.start_agent("peer2")
     wait_for(lambda: WorkloadEvent.objects.filter(workload_id=workload_id, reason__contains="re-adopted").exists(),
              timeout=10, message="re-adopted")
-    assert row(workload_id).status == S.RUNNING
+    assert workload_row(workload_id).status == S.RUNNING
     release.touch()
     ended = wait_status(workload_id, S.SUCCEEDED, S.FAILED)
     # Its parent died, so the exit code is known only if it could still be read; either way
@@ -180,7 +159,8 @@ def test_process_over_its_memory_requirement_fails_with_memory_limit_exceeded(ap
 def test_cpu_requirement_becomes_the_cfs_quota_of_its_cgroup(api, cluster):
     workload_id = submit(api, name="quota", node="peer1", cpu=0.5)
     # The limits are stored once they are in place, a moment after the start is recorded.
-    workload = wait_for(lambda: (w := row(workload_id)).runtime.get("limits") and w, timeout=10, message="limits")
+    workload = wait_for(lambda: (w := workload_row(workload_id)).runtime.get("limits") and w, timeout=10,
+                        message="limits")
     if workload.runtime.get("limits") not in {"cgroup1", "cgroup2"}:
         pytest.skip(f"no writable cgroup on this machine (limits: {workload.runtime.get('limits')})")
     cpu_groups = [Path(p) for p in workload.runtime["cgroups"]
@@ -261,7 +241,7 @@ def test_scheduled_work_whose_start_message_was_lost_is_dispatched_again(api, cl
         workload_id = submit(api, name="lost-doorbell")
         # The broker loses the start message: drop the publish queued for the commit.
         connections["default"].run_on_commit.clear()
-    workload = row(workload_id)
+    workload = workload_row(workload_id)
     assert workload.status == S.SCHEDULED and workload.dispatched_at is None
     started = wait_status(workload_id, S.RUNNING, timeout=20)
     waited = (started.dispatched_at - started.scheduled_at).total_seconds()
@@ -276,7 +256,7 @@ def test_sigterm_with_policy_stop_ends_work_and_takes_the_node_offline(api, clus
     wait_status(workload_id, S.RUNNING)
     cluster.signal("peer2", signal.SIGTERM)
     assert cluster.procs["peer2"].wait(timeout=20) == 0
-    ended = row(workload_id)
+    ended = workload_row(workload_id)
     assert ended.status == S.STOPPED and node_status("peer2") == NodeStatus.OFFLINE
     assert WorkloadEvent.objects.filter(workload_id=workload_id, reason__contains="shutting down (stop)").exists()
 
@@ -291,7 +271,7 @@ def test_sigterm_with_policy_requeue_hands_work_back_to_run_elsewhere(api, clust
     assert cluster.procs["peer2"].wait(timeout=20) == 0
     assert node_status("peer2") == NodeStatus.OFFLINE
     # Back to pending, then placed on the only other node with 2.5 cpu free.
-    moved = wait_for(lambda: (w := row(workload.pk)).status == S.RUNNING and w.node.node_id == "peer1" and w,
+    moved = wait_for(lambda: (w := workload_row(workload.pk)).status == S.RUNNING and w.node.node_id == "peer1" and w,
                      timeout=20, message="requeued onto peer1")
     assert moved.runtime["pid"] != workload.runtime["pid"] and not pid_alive(workload.runtime["pid"])
     assert WorkloadEvent.objects.filter(workload_id=workload.pk, reason__contains="handed back").exists()

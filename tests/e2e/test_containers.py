@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_for
-from workloads.models import Workload, WorkloadEvent, WorkloadStatus
+from tests.helpers import wait_for, wait_status
+from workloads.models import WorkloadEvent, WorkloadStatus
 
 from .conftest import MiB
 
@@ -52,11 +52,6 @@ def submit(api, engine, *, node: str, config: dict, memory: int = 64 * MiB) -> s
     assert response.status_code == 201, response.data
     engine.created.append(response.data["id"])
     return response.data["id"]
-
-
-def wait_status(workload_id, *statuses: str, timeout: float = 30.0) -> Workload:
-    return wait_for(lambda: Workload.objects.filter(pk=workload_id, status__in=statuses).first(),
-                    timeout=timeout, message=f"workload {workload_id} {statuses}")
 
 
 def logs(api, workload_id) -> list[str]:
