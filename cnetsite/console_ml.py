@@ -19,7 +19,7 @@ from django.utils.html import format_html
 
 from cnetsite.admin_site import DeletesThroughService, OwnedOnly
 from core.errors import DomainError
-from workloads.forms import flatten_errors, number_value, size_value
+from workloads.forms import EnvField, NumberField, SizeField, flatten_errors
 
 # The seed's linear-regression deployment (seed 004), offered as a one-click example.
 SEED_EXAMPLE = {
@@ -56,19 +56,19 @@ class DeployForm(forms.Form):
     args = forms.CharField(required=False, label="Arguments", widget=forms.Textarea(
         attrs={"rows": 4, "class": "mono", "placeholder": "one argument a line"}))
     working_dir = forms.CharField(required=False, label="Working folder", widget=_text(placeholder="."))
-    env = forms.CharField(required=False, label="Environment", widget=forms.Textarea(
+    env = EnvField(required=False, label="Environment", widget=forms.Textarea(
         attrs={"rows": 2, "class": "mono", "placeholder": "PYTHONPATH=examples/ml_models"}))
-    cpu_limit = forms.CharField(required=False, label="CPU limit (cores)", widget=_text(placeholder="1.0"))
-    memory_limit = forms.CharField(required=False, label="Memory limit", widget=_text(placeholder="512000000"),
-                                   help_text="Bytes, or <code>512Mi</code>, <code>1G</code>.")
-    disk_limit = forms.CharField(required=False, label="Disk limit", widget=_text(placeholder="0"))
+    cpu_limit = NumberField(required=False, label="CPU limit (cores)", widget=_text(placeholder="1.0"))
+    memory_limit = SizeField(required=False, label="Memory limit", widget=_text(placeholder="512000000"),
+                             help_text="Bytes, or <code>512Mi</code>, <code>1G</code>.")
+    disk_limit = SizeField(required=False, label="Disk limit", widget=_text(placeholder="0"))
     framework = forms.CharField(required=False, widget=_text(placeholder="scikit-learn"))
     node = forms.CharField(required=False, label="Submit at node")
     serve = forms.BooleanField(required=False, label="Serve after training",
                                help_text="Start a model server once a version is trained, for instant predictions.")
-    port = forms.CharField(required=False, label="Serving port", widget=_text(placeholder="any free port"))
+    port = NumberField(required=False, label="Serving port", widget=_text(placeholder="any free port"))
 
-    def to_payload(self) -> dict | None:
+    def to_payload(self) -> dict:
         data = self.cleaned_data
         payload: dict = {"name": data["name"], "model_path": data["model_path"]}
         for field in ("model_type", "script_path", "command", "working_dir", "framework", "node"):
@@ -76,26 +76,16 @@ class DeployForm(forms.Form):
                 payload[field] = data[field]
         if data["args"].strip():
             payload["args"] = [line.strip() for line in data["args"].splitlines() if line.strip()]
-        if data["env"].strip():
-            env = {}
-            for number, line in enumerate(data["env"].splitlines(), 1):
-                if line.strip():
-                    key, sep, value = line.partition("=")
-                    if not sep:
-                        self.add_error("env", f"line {number}: expected KEY=value")
-                    env[key.strip()] = value
-            payload["env"] = env
-        resources = {}
-        for field, read in (("cpu_limit", number_value), ("memory_limit", size_value), ("disk_limit", size_value)):
-            if data[field].strip():
-                resources[field] = read(data[field].strip())
+        if data["env"]:
+            payload["env"] = data["env"]
+        resources = {field: data[field] for field in ("cpu_limit", "memory_limit", "disk_limit") if data[field] != ""}
         if resources:
             payload["resources"] = resources
         if data["serve"]:
             payload["serve"] = True
-        if data["port"].strip():
-            payload["port"] = number_value(data["port"].strip())
-        return None if self.errors else payload
+        if data["port"] != "":
+            payload["port"] = data["port"]
+        return payload
 
     def add_api_errors(self, errors) -> None:
         for path_, message in flatten_errors(errors):
@@ -182,8 +172,8 @@ class MLModelConsole(OwnedOnly, DeletesThroughService):
         if not self.has_add_permission(request):
             raise PermissionDenied
         form = DeployForm(request.POST or None)
-        if request.method == "POST" and form.is_valid() and (payload := form.to_payload()) is not None:
-            deploy = DeploySerializer(data=payload)
+        if request.method == "POST" and form.is_valid():
+            deploy = DeploySerializer(data=form.to_payload())
             if not deploy.is_valid():
                 form.add_api_errors(deploy.errors)
             else:

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.helpers import GiB, in_process_agents, wait_for
+from tests.helpers import GiB, in_process_agents, make_node, wait_for
 from workloads.agent.agent import Agent
 
 EXAMPLES = Path(settings.BASE_DIR) / "examples" / "ml_models"
+# What an agent that runs models reports.
+ML = {"process": {"available": True}, "mlmodel": {"available": True}}
 
 
 def linear_artifact(slope: float = 2.0, intercept: float = 3.0) -> bytes:
@@ -47,9 +49,15 @@ def agent(db, tmp_path):
     with in_process_agents() as make_agent:
         instance = make_agent(f"ml-{secrets.token_hex(3)}", cpu=4, memory=8 * GiB, storage=100 * GiB,
                               work_dir=tmp_path, stop_grace_seconds=2,
-                              capabilities={"process": {"available": True}, "mlmodel": {"available": True}})
+                              capabilities=ML)
         instance.register()
         yield instance
+
+
+@pytest.fixture
+def node(db):
+    """The local node, registered as one that runs ML work (no agent behind it)."""
+    return make_node("local", cpu=4, capabilities=ML)
 
 
 def run_agent_until(agent: Agent, predicate, timeout: float = 30.0, message: str = "condition"):

@@ -8,11 +8,8 @@ import time_machine
 
 from mlmodels.models import MLModel, ModelRun
 from mlmodels.services import model_version_create, prediction_task_create
-from tests.helpers import make_node
 from workloads.models import Workload, WorkloadStatus
 from workloads.services import workload_logs_append
-
-ML = {"process": {"available": True}, "mlmodel": {"available": True}}
 
 SEED_LINEAR = {
     "name": "linear-regression-model",
@@ -37,11 +34,6 @@ SEED_NEURAL = {
     "env": {"PYTHONPATH": "examples/ml_models"},
     "resources": {"cpu_limit": 2.0, "memory_limit": 1024000000, "disk_limit": 2000000000},
 }
-
-
-@pytest.fixture
-def node(db):
-    return make_node("local", cpu=4, capabilities=ML)
 
 
 @pytest.mark.parametrize("body", [SEED_LINEAR, SEED_NEURAL], ids=["linear", "neural"])

@@ -8,6 +8,8 @@ from nodes.resources import Resources
 from tests.helpers import make_node
 from workloads.models import Workload
 
+from .conftest import ML
+
 pytestmark = pytest.mark.django_db
 
 SEED = {"model_path": "models/model.joblib", "model_type": "sklearn", "framework": "scikit-learn", "port": 9000}
@@ -20,7 +22,7 @@ def valid(config: dict) -> dict:
 
 
 def test_the_training_and_serving_configs_the_services_write_are_valid_as_written(admin_user):
-    make_node("local", capabilities={"process": {"available": True}, "mlmodel": {"available": True}})
+    make_node("local", capabilities=ML)
     model = model_deploy(owner=admin_user, name="lr", model_type="linear", model_path="models/lr.joblib",
                          command="python3", args=["train.py"], script_path="scripts/train.py", env={},
                          working_dir=".", resources=Resources(cpu=100, gpu=0, memory=64 * 1024**2, storage=0))

@@ -16,10 +16,9 @@ from mlmodels.tasks import MAX_ATTEMPTS, RUN_DEADLINE_SECONDS, SWEEP_AFTER_SECON
 from nodes.services import node_mark_offline
 from tests.helpers import make_node
 
-from .conftest import linear_artifact
+from .conftest import ML, linear_artifact
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-ML = {"process": {"available": True}, "mlmodel": {"available": True}}
 
 pytestmark = pytest.mark.django_db
 

@@ -13,9 +13,7 @@ from tests.helpers import make_node
 from workloads.models import WorkloadStatus
 from workloads.services import workload_submit, workload_transition
 
-from .conftest import linear_artifact
-
-ML = {"process": {"available": True}, "mlmodel": {"available": True}}
+from .conftest import ML, linear_artifact
 
 
 @pytest.fixture
