@@ -8,38 +8,30 @@ from core.fields import (
     NoUnknownFieldsMixin,
     RelativePathField,
     StrictCharField,
-    StrictFloatField,
     StrictIntegerField,
     StringListField,
     StringMapField,
 )
+from nodes.api.fields import BytesField, CoresField
 from nodes.resources import MILLICORES_PER_CORE, Resources
 from workloads.models import Workload
 
 from ..models import MLModel, ModelRun, ModelVersion, PredictionTask
 from ..selectors import model_status, model_version_get
 
-MAX_CORES = 100_000
-MAX_BYTES = 2**60
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class ResourcesSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     """The seed's ``resources``: cpu_limit in cores, memory_limit and disk_limit in bytes."""
 
-    cpu_limit = StrictFloatField(required=False, default=1.0)
-    memory_limit = StrictIntegerField(required=False, default=512_000_000, min_value=1, max_value=MAX_BYTES)
-    disk_limit = StrictIntegerField(required=False, default=0, min_value=0, max_value=MAX_BYTES)
-
-    def validate_cpu_limit(self, value: float) -> float:
-        if not 0 < value <= MAX_CORES or round(value * MILLICORES_PER_CORE) < 1:
-            raise serializers.ValidationError(f"must be at least 0.001 and at most {MAX_CORES} cores")
-        return value
+    cpu_limit = CoresField(required=False, default=MILLICORES_PER_CORE)
+    memory_limit = BytesField(required=False, default=512_000_000, min_value=1)
+    disk_limit = BytesField(required=False, default=0)
 
 
 def _resources(data: dict) -> Resources:
-    return Resources(cpu=round(data["cpu_limit"] * MILLICORES_PER_CORE), gpu=0, memory=data["memory_limit"],
-                     storage=data["disk_limit"])
+    return Resources(cpu=data["cpu_limit"], gpu=0, memory=data["memory_limit"], storage=data["disk_limit"])
 
 
 class DeploySerializer(NoUnknownFieldsMixin, serializers.Serializer):

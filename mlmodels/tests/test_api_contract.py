@@ -159,6 +159,7 @@ def test_a_deploy_naming_neither_command_nor_script_is_refused_whole(api, node):
     ({"args": "train"}, "args"),
     ({"env": {"A": 1}}, "env"),
     ({"resources": {"cpu_limit": 0}}, "resources"),
+    ({"resources": {"cpu_limit": 0.0001}}, "resources"),  # under one millicore
     ({"resources": {"cpu_limit": 1, "memory_limit": "512MB"}}, "resources"),
     ({"resources": {"gpu": 1}}, "resources"),
     ({"resources": {"cpu_limit": 64.0}}, "resources"),  # no node could ever hold it

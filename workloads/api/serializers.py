@@ -4,42 +4,28 @@ Each kind's ``config`` shape is its own serializer, found in the kind registry."
 
 from rest_framework import serializers
 
-from core.fields import NoUnknownFieldsMixin, StrictCharField, StrictFloatField, StrictIntegerField
-from nodes.resources import MILLICORES_PER_CORE, Resources
+from core.fields import NoUnknownFieldsMixin, StrictCharField, StrictIntegerField
+from nodes.api.fields import BytesField, CoresField
+from nodes.resources import Resources
 
 from ..kinds import kind_choices, kind_get
 from ..models import RestartPolicy, Workload, WorkloadEvent
 
-MAX_CORES = 100_000
-MAX_BYTES = 2**60  # an exbibyte: anything larger is a typo, not a machine
 MAX_GPUS = 4096
-DEFAULT_CPU_CORES = 0.1
+DEFAULT_CPU_MILLICORES = 100
 DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 class RequirementsSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     """The seed's ``requirements``: cpu in cores (may be fractional), memory and storage in bytes."""
 
-    cpu = StrictFloatField(required=False, default=DEFAULT_CPU_CORES)
-    memory = StrictIntegerField(required=False, default=DEFAULT_MEMORY_BYTES, min_value=1, max_value=MAX_BYTES)
+    cpu = CoresField(required=False, default=DEFAULT_CPU_MILLICORES)
+    memory = BytesField(required=False, default=DEFAULT_MEMORY_BYTES, min_value=1)
     gpu = StrictIntegerField(required=False, default=0, min_value=0, max_value=MAX_GPUS)
-    storage = StrictIntegerField(required=False, default=0, min_value=0, max_value=MAX_BYTES)
-
-    def validate_cpu(self, value: float) -> float:
-        if not 0 < value <= MAX_CORES:
-            raise serializers.ValidationError(f"must be more than 0 and at most {MAX_CORES} cores")
-        if round(value * MILLICORES_PER_CORE) < 1:
-            raise serializers.ValidationError("must be at least 0.001 cores (1 millicore)")
-        return value
+    storage = BytesField(required=False, default=0)
 
     def to_resources(self) -> Resources:
-        data = self.validated_data
-        return Resources(
-            cpu=round(data["cpu"] * MILLICORES_PER_CORE),
-            gpu=data["gpu"],
-            memory=data["memory"],
-            storage=data["storage"],
-        )
+        return Resources(**self.validated_data)
 
 
 class KindField(serializers.ChoiceField):
