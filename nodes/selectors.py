@@ -15,6 +15,26 @@ def node_get(*, node_id: str) -> Node:
         raise NotFound(f"node {node_id!r} is not registered", field="node") from None
 
 
+def node_find(name: str, *, excluding: str | None = None) -> Node | None:
+    """The registered node a name means (its node_id, or the address:port it advertises), or None.
+
+    Never the node ``excluding`` names (an agent looking for its parent): a stale row of its own
+    may still advertise the address a config now gives another node. Among several at one
+    address, a live one wins. A node that advertises the wildcard 0.0.0.0 (the seed's "listen
+    everywhere") answers to loopback names on its port, so configs written for one machine link up."""
+    others = Node.objects.exclude(node_id=excluding) if excluding else Node.objects.all()
+    found = others.filter(node_id=name).first()
+    host, _, port = name.rpartition(":")
+    if found is None and port.isdigit():
+        hosts = [host]
+        if host in {"127.0.0.1", "localhost", "::1", "[::1]"}:
+            hosts.append("0.0.0.0")
+        candidates = others.filter(address__in=hosts, port=int(port))
+        found = (candidates.exclude(status=NodeStatus.OFFLINE).order_by("pk").first()
+                 or candidates.order_by("pk").first())
+    return found
+
+
 def node_local() -> Node:
     """The node this control plane treats as "local" (the seed's /api/resources)."""
     return node_get(node_id=settings.CNET_LOCAL_NODE_ID)

@@ -14,6 +14,7 @@ from core.errors import InvalidRequest, NotFound, StateConflict
 from .db import prepared_cursor
 from .models import RESOURCES, Node, NodeStatus
 from .resources import Resources
+from .selectors import node_find
 
 logger = logging.getLogger(__name__)
 
@@ -94,20 +95,16 @@ def node_register(
     node.agent_epoch = F("agent_epoch") + 1
     node.save()
     node.refresh_from_db()
-    node_set_parent(node=node, parent=node_resolve(parent) if parent else None)
+    node_set_parent(node=node, parent=node_resolve(parent, excluding=node_id) if parent else None)
     if peers:
-        node.peers.add(*[node_resolve(peer) for peer in peers if peer])
+        node.peers.add(*[node_resolve(peer, excluding=node_id) for peer in peers if peer])
     logger.info("node %s registered (epoch %s)", node.node_id, node.agent_epoch)
     return node
 
 
-def node_resolve(name: str) -> Node:
-    """A registered node by node_id, or by the ``address:port`` it advertises."""
-    node = Node.objects.filter(node_id=name).first()
-    if node is None and ":" in name:
-        address, _, port = name.rpartition(":")
-        if port.isdigit():
-            node = Node.objects.filter(address=address, port=int(port)).order_by("pk").first()
+def node_resolve(name: str, *, excluding: str | None = None) -> Node:
+    """``node_find``, refusing a name that means no registered node."""
+    node = node_find(name, excluding=excluding)
     if node is None:
         raise InvalidRequest(f"no registered node is named or listens at {name!r}", field="node")
     return node

@@ -13,8 +13,8 @@ from core.errors import InvalidRequest, StateConflict
 from core.instruments import observe_placement
 from nodes.models import Node, NodeStatus
 from nodes.resources import Resources, human
-from nodes.selectors import node_could_ever_hold, node_largest, node_largest_free
-from nodes.services import node_release
+from nodes.selectors import node_could_ever_hold, node_find, node_largest, node_largest_free
+from nodes.services import node_release, node_resolve
 from scheduler.placement import place
 from scheduler.strategies import strategy_get
 
@@ -229,11 +229,8 @@ def workload_submit(*, owner, name: str, type: str, config: dict, requirements: 
 
 
 def _submitted_node(node: str | None) -> Node | None:
-    name = node or settings.CNET_LOCAL_NODE_ID
-    found = Node.objects.filter(node_id=name).first()
-    if found is None and node:
-        raise InvalidRequest(f"unknown node {node!r}", field="node")
-    return found
+    """The node a submission names (refused if none is), else the local node if registered."""
+    return node_resolve(node) if node else node_find(settings.CNET_LOCAL_NODE_ID)
 
 
 def _never_fits_message(requirements: Resources) -> str:

@@ -14,6 +14,7 @@ from django.conf import settings
 from core.errors import InvalidRequest
 from nodes.detect import sample_usage
 from nodes.models import Node, NodeStatus
+from nodes.selectors import node_find
 from nodes.services import node_heartbeat, node_link, node_register
 
 from ..dispatch import request_pending_placement
@@ -69,12 +70,12 @@ class Membership:
         pending = []
         parent = None
         if self.config.parent:
-            parent = resolve_link(self.config.parent, me=self.config.node_id)
+            parent = node_find(self.config.parent, excluding=self.config.node_id)
             if parent is None:
                 pending.append(("parent", self.config.parent))
         peers = []
         for name in self.config.peers:
-            found = resolve_link(name, me=self.config.node_id)
+            found = node_find(name, excluding=self.config.node_id)
             if found is None:
                 pending.append(("peer", name))
             else:
@@ -147,23 +148,3 @@ class Membership:
                        "its agent killed the local copy (self-fencing)",
             )
             self.fenced.pop(workload_id, None)
-
-
-def resolve_link(name: str, *, me: str | None = None) -> Node | None:
-    """The registered node a config names (node_id or address:port), or None if not yet.
-
-    Never this node itself (``me``): a stale row of ours may still advertise the address a
-    config now gives another node. Among several at one address, a live one wins. A node
-    that advertises the wildcard 0.0.0.0 (the seed's "listen everywhere") answers to
-    loopback names on its port, so configs written for one machine link up."""
-    others = Node.objects.exclude(node_id=me) if me else Node.objects.all()
-    found = others.filter(node_id=name).first()
-    host, _, port = name.rpartition(":")
-    if found is None and port.isdigit():
-        hosts = [host]
-        if host in {"127.0.0.1", "localhost", "::1", "[::1]"}:
-            hosts.append("0.0.0.0")
-        candidates = others.filter(address__in=hosts, port=int(port))
-        found = (candidates.exclude(status=NodeStatus.OFFLINE).order_by("pk").first()
-                 or candidates.order_by("pk").first())
-    return found

@@ -5,8 +5,8 @@ import uuid
 import pytest
 
 from nodes.models import Node
+from nodes.selectors import node_find
 from tests.helpers import free_port, make_node
-from workloads.agent.membership import resolve_link
 
 
 @pytest.mark.django_db
@@ -33,9 +33,9 @@ def test_a_loopback_name_finds_a_node_that_advertises_the_wildcard_address(make_
     wildcard.config.address = "0.0.0.0"
     node = wildcard.register()
     port = wildcard.config.port
-    assert resolve_link(f"127.0.0.1:{port}") == node
-    assert resolve_link(f"localhost:{port}") == node
-    assert resolve_link(f"10.0.0.9:{port}") is None
+    assert node_find(f"127.0.0.1:{port}") == node
+    assert node_find(f"localhost:{port}") == node
+    assert node_find(f"10.0.0.9:{port}") is None
 
 
 @pytest.mark.django_db
