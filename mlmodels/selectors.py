@@ -2,11 +2,10 @@
 
 from dataclasses import dataclass
 
-from django.db.models import CharField, Exists, F, OuterRef, QuerySet, Subquery, Sum, Value, Window
-from django.db.models.functions import Length, Replace
+from django.db.models import CharField, Exists, OuterRef, QuerySet, Subquery, Value
 
 from workloads.models import Workload, WorkloadStatus
-from workloads.selectors import workload_log_tail
+from workloads.selectors import workload_log_tail, workload_log_tails
 
 from .kind import MLMODEL
 from .models import MLModel, ModelRun, ModelVersion, PredictionTask, RunKind
@@ -163,26 +162,3 @@ def _task_page(*, user, keys: list[tuple], lines: int, total: int) -> TaskPage:
             rows.update({item.pk: item for item in queryset.filter(pk__in=wanted[source])})
     items = [rows[pk] for pk, _source in keys if pk in rows]  # in the database's order
     return TaskPage(items=items, total=total, logs=workload_log_tails(workload_ids=wanted["workload"], lines=lines))
-
-
-def workload_log_tails(*, workload_ids: list, lines: int) -> dict[str, list[str]]:
-    """The last ``lines`` lines of each workload's output, oldest first, in one query.
-
-    A chunk is read only while the newer chunks of its workload hold fewer than ``lines``
-    newlines (a lower bound of their lines), so a long log costs the few chunks its tail is in.
-    """
-    if not lines or not workload_ids:
-        return {}
-    text = "log_chunks__text"
-    newlines = Length(text) - Length(Replace(text, Value("\n"), Value("")))
-    chunks = (
-        Workload.objects.filter(pk__in=workload_ids, log_chunks__isnull=False)
-        .annotate(newer_newlines=Window(Sum(newlines), partition_by=F("pk"), order_by=F("log_chunks__seq").desc())
-                  - newlines)
-        .filter(newer_newlines__lt=lines)
-        .order_by("pk", "log_chunks__seq").values_list("pk", text)
-    )
-    tails: dict[str, list[str]] = {}
-    for pk, chunk in chunks:
-        tails.setdefault(str(pk), []).extend(chunk.splitlines())
-    return {pk: collected[-lines:] for pk, collected in tails.items()}

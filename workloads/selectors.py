@@ -1,4 +1,5 @@
-from django.db.models import Count, QuerySet
+from django.db.models import Count, F, QuerySet, Sum, Value, Window
+from django.db.models.functions import Length, Replace
 
 from core.errors import InvalidRequest
 
@@ -40,6 +41,29 @@ def workload_log_tail(*, workload: Workload, lines: int | None) -> list[str]:
     if lines is None:
         return collected
     return collected[-lines:] if lines else []
+
+
+def workload_log_tails(*, workload_ids: list, lines: int) -> dict[str, list[str]]:
+    """The last ``lines`` lines of each workload's output, oldest first, in one query.
+
+    A chunk is read only while the newer chunks of its workload hold fewer than ``lines``
+    newlines (a lower bound of their lines), so a long log costs the few chunks its tail is in.
+    """
+    if not lines or not workload_ids:
+        return {}
+    text = "log_chunks__text"
+    newlines = Length(text) - Length(Replace(text, Value("\n"), Value("")))
+    chunks = (
+        Workload.objects.filter(pk__in=workload_ids, log_chunks__isnull=False)
+        .annotate(newer_newlines=Window(Sum(newlines), partition_by=F("pk"), order_by=F("log_chunks__seq").desc())
+                  - newlines)
+        .filter(newer_newlines__lt=lines)
+        .order_by("pk", "log_chunks__seq").values_list("pk", text)
+    )
+    tails: dict[str, list[str]] = {}
+    for pk, chunk in chunks:
+        tails.setdefault(str(pk), []).extend(chunk.splitlines())
+    return {pk: collected[-lines:] for pk, collected in tails.items()}
 
 
 def workload_counts_by_status(*, user) -> dict[str, int]:

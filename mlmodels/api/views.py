@@ -29,6 +29,7 @@ from ..services import (
     model_version_create,
     model_version_promote,
 )
+from .filters import MLModelFilter
 from .serializers import (
     DeploySerializer,
     MLModelSerializer,
@@ -56,8 +57,7 @@ class MLModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.De
     lookup_value_regex = UUID
     ordering_fields = ["created_at", "name"]
     ordering = ["-created_at"]
-    filterset_fields = ["name", "model_type"]
-    filterset_class = None
+    filterset_class = MLModelFilter
 
     def get_queryset(self):
         return model_list(user=self.request.user)

@@ -192,3 +192,12 @@ def test_users_see_only_their_own_models(api, user_api, node):
 def test_unauthenticated_is_refused(client, node):
     assert client.get("/api/ml/models").status_code in (401, 403)
     assert client.get("/api/tasks").status_code in (401, 403)
+
+
+def test_the_model_list_filters_by_name_and_type(api, node):
+    for body in (SEED_LINEAR, SEED_NEURAL):
+        assert api.post("/api/ml/models", body, format="json").status_code == 201
+    by_type = api.get("/api/ml/models", {"model_type": SEED_NEURAL["model_type"]}).data
+    by_name = api.get("/api/ml/models", {"name": SEED_LINEAR["name"]}).data
+    assert [m["name"] for m in by_type] == [SEED_NEURAL["name"]]
+    assert [m["name"] for m in by_name] == [SEED_LINEAR["name"]]
