@@ -1,6 +1,9 @@
 """Shared test helpers: polling with a deadline, free ports, node builders, in-process agents."""
 
+import os
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +20,19 @@ from workloads.executors.limits import CGROUP_ROOT
 from workloads.models import ACTIVE, Workload
 
 GiB = 1024**3
+
+
+def kill_group(proc: subprocess.Popen, *, wait: float = 10) -> None:
+    """SIGKILL a child started in its own session, with its whole process group, and reap it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def wait_for(predicate, timeout: float = 10.0, every: float = 0.05, message: str = "condition"):

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import psutil
 
+from tests.helpers import kill_group
+
 PREFIX = "cnh8"
 SUBNET = "10.231.0"
 _NAME = re.compile(rf"^{PREFIX}-(\d+)-")
@@ -187,15 +189,7 @@ class Lab:
         for name in reversed(self.created):
             _kill_netns_processes(name)
         for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+            kill_group(proc)
         for name in reversed(self.created):
             ip("netns", "del", name, check=False)
         self.created.clear()

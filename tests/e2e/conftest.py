@@ -28,7 +28,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from nodes.models import Node, NodeStatus
-from tests.helpers import wait_for
+from tests.helpers import kill_group, wait_for
 from workloads.models import ACTIVE, Workload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,12 +152,7 @@ class Cluster:
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=10)
+            kill_group(proc)
         for proc in self.workload_processes():
             try:
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -8,24 +8,15 @@ import pytest
 from tests.helpers import GiB, make_node
 from workloads.models import Workload, WorkloadEvent
 
-pytestmark = pytest.mark.django_db
+from .seeds import EVERY_KIND, SEED_CONTAINER, SEED_MLMODEL, SEED_PROCESS
 
-PROCESS = {
-    "name": "p",
-    "type": "process",
-    "requirements": {"cpu": 1.0, "memory": 536870912},
-    "config": {"command": "sleep", "args": ["60"], "env": {"TEST": "value"}},
-}
-CONTAINER = {"name": "c", "type": "container", "requirements": {"cpu": 1.0, "memory": 536870912},
-             "config": {"image": "nginx:alpine"}}
-MLMODEL = {"name": "m", "type": "mlmodel", "requirements": {"cpu": 1.0, "memory": 536870912},
-           "config": {"model_path": "models/model.joblib"}}
+pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
 def nodes():
     make_node("local", cpu=4, memory=8 * GiB,
-              capabilities={name: {"available": True} for name in ("process", "container", "mlmodel")})
+              capabilities=EVERY_KIND)
     make_node("big", cpu=8, memory=32 * GiB)
 
 
@@ -44,43 +35,43 @@ def changed(base, path, value):
 
 
 CASES = [
-    ("requirements.cpu", PROCESS, 0),
-    ("requirements.cpu", PROCESS, -1),
-    ("requirements.cpu", PROCESS, 1e9),
-    ("requirements.cpu", PROCESS, True),
-    ("requirements.cpu", PROCESS, "1"),
-    ("requirements.cpu", PROCESS, 0.0001),
-    ("requirements.memory", PROCESS, 0),
-    ("requirements.memory", PROCESS, -536870912),
-    ("requirements.memory", PROCESS, 2**70),
-    ("requirements.memory", PROCESS, 1.5),
-    ("requirements.memory", PROCESS, "512Mi"),
-    ("requirements.gpu", PROCESS, -1),
-    ("requirements.disk", PROCESS, 1),
-    ("type", PROCESS, "vm"),
-    ("config", PROCESS, "sleep 60"),
-    ("config", PROCESS, ...),
-    ("config.command", PROCESS, ...),
-    ("config.command", PROCESS, ["sleep", "60"]),
-    ("config.image", CONTAINER, ...),
-    ("config.model_path", MLMODEL, ...),
-    ("config.args", PROCESS, [1, 2]),
-    ("config.args", PROCESS, "60"),
-    ("config.env", PROCESS, {"TEST": 1}),
-    ("config.env", PROCESS, {"TEST": None}),
-    ("config.env", PROCESS, ["TEST=value"]),
-    ("config.working_dir", PROCESS, "../escape"),
-    ("config.working_dir", PROCESS, "/etc"),
-    ("config.model_path", MLMODEL, "/etc/passwd"),
-    ("config.model_path", MLMODEL, "models/../../x"),
-    ("config.shell", PROCESS, True),
-    ("config.imagee", CONTAINER, "typo"),
-    ("strategy", PROCESS, "round_robin"),
-    ("node", PROCESS, "ghost-node"),
-    ("colour", PROCESS, "blue"),
-    ("name", PROCESS, ...),
-    ("name", PROCESS, 5),
-    ("priority", PROCESS, "high"),
+    ("requirements.cpu", SEED_PROCESS, 0),
+    ("requirements.cpu", SEED_PROCESS, -1),
+    ("requirements.cpu", SEED_PROCESS, 1e9),
+    ("requirements.cpu", SEED_PROCESS, True),
+    ("requirements.cpu", SEED_PROCESS, "1"),
+    ("requirements.cpu", SEED_PROCESS, 0.0001),
+    ("requirements.memory", SEED_PROCESS, 0),
+    ("requirements.memory", SEED_PROCESS, -536870912),
+    ("requirements.memory", SEED_PROCESS, 2**70),
+    ("requirements.memory", SEED_PROCESS, 1.5),
+    ("requirements.memory", SEED_PROCESS, "512Mi"),
+    ("requirements.gpu", SEED_PROCESS, -1),
+    ("requirements.disk", SEED_PROCESS, 1),
+    ("type", SEED_PROCESS, "vm"),
+    ("config", SEED_PROCESS, "sleep 60"),
+    ("config", SEED_PROCESS, ...),
+    ("config.command", SEED_PROCESS, ...),
+    ("config.command", SEED_PROCESS, ["sleep", "60"]),
+    ("config.image", SEED_CONTAINER, ...),
+    ("config.model_path", SEED_MLMODEL, ...),
+    ("config.args", SEED_PROCESS, [1, 2]),
+    ("config.args", SEED_PROCESS, "60"),
+    ("config.env", SEED_PROCESS, {"TEST": 1}),
+    ("config.env", SEED_PROCESS, {"TEST": None}),
+    ("config.env", SEED_PROCESS, ["TEST=value"]),
+    ("config.working_dir", SEED_PROCESS, "../escape"),
+    ("config.working_dir", SEED_PROCESS, "/etc"),
+    ("config.model_path", SEED_MLMODEL, "/etc/passwd"),
+    ("config.model_path", SEED_MLMODEL, "models/../../x"),
+    ("config.shell", SEED_PROCESS, True),
+    ("config.imagee", SEED_CONTAINER, "typo"),
+    ("strategy", SEED_PROCESS, "round_robin"),
+    ("node", SEED_PROCESS, "ghost-node"),
+    ("colour", SEED_PROCESS, "blue"),
+    ("name", SEED_PROCESS, ...),
+    ("name", SEED_PROCESS, 5),
+    ("priority", SEED_PROCESS, "high"),
 ]
 
 
@@ -109,7 +100,7 @@ def test_a_body_that_is_not_an_object_is_400(api):
 
 
 def test_a_body_over_one_mebibyte_is_413_and_writes_nothing(api):
-    body = changed(PROCESS, "config.env", {"BIG": "x" * (1024 * 1024)})
+    body = changed(SEED_PROCESS, "config.env", {"BIG": "x" * (1024 * 1024)})
     response = api.post("/api/workloads", data=json.dumps(body), content_type="application/json")
     assert response.status_code == 413
     assert "body" in response.json()["detail"]
@@ -117,7 +108,7 @@ def test_a_body_over_one_mebibyte_is_413_and_writes_nothing(api):
 
 
 def test_a_request_larger_than_every_node_even_empty_is_400_naming_the_largest(api):
-    body = changed(PROCESS, "requirements.memory", 64 * GiB)
+    body = changed(SEED_PROCESS, "requirements.memory", 64 * GiB)
     response = api.post("/api/workloads", body, format="json")
     assert response.status_code == 400
     detail = response.json()["detail"]
@@ -127,7 +118,7 @@ def test_a_request_larger_than_every_node_even_empty_is_400_naming_the_largest(a
 
 
 def test_more_cpu_than_any_node_is_refused_too(api):
-    response = api.post("/api/workloads", changed(PROCESS, "requirements.cpu", 64.0), format="json")
+    response = api.post("/api/workloads", changed(SEED_PROCESS, "requirements.cpu", 64.0), format="json")
     assert response.status_code == 400
     assert "big" in response.json()["detail"]
     assert Workload.objects.count() == 0

@@ -8,33 +8,15 @@ from tests.helpers import GiB, make_node
 from workloads.models import Workload, WorkloadStatus
 from workloads.services import workload_logs_append, workload_transition
 
+from .seeds import EVERY_KIND, SEED_CONTAINER, SEED_MLMODEL, SEED_PROCESS
+
 pytestmark = pytest.mark.django_db
 
-SEED_PROCESS = {
-    "name": "test-process",
-    "type": "process",
-    "requirements": {"cpu": 1.0, "memory": 536870912},
-    "config": {"command": "sleep", "args": ["60"], "env": {"TEST": "value"}},
-}
-SEED_CONTAINER = {
-    "name": "test-container",
-    "type": "container",
-    "requirements": {"cpu": 1.0, "memory": 536870912},
-    "config": {"image": "nginx:alpine", "command": ["nginx"], "args": ["-g", "daemon off;"]},
-}
-SEED_MLMODEL = {
-    "name": "test-ml-model",
-    "type": "mlmodel",
-    "requirements": {"cpu": 2.0, "memory": 2147483648},
-    "config": {"model_path": "models/model.joblib", "model_type": "sklearn", "framework": "scikit-learn",
-               "port": 9000},
-}
-EVERYTHING = {name: {"available": True} for name in ("process", "container", "mlmodel")}
 
 
 @pytest.fixture
 def local():
-    return make_node("local", cpu=4, memory=8 * GiB, capabilities=EVERYTHING)
+    return make_node("local", cpu=4, memory=8 * GiB, capabilities=EVERY_KIND)
 
 
 def create(client, body=None, **changes):
@@ -141,7 +123,7 @@ def test_paging_keeps_a_plain_array_and_says_the_rest_in_headers(api, local):
 
 
 def test_filters_by_status_type_node_and_name(api, local):
-    make_node("child-1", parent="local", capabilities=EVERYTHING)
+    make_node("child-1", parent="local", capabilities=EVERY_KIND)
     process = create(api, name="alpha-job")
     container = create(api, SEED_CONTAINER, name="beta-web", node="child-1")
     workload_transition(workload_id=process["id"], to=WorkloadStatus.RUNNING)
