@@ -20,6 +20,18 @@ class InvalidRequest(DomainError):
     status = 400
 
 
+class Unauthorized(DomainError):
+    """No credential, or one that is not (or no longer) valid."""
+
+    status = 401
+
+
+class Forbidden(DomainError):
+    """A valid caller asking for what it may not do (e.g. a node acting for another node)."""
+
+    status = 403
+
+
 class NotFound(DomainError):
     status = 404
 

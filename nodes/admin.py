@@ -1,7 +1,8 @@
 """Nodes in the console: a table with capacity bars, the topology tree, a page per node.
 
 Any console user may look at nodes (the cluster's resources are no secret to its users, as
-in ``/api/nodes``); draining needs the change permission, i.e. staff.
+in ``/api/nodes``); draining needs the change permission, i.e. staff. Credentials are staff's,
+as on the API: making a join token and revoking a node's credential.
 """
 
 from django.contrib import admin, messages
@@ -16,8 +17,22 @@ from cnetsite.admin_site import DeletesThroughService
 from core.errors import DomainError
 
 from .models import Node
-from .selectors import node_tree
-from .services import node_delete, node_set_schedulable
+from .selectors import join_token_for_key, node_tree
+from .services import (
+    join_token_create,
+    node_credential_revoke,
+    node_delete,
+    node_set_schedulable,
+    ttl_seconds_parse,
+)
+
+# What the console offers for a join token's lifetime (the command's --ttl spellings).
+JOIN_TOKEN_TTLS = [("15m", "15 minutes"), ("1h", "1 hour"), ("1d", "1 day"), ("7d", "7 days"), ("never", "never")]
+# How an agent uses a join token: shown with the token, the one time it is shown.
+JOIN_USAGE = "CNET_CONTROL_PLANE_URL={url} CNET_JOIN_TOKEN={token} python manage.py runagent --node-id <node-id>"
+# The exchange itself, as the node API takes it (POST /api/node/join).
+JOIN_EXCHANGE = ("curl -X POST {url}/api/node/join -H 'Content-Type: application/json' "
+                 "-d '{{\"node_id\": \"<node-id>\", \"join_token\": \"{token}\"}}'")
 
 
 def _bar_html(bar) -> str:
@@ -69,7 +84,8 @@ class NodeAdmin(DeletesThroughService, admin.ModelAdmin):
         return actions
 
     def changelist_view(self, request, extra_context=None):
-        return super().changelist_view(request, {"title": "Nodes", **(extra_context or {})})
+        extra = {"title": "Nodes", "can_make_join_token": request.user.is_staff}
+        return super().changelist_view(request, extra | (extra_context or {}))
 
     def _bars(self, node: Node) -> dict:
         from cnetsite.console import node_bars
@@ -120,6 +136,8 @@ class NodeAdmin(DeletesThroughService, admin.ModelAdmin):
             path("topology/", view(self.topology_view), name="nodes_node_topology"),
             path("<int:object_id>/schedulable/", view(require_POST(self.schedulable_view)),
                  name="nodes_node_schedulable"),
+            path("<int:object_id>/revoke/", view(self.revoke_view), name="nodes_node_revoke"),
+            path("join-token/", view(self.join_token_view), name="nodes_node_join_token"),
             *super().get_urls(),
         ]
 
@@ -139,14 +157,16 @@ class NodeAdmin(DeletesThroughService, admin.ModelAdmin):
         from workloads.models import ACTIVE
         from workloads.selectors import workload_list
 
-        node = get_object_or_404(Node.objects.select_related("parent").prefetch_related("peers", "children"),
-                                 pk=object_id)
+        nodes = Node.objects.select_related("parent", "credential").prefetch_related("peers", "children")
+        node = get_object_or_404(nodes, pk=object_id)
         visible = workload_list(user=request.user).filter(node=node)
         context = self.admin_site.each_context(request) | {
             "title": node.node_id, "node": node, "opts": self.opts, "bars": self._bars(node).values(),
             "active": visible.filter(status__in=ACTIVE).order_by("-created_at")[:100],
             "recent": visible.exclude(status__in=ACTIVE).order_by("-created_at")[:10],
             "can_change": self.has_change_permission(request, node),
+            "can_revoke": request.user.is_staff,
+            "credential": getattr(node, "credential", None),
             "usage": node.usage or {},
         }
         return TemplateResponse(request, "admin/nodes/node/detail.html", context)
@@ -162,6 +182,57 @@ class NodeAdmin(DeletesThroughService, admin.ModelAdmin):
         else:
             self.message_user(request, f"{node.node_id} is {node.status}; nothing changed", messages.WARNING)
         return redirect(reverse("admin:nodes_node_change", args=[node.pk]))
+
+
+    def revoke_view(self, request, object_id):
+        """GET asks to confirm; POST revokes through the service, as POST /api/nodes/{id}/revoke does."""
+        if not request.user.is_staff:
+            raise PermissionDenied
+        node = get_object_or_404(Node, pk=object_id)
+        detail = reverse("admin:nodes_node_change", args=[node.pk])
+        if request.method == "POST":
+            if node_credential_revoke(node_id=node.node_id):
+                self.message_user(request, f"{node.node_id}: credential revoked. Its agent is refused from now on; "
+                                           "the node is offline and its work is handled as lost.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"{node.node_id} holds no active credential; nothing changed",
+                                  messages.WARNING)
+            return redirect(detail)
+        context = self.admin_site.each_context(request) | {
+            "title": f"Revoke the credential of {node.node_id}?", "node": node, "opts": self.opts,
+            "detail_url": detail, "credential": getattr(node, "credential", None),
+        }
+        return TemplateResponse(request, "admin/nodes/node/revoke_confirmation.html", context)
+
+    def join_token_view(self, request):
+        """GET: how long and for how many nodes; POST: make it and show it, this once (never stored)."""
+        if not request.user.is_staff:
+            raise PermissionDenied
+        context = self.admin_site.each_context(request) | {
+            "title": "Make a join token", "opts": self.opts, "ttls": JOIN_TOKEN_TTLS,
+            "ttl": request.POST.get("ttl", "1h"), "uses": request.POST.get("uses", "1"),
+        }
+        if request.method == "POST":
+            try:
+                uses = int(context["uses"])
+                if uses < 0:
+                    raise ValueError
+            except ValueError:
+                context["error"] = "uses: must be 0 (unlimited) or a positive whole number"
+            else:
+                try:
+                    ttl_seconds = ttl_seconds_parse(context["ttl"])
+                    token = join_token_create(ttl_seconds=ttl_seconds, uses=uses or None, created_by=request.user)
+                except DomainError as error:
+                    context["error"] = f"{error.field}: {error}"
+                else:
+                    url = request.build_absolute_uri("/").rstrip("/")
+                    context |= {"token": token, "made": join_token_for_key(key=token),
+                                "usage": JOIN_USAGE.format(url=url, token=token),
+                                "exchange": JOIN_EXCHANGE.format(url=url, token=token)}
+        # admin_view's never_cache sends "no-store": the token shown once leaves no copy in a cache.
+        return TemplateResponse(request, "admin/nodes/node/join_token.html", context,
+                                status=400 if "error" in context else 200)
 
 
 def _annotate_tree(nodes, active: dict, bars) -> None:

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 from django.db.models import Case, F, FloatField, Q, Value, When
 from django.db.models.functions import Cast
@@ -68,6 +69,10 @@ class Node(models.Model):
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     # Bumped every time the agent (re)starts; a stale agent's reports carry an old epoch.
     agent_epoch = models.PositiveIntegerField(default=0)
+    # A parent and peers it named that had not registered yet (node_id or address:port): linked
+    # by node_register the moment they register, not on this node's next heartbeat.
+    pending_parent = models.CharField(max_length=300, blank=True, default="")
+    pending_peers = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -95,6 +100,9 @@ class Node(models.Model):
             models.Index(fields=["depth", "node_id"], name="node_depth_order"),
             # place(), best_fit: "the fullest fitting nodes in scope" walks this in order.
             models.Index(fields=["free_fraction", "depth", "node_id"], name="node_free_fraction"),
+            # node_register: "nodes still waiting for a parent or peer" (a handful in a fleet).
+            models.Index(fields=["node_id"], condition=~Q(pending_parent="") | ~Q(pending_peers=[]),
+                         name="node_pending_links"),
         ]
 
     def __str__(self) -> str:
@@ -113,3 +121,45 @@ class Node(models.Model):
     def free(self) -> dict[str, int]:
         capacity, allocated = self.capacity(), self.allocated()
         return {name: capacity[name] - allocated[name] for name in RESOURCES}
+
+
+class JoinToken(models.Model):
+    """A secret an agent exchanges for a credential of its own node (``node_join``).
+
+    Only the sha256 of the key is kept: the plain ``cnetjoin_...`` is shown once, when made.
+    """
+
+    key_hash = models.CharField(max_length=64, unique=True)  # sha256 hex; the join looks it up
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)  # null: never
+    uses_left = models.PositiveIntegerField(null=True, blank=True)  # null: unlimited
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        expires = self.expires_at.isoformat(timespec="seconds") if self.expires_at else "never"
+        uses = "unlimited" if self.uses_left is None else self.uses_left
+        return f"join token {self.pk} (expires {expires}, uses left {uses})"
+
+
+class NodeCredential(models.Model):
+    """The one credential an agent holds for its node; only its sha256 is kept.
+
+    ``last_used_at`` is written at most once a minute (``node_credential_authenticate``), so
+    that authenticating a heartbeat adds no write to it.
+    """
+
+    node = models.OneToOneField(Node, on_delete=models.CASCADE, related_name="credential")
+    key_hash = models.CharField(max_length=64, unique=True)  # sha256 hex; every node request looks it up
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        state = "revoked" if self.revoked_at else "active"
+        return f"credential of {self.node} ({state})"

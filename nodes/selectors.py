@@ -1,9 +1,11 @@
+import hashlib
+
 from django.conf import settings
 from django.db.models import Count, F, Max, QuerySet, Sum
 
 from core.errors import NotFound
 
-from .models import RESOURCES, Node, NodeStatus
+from .models import RESOURCES, JoinToken, Node, NodeStatus
 from .resources import Resources
 from .usage import usage_summed
 
@@ -33,6 +35,15 @@ def node_find(name: str, *, excluding: str | None = None) -> Node | None:
         found = (candidates.exclude(status=NodeStatus.OFFLINE).order_by("pk").first()
                  or candidates.order_by("pk").first())
     return found
+
+
+def key_hash(key: str) -> str:
+    """How join tokens and node credentials are kept (sha256 hex): the plain key is shown once."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def join_token_for_key(*, key: str) -> JoinToken:
+    return JoinToken.objects.get(key_hash=key_hash(key))
 
 
 def node_local() -> Node:

@@ -1,20 +1,22 @@
 """Writes on nodes: membership, allocation and health. Every claim is one conditional UPDATE."""
 
 import logging
+import re
+import secrets
 from collections.abc import Iterable
 from datetime import timedelta
 from functools import lru_cache
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from core.errors import InvalidRequest, NotFound, StateConflict
+from core.errors import Forbidden, InvalidRequest, NotFound, StateConflict
 
 from .db import prepared_cursor
-from .models import RESOURCES, Node, NodeStatus
+from .models import RESOURCES, JoinToken, Node, NodeCredential, NodeStatus
 from .resources import Resources
-from .selectors import node_find
+from .selectors import key_hash, node_find, node_get
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +81,13 @@ def node_register(
 ) -> Node:
     """Create or update a node and its links; bumps its agent epoch and marks it ready.
 
-    ``parent`` and ``peers`` name registered nodes by node_id or by advertised address:port.
+    ``parent`` and ``peers`` name nodes by node_id or by advertised address:port. A name that
+    means no registered node yet is kept (``pending_parent``, ``pending_peers``) and linked the
+    moment that node registers; so are the nodes that were waiting for this one.
     """
+    if parent == node_id:
+        raise InvalidRequest(f"{node_id} cannot be its own parent", field="parent")
+    _registrations_serialized()
     node, _created = Node.objects.select_for_update().get_or_create(node_id=node_id)
     node.address, node.port = address, port
     for name, (column, allocated) in RESOURCES.items():
@@ -90,16 +97,73 @@ def node_register(
         node.labels = labels
     if capabilities is not None:
         node.capabilities = capabilities
+    found_parent = node_find(parent, excluding=node_id) if parent else None
+    found_peers, waiting_peers = [], []
+    for name in dict.fromkeys(peer for peer in peers if peer and peer != node_id):
+        found = node_find(name, excluding=node_id)
+        if found is None:
+            waiting_peers.append(name)
+        else:
+            found_peers.append(found)
+    node.pending_parent = parent if parent and found_parent is None else ""
+    node.pending_peers = waiting_peers
     node.status = NodeStatus.READY
     node.last_heartbeat = timezone.now()
     node.agent_epoch = F("agent_epoch") + 1
     node.save()
     node.refresh_from_db()
-    node_set_parent(node=node, parent=node_resolve(parent, excluding=node_id) if parent else None)
-    if peers:
-        node.peers.add(*[node_resolve(peer, excluding=node_id) for peer in peers if peer])
+    node_set_parent(node=node, parent=found_parent)
+    if found_peers:
+        node.peers.add(*found_peers)
+    _link_waiting_for(node)
+    if node.pending_parent or node.pending_peers:
+        logger.info("node %s: waiting for %s to register", node.node_id,
+                    ", ".join(filter(None, [node.pending_parent, *node.pending_peers])))
     logger.info("node %s registered (epoch %s)", node.node_id, node.agent_epoch)
     return node
+
+
+# pg_advisory_xact_lock key of node registrations ("cnetreg" in ASCII).
+REGISTRATION_LOCK = 0x636E6574726567
+
+
+def _registrations_serialized() -> None:
+    """Registrations run one at a time, to the end of their transaction.
+
+    Two nodes that name each other and register at once would otherwise each miss the other
+    (neither sees the other's uncommitted row), both keep the name pending, and neither is
+    linked. SQLite serializes writers already (IMMEDIATE transactions); on Postgres a
+    transaction-scoped advisory lock does. Agents register once per start, so the queue is short.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [REGISTRATION_LOCK])
+
+
+def _link_waiting_for(node: Node) -> None:
+    """Link every node whose pending parent or peer names ``node`` (by node_id or address:port,
+    as ``node_find`` resolves that name for the waiting node), and forget those names."""
+    waiting = Node.objects.filter(~Q(pending_parent="") | ~Q(pending_peers=[])).exclude(pk=node.pk)
+    for other in waiting:  # registrations are serialized: no other one changes these meanwhile
+        parent_name = other.pending_parent
+        if parent_name and _names(parent_name, node, waiting=other):
+            try:
+                node_set_parent(node=other, parent=node)
+                logger.info("node %s: linked to its parent %s, which just registered", other.node_id, node.node_id)
+            except InvalidRequest as error:  # a cycle: refused as a registration naming it would be
+                logger.error("node %s: cannot link parent %s: %s", other.node_id, node.node_id, error)
+            parent_name = ""
+        peer_names = [name for name in other.pending_peers if not _names(name, node, waiting=other)]
+        if len(peer_names) < len(other.pending_peers):
+            other.peers.add(node)
+            logger.info("node %s: linked to its peer %s, which just registered", other.node_id, node.node_id)
+        if (parent_name, peer_names) != (other.pending_parent, other.pending_peers):
+            Node.objects.filter(pk=other.pk).update(pending_parent=parent_name, pending_peers=peer_names)
+
+
+def _names(name: str, node: Node, *, waiting: Node) -> bool:
+    found = node_find(name, excluding=waiting.node_id)
+    return found is not None and found.pk == node.pk
 
 
 def node_resolve(name: str, *, excluding: str | None = None) -> Node:
@@ -219,3 +283,144 @@ def nodes_check_liveness(
             logger.warning("node %s offline: no heartbeat for %ss", node_id, offline_after_seconds)
             gone.append(node_id)
     return gone
+
+
+# --- joining and credentials ------------------------------------------------------------------
+# Keys are shown once and kept only as sha256: a stolen database gives no working key. A hash
+# lookup on a unique index is the comparison, so no key is ever compared byte by byte.
+
+JOIN_TOKEN_PREFIX = "cnetjoin_"
+NODE_CREDENTIAL_PREFIX = "cnetnode_"
+NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+JOIN_TOKEN_MAX_TTL_SECONDS = 366 * 86400  # longer than a year: make one that never expires instead
+# How stale NodeCredential.last_used_at may get: authenticating writes it at most this often.
+CREDENTIAL_TOUCH_SECONDS = 60
+HOW_TO_JOIN = ("ask staff for a join token (python manage.py create_join_token, or Make a join token "
+               "on the console's Nodes page)")
+
+
+def _new_key(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+_TTL = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def ttl_seconds_parse(text: str) -> float | None:
+    """``30s``, ``15m``, ``1h``, ``2d`` (a bare number is seconds) or ``never`` (None)."""
+    text = text.strip().lower()
+    if text == "never":
+        return None
+    match = _TTL.fullmatch(text)
+    if match is None or float(match[1]) <= 0:
+        raise InvalidRequest(f"{text!r} is not a duration such as 30s, 15m, 1h, 2d or never", field="ttl")
+    return float(match[1]) * _TTL_UNITS[match[2]]
+
+
+def join_token_create(*, ttl_seconds: float | None = 3600, uses: int | None = 1, created_by=None) -> str:
+    """Make a join token; returns the plain key, which is shown once and stored only hashed.
+
+    ``ttl_seconds`` None: it never expires; ``uses`` None: any number of nodes may join with it.
+    """
+    if ttl_seconds is not None and (isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int | float)
+                                    or not 0 < ttl_seconds <= JOIN_TOKEN_MAX_TTL_SECONDS):
+        raise InvalidRequest(f"must be a number of seconds from 1 to {JOIN_TOKEN_MAX_TTL_SECONDS}, or null for never",
+                             field="ttl_seconds")
+    if uses is not None and (isinstance(uses, bool) or not isinstance(uses, int) or uses < 1):
+        raise InvalidRequest("must be a positive whole number, or null for unlimited", field="uses")
+    key = _new_key(JOIN_TOKEN_PREFIX)
+    expires_at = timezone.now() + timedelta(seconds=ttl_seconds) if ttl_seconds is not None else None
+    token = JoinToken.objects.create(key_hash=key_hash(key), expires_at=expires_at, uses_left=uses,
+                                     created_by=created_by)
+    logger.info("join token %s made by %s (expires %s, uses %s)", token.pk, created_by or "a command",
+                expires_at or "never", "unlimited" if uses is None else uses)
+    return key
+
+
+def node_id_validate(node_id) -> str:
+    if not isinstance(node_id, str) or not NODE_ID_PATTERN.fullmatch(node_id):
+        raise InvalidRequest("must be 1 to 128 characters of letters, digits and _ . : -", field="node_id")
+    return node_id
+
+
+@transaction.atomic
+def node_join(*, token: str, node_id: str) -> str:
+    """Spend one use of a join token on a new credential for ``node_id``; returns the plain key.
+
+    Creates the node's row if it has none yet (offline, no capacity, no address: its agent's
+    registration fills those in). A node that already holds an unrevoked credential is refused,
+    so a join token cannot take over a running node: staff revoke its credential first.
+    """
+    node_id_validate(node_id)
+    now = timezone.now()
+    usable = JoinToken.objects.filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now),
+        Q(uses_left__isnull=True) | Q(uses_left__gt=0),
+        key_hash=key_hash(token) if isinstance(token, str) else "",
+        revoked_at__isnull=True,
+    )
+    # The claim is the UPDATE's WHERE (as node_allocate's): of racing joins on a last use,
+    # exactly one counts a row. NULL - 1 stays NULL, so unlimited tokens stay unlimited.
+    if usable.update(uses_left=F("uses_left") - 1) != 1:
+        raise Forbidden(f"join token refused: {_join_token_refusal(token, now)}; {HOW_TO_JOIN}", field="token")
+    node, created = Node.objects.get_or_create(
+        node_id=node_id,
+        defaults={"status": NodeStatus.OFFLINE, "address": "", "port": 0},  # answers to no address yet
+    )
+    key = _new_key(NODE_CREDENTIAL_PREFIX)
+    fresh = {"key_hash": key_hash(key), "created_at": now, "revoked_at": None, "last_used_at": None}
+    # A revoked credential is replaced in place (one row per node); an unrevoked one stays.
+    if not NodeCredential.objects.filter(node=node, revoked_at__isnull=False).update(**fresh):
+        try:
+            with transaction.atomic():
+                NodeCredential.objects.create(node=node, **fresh)
+        except IntegrityError:  # it has a credential (or a racing join just made one)
+            raise StateConflict(
+                f"node {node_id} already has a credential: staff revoke it first (POST /api/nodes/{node_id}/revoke "
+                f"or Revoke credential on its console page) before another agent may join as {node_id}",
+                field="node_id",
+            ) from None
+    logger.info("node %s joined with a join token%s", node_id, " (new node)" if created else "")
+    return key
+
+
+def _join_token_refusal(token, now) -> str:
+    found = JoinToken.objects.filter(key_hash=key_hash(token)).first() if isinstance(token, str) else None
+    if found is None:
+        return "no such token"
+    if found.revoked_at is not None:
+        return "it was revoked"
+    if found.expires_at is not None and found.expires_at <= now:
+        return "it has expired"
+    return "it has been used up"
+
+
+def node_credential_authenticate(*, key: str) -> Node | None:
+    """The node whose unrevoked credential ``key`` is, else None."""
+    if not isinstance(key, str) or not key.startswith(NODE_CREDENTIAL_PREFIX):
+        return None
+    credential = (NodeCredential.objects.select_related("node")
+                  .filter(key_hash=key_hash(key), revoked_at__isnull=True).first())
+    if credential is None:
+        return None
+    now = timezone.now()
+    stale = now - timedelta(seconds=CREDENTIAL_TOUCH_SECONDS)
+    if credential.last_used_at is None or credential.last_used_at < stale:
+        # At most once a minute per node, and conditional, so racing requests write it once.
+        NodeCredential.objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale),
+                                      pk=credential.pk).update(last_used_at=now)
+    return credential.node
+
+
+@transaction.atomic
+def node_credential_revoke(*, node_id: str) -> bool:
+    """Refuse the node's credential from now on and mark the node offline, so the control loop
+    handles its work as lost on its next tick. False if it held no unrevoked credential
+    (nothing changes then); NotFound for an unknown node."""
+    node = node_get(node_id=node_id)
+    if not NodeCredential.objects.filter(node=node, revoked_at__isnull=True).update(revoked_at=timezone.now()):
+        return False
+    node_mark_offline(node_id=node_id)
+    logger.warning("node %s: credential revoked; node marked offline", node_id)
+    return True
