@@ -12,6 +12,7 @@ api = [
     path("", include("nodes.api.urls")),
     path("", include("workloads.api.urls")),
     path("", include("mlmodels.api.urls")),
+    path("node/", include("workloads.nodeapi.urls")),
     re_path(r"^schema/?$", SpectacularAPIView.as_view(), name="schema"),
     re_path(r"^docs/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     re_path(r"^redoc/?$", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),

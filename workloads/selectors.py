@@ -3,7 +3,7 @@ from django.db.models.functions import Length, Replace
 
 from core.errors import InvalidRequest
 
-from .models import ACTIVE, Workload, WorkloadEvent, WorkloadLog, WorkloadStatus
+from .models import ACTIVE, EventKind, Workload, WorkloadEvent, WorkloadLog, WorkloadStatus
 
 # What a transition reads of a workload: its state, its claim, and its restart policy.
 TRANSITION_FIELDS = (
@@ -88,3 +88,37 @@ def workload_active_counts_by_node(*, user) -> dict[int, int]:
         .order_by().values("node").annotate(n=Count("pk")).values_list("node", "n")
     )
     return dict(rows)
+
+
+# What an agent needs to start, re-adopt or stop a workload: what its executors read of the row.
+WORK_FIELDS = (
+    "id", "name", "type", "status", "config", "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes",
+    "restart_policy", "restart_count", "priority", "runtime", "agent_epoch", "scheduled_at", "started_at",
+    "stop_requested_at",
+)
+
+
+def node_work(*, node_pk: int) -> list[Workload]:
+    """The workloads scheduled or running on a node, as its agent needs them, highest priority
+    first, then oldest placement; one read on the ``workload_node_status`` index."""
+    return list(
+        Workload.objects.filter(node_id=node_pk, status__in=ACTIVE).only(*WORK_FIELDS)
+        .order_by("-priority", "scheduled_at", "id")
+    )
+
+
+def workloads_foreign_to(*, node, placed: dict) -> set:
+    """Of some workloads (id → the pk of the node each is placed on, None where none), those
+    ``node`` may not act for: placed on another node, or placed nowhere and never on it.
+
+    A workload its restart policy took back to pending is placed nowhere until it is placed
+    again, but its last run was this node's: a retried batch about that run (its exit report,
+    its last log lines) is not refused. Only then are its events read (``event_workload``)."""
+    foreign = {pk for pk, on in placed.items() if on is not None and on != node.pk}
+    unplaced = [pk for pk, on in placed.items() if on is None]
+    if unplaced:
+        placements = WorkloadEvent.objects.filter(workload_id__in=unplaced, kind=EventKind.PLACEMENT,
+                                                  node_id=node.node_id)
+        here = set(placements.values_list("workload_id", flat=True).distinct())
+        foreign.update(pk for pk in unplaced if pk not in here)
+    return foreign

@@ -1,0 +1,89 @@
+"""The control plane's side of membership for the node API: a node registers itself and beats.
+
+Times are the control plane's (``timezone.now()``): an agent sends none, so liveness and the
+fencing deadline it is told are measured by one clock.
+"""
+
+import logging
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Case, CharField, F, Value, When
+from django.utils import timezone
+
+from core.errors import Forbidden, StateConflict
+from nodes.models import Node, NodeStatus
+from nodes.resources import Resources
+from nodes.services import node_register
+
+from .dispatch import request_pending_placement
+from .models import Workload, WorkloadStatus
+from .selectors import node_work
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a heartbeat answers: the node's status, the control plane's time, the local workloads
+    that must die (they are no longer scheduled or running here), those a user asked to stop, and
+    the work scheduled here that the agent does not run yet."""
+
+    status: str
+    at: datetime
+    kill: list[UUID]
+    stop: list[UUID]
+    work: list[Workload]
+
+
+def node_register_own(
+    *, node: Node, node_id: str, address: str, port: int, capacity: Resources, parent: str | None = None,
+    peers: Iterable[str] = (), labels: dict | None = None, capabilities: dict | None = None,
+) -> Node:
+    """Register the node a credential belongs to (``node``), never another: ``node_id`` must be its."""
+    if node_id != node.node_id:
+        raise Forbidden(f"this credential is node {node.node_id}'s: it cannot register {node_id!r}", field="node_id")
+    registered = node_register(node_id=node_id, address=address, port=port, capacity=capacity, parent=parent,
+                               peers=peers, labels=labels, capabilities=capabilities)
+    transaction.on_commit(request_pending_placement)  # a node (re)joined: pending work may fit now
+    return registered
+
+
+def node_heartbeat_record(*, node: Node, epoch: int, usage: dict, running: Collection[UUID]) -> Heartbeat:
+    """Record a node's beat in one UPDATE (its usage, the control plane's time, and unhealthy →
+    ready), then read what the answer lists. An offline node stays offline: its work was handed
+    on, so its agent kills what it runs and registers again.
+
+    ``epoch`` is the one its agent got when it registered; an older one means another agent has
+    registered for the node since (or this one restarted), so the beat is refused with
+    ``StateConflict`` and nothing is written."""
+    now = timezone.now()
+    beat = Node.objects.filter(pk=node.pk, agent_epoch=epoch).update(
+        usage=usage, last_heartbeat=now,
+        status=Case(When(status=NodeStatus.UNHEALTHY, then=Value(NodeStatus.READY)), default=F("status"),
+                    output_field=CharField()),
+    )
+    if not beat:
+        raise StateConflict(f"epoch {epoch} is not node {node.node_id}'s current one: another agent registered "
+                            "for it since; register again (POST /api/node/register)", field="epoch")
+    status = Node.objects.filter(pk=node.pk).values_list("status", flat=True).get()
+    here = {workload.pk: workload for workload in node_work(node_pk=node.pk)}
+    running = set(running)
+    return Heartbeat(
+        status=status, at=now,
+        kill=sorted((pk for pk in running if pk not in here), key=str),
+        stop=[pk for pk, workload in here.items()
+              if pk in running and workload.status == WorkloadStatus.RUNNING and workload.stop_requested_at],
+        work=[workload for pk, workload in here.items()
+              if pk not in running and workload.status == WorkloadStatus.SCHEDULED],
+    )
+
+
+def heartbeat_timing() -> dict:
+    """How often the control plane wants beats, and how long a silent node keeps its work."""
+    return {"heartbeat_seconds": settings.CNET_HEARTBEAT_SECONDS,
+            "offline_after_seconds": settings.CNET_OFFLINE_AFTER_SECONDS}

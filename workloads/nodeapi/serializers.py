@@ -1,0 +1,151 @@
+"""The node API's bodies and answers: shape only (business rules live in the services)."""
+
+from rest_framework import serializers
+
+from core.fields import NoUnknownFieldsMixin, StrictCharField, StrictIntegerField, StringListField
+from nodes.api.fields import BytesField, CoresField
+from nodes.models import NodeStatus
+from nodes.resources import Resources
+
+from ..models import LogStream, Workload, WorkloadStatus
+from ..services import AGENT_REPORTS
+
+MAX_GPUS = 4096
+MAX_RUNNING = 10_000  # workloads one agent says it supervises in one beat
+MAX_REPORTS = 1000
+MAX_CHUNKS = 1000
+MAX_LOG_TEXT = 1024 * 1024  # characters of text in one batch of chunks
+MAX_SEQ = 2**31 - 1  # WorkloadLog.seq fits a PositiveIntegerField everywhere
+
+
+class JoinSerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    join_token = StrictCharField(max_length=256)
+    node_id = StrictCharField(max_length=128)
+
+
+class JoinAnswerSerializer(serializers.Serializer):
+    node_id = serializers.CharField()
+    credential = serializers.CharField(help_text="send it as 'Authorization: Node <credential>'; shown once")
+
+
+class CapacitySerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    """The node's size in the seed's units: cpu in cores (fractions allowed), sizes in bytes."""
+
+    cpu = CoresField()
+    gpu = StrictIntegerField(required=False, default=0, min_value=0, max_value=MAX_GPUS)
+    memory = BytesField()
+    storage = BytesField(required=False, default=0)
+
+    def to_internal_value(self, data):
+        return Resources(**super().to_internal_value(data))
+
+
+class RegisterSerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    node_id = StrictCharField(max_length=128)
+    address = StrictCharField(max_length=255, required=False, default="127.0.0.1")
+    port = StrictIntegerField(min_value=1, max_value=65535, required=False, default=8080)
+    capacity = CapacitySerializer()
+    parent = StrictCharField(max_length=300, required=False, allow_null=True, allow_blank=True, default=None)
+    peers = StringListField(required=False, default=list, max_length=1000)
+    labels = serializers.DictField(required=False, default=None)
+    capabilities = serializers.DictField(required=False, default=None)
+
+
+class TimingSerializer(serializers.Serializer):
+    heartbeat_seconds = serializers.FloatField(help_text="beat again after this long")
+    offline_after_seconds = serializers.FloatField(
+        help_text="a node silent this long is declared offline and its work handed on: fence before then")
+    server_time = serializers.DateTimeField(help_text="the control plane's clock, the only one that counts")
+
+
+class RegisterAnswerSerializer(TimingSerializer):
+    node_id = serializers.CharField()
+    epoch = serializers.IntegerField(help_text="send it with every heartbeat and report")
+    status = serializers.ChoiceField(choices=NodeStatus.choices)
+
+
+class HeartbeatSerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    epoch = StrictIntegerField(min_value=1, help_text="the epoch registration answered")
+    usage = serializers.DictField(required=False, default=dict)
+    running = serializers.ListField(child=serializers.UUIDField(), required=False, default=list,
+                                    max_length=MAX_RUNNING, help_text="ids of the workloads the agent supervises")
+
+
+class WorkSerializer(serializers.ModelSerializer):
+    """What an agent needs to start (or re-adopt) a workload: what its executors read of it."""
+
+    requirements = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Workload
+        fields = [
+            "id", "name", "type", "status", "config", "requirements", "restart_policy", "restart_count",
+            "priority", "runtime", "agent_epoch", "scheduled_at", "started_at", "stop_requested_at",
+        ]
+        read_only_fields = fields
+
+    def get_requirements(self, workload: Workload) -> dict[str, int]:
+        return {"cpu_millicores": workload.cpu_millicores, "gpu_count": workload.gpu_count,
+                "memory_bytes": workload.memory_bytes, "storage_bytes": workload.storage_bytes}
+
+
+class HeartbeatAnswerSerializer(TimingSerializer):
+    status = serializers.ChoiceField(choices=NodeStatus.choices)
+    kill = serializers.ListField(child=serializers.UUIDField(),
+                                 help_text="workloads in 'running' that are no longer scheduled or running here")
+    stop = serializers.ListField(child=serializers.UUIDField(),
+                                 help_text="workloads in 'running' that a user asked to stop: end and report them")
+    work = WorkSerializer(many=True, help_text="workloads scheduled here that are not in 'running': start them")
+
+
+class WorkAnswerSerializer(serializers.Serializer):
+    work = WorkSerializer(many=True, help_text="workloads scheduled on this node")
+    running = WorkSerializer(many=True, help_text="workloads running on this node (to re-adopt after a restart)")
+
+
+class ReportSerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    workload_id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=[(state, WorkloadStatus(state).label) for state in AGENT_REPORTS])
+    reason = StrictCharField(required=False, allow_blank=True, max_length=4000, default="")
+    exit_code = StrictIntegerField(required=False, allow_null=True, min_value=-(2**31), max_value=2**31 - 1,
+                                   default=None)
+    runtime = serializers.DictField(required=False, default=None)
+    epoch = StrictIntegerField(min_value=1)
+    scheduled_at = serializers.DateTimeField(
+        help_text="the run this report is about: its scheduled_at as work listed it (a restart is a new run)")
+
+
+class ReportsSerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    reports = serializers.ListField(child=ReportSerializer(), max_length=MAX_REPORTS)
+
+
+class ReportResultSerializer(serializers.Serializer):
+    workload_id = serializers.UUIDField()
+    accepted = serializers.BooleanField(help_text="false: not applied (already applied, or it has moved on)")
+    status = serializers.ChoiceField(choices=WorkloadStatus.choices, allow_null=True)
+
+
+class ReportsAnswerSerializer(serializers.Serializer):
+    results = ReportResultSerializer(many=True)
+
+
+class LogChunkSerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    workload_id = serializers.UUIDField()
+    seq = StrictIntegerField(min_value=0, max_value=MAX_SEQ)
+    stream = serializers.ChoiceField(choices=LogStream.choices, required=False, default=LogStream.STDOUT)
+    text = StrictCharField(allow_blank=True, trim_whitespace=False)
+
+
+class LogsSerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    chunks = serializers.ListField(child=LogChunkSerializer(), max_length=MAX_CHUNKS)
+
+    def validate_chunks(self, chunks):
+        size = sum(len(chunk["text"]) for chunk in chunks)
+        if size > MAX_LOG_TEXT:
+            raise serializers.ValidationError(f"{size} characters of text; a batch holds at most {MAX_LOG_TEXT}")
+        return chunks
+
+
+class LogsAnswerSerializer(serializers.Serializer):
+    stored = serializers.IntegerField(help_text="chunks of the batch now stored (a re-sent one is kept once)")
+

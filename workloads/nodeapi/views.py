@@ -1,0 +1,131 @@
+"""The node API (``/api/node/``): what an agent asks of the control plane, with its node's credential.
+
+Each request acts for ``request.auth``, the node its credential belongs to, and never names
+another: a heartbeat, the work it fetches, its reports and its logs are its own node's, and a
+body about another node's workloads is refused whole (403). The broker only rings; what to run
+comes from here. Views only shape: each calls one service or selector.
+"""
+
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from nodes.authentication import IsNode, NodeCredentialAuthentication
+from nodes.services import node_join
+
+from ..membership import heartbeat_timing, node_heartbeat_record, node_register_own
+from ..models import WorkloadStatus
+from ..selectors import node_work
+from ..services import workload_logs_store, workload_reports_apply
+from . import schema  # noqa: F401 - documents the node credential in the schema
+from .serializers import (
+    HeartbeatAnswerSerializer,
+    HeartbeatSerializer,
+    JoinAnswerSerializer,
+    JoinSerializer,
+    LogsAnswerSerializer,
+    LogsSerializer,
+    RegisterAnswerSerializer,
+    RegisterSerializer,
+    ReportsAnswerSerializer,
+    ReportsSerializer,
+    WorkAnswerSerializer,
+    WorkSerializer,
+)
+
+TAGS = ["node API"]
+REFUSED = {
+    400: OpenApiResponse(description="bad shape; the answer names the field, and nothing was applied"),
+    401: OpenApiResponse(description="no node credential, or an unknown or revoked one: join again"),
+    403: OpenApiResponse(description="about another node, or not a node credential; nothing was applied"),
+}
+
+
+class NodeView(APIView):
+    """A node API endpoint: only a node credential gets in, and it acts for its own node."""
+
+    authentication_classes = [NodeCredentialAuthentication]
+    permission_classes = [IsNode]
+
+    def body(self, serializer_class) -> dict:
+        body = serializer_class(data=self.request.data)
+        body.is_valid(raise_exception=True)
+        return body.validated_data
+
+
+class JoinView(NodeView):
+    """Exchange a join token for this node's credential (once per node)."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        tags=TAGS, auth=[], request=JoinSerializer,
+        responses={201: JoinAnswerSerializer, 400: REFUSED[400],
+                   403: OpenApiResponse(description="the join token is unknown, expired, revoked or used up"),
+                   409: OpenApiResponse(description="the node already holds a credential: staff revoke it first")},
+    )
+    def post(self, request):
+        body = self.body(JoinSerializer)
+        credential = node_join(token=body["join_token"], node_id=body["node_id"])
+        return Response({"node_id": body["node_id"], "credential": credential}, status=status.HTTP_201_CREATED)
+
+
+class RegisterView(NodeView):
+    """Register (or update) this node: its address, size, links and capabilities. Bumps its epoch."""
+
+    @extend_schema(tags=TAGS, request=RegisterSerializer, responses={200: RegisterAnswerSerializer, **REFUSED})
+    def post(self, request):
+        node = node_register_own(node=request.auth, **self.body(RegisterSerializer))
+        return Response({"node_id": node.node_id, "epoch": node.agent_epoch, "status": node.status,
+                         "server_time": timezone.now(), **heartbeat_timing()})
+
+
+class HeartbeatView(NodeView):
+    """Beat: measured usage and the workloads the agent runs in; the node's status, when to beat
+    next, what to kill, what a user asked to stop, and the work to start out."""
+
+    @extend_schema(
+        tags=TAGS, request=HeartbeatSerializer,
+        responses={200: HeartbeatAnswerSerializer, **REFUSED,
+                   409: OpenApiResponse(description="a stale epoch: another agent registered since; register again")},
+    )
+    def post(self, request):
+        beat = node_heartbeat_record(node=request.auth, **self.body(HeartbeatSerializer))
+        return Response({
+            "status": beat.status, "server_time": beat.at, "kill": beat.kill, "stop": beat.stop,
+            "work": WorkSerializer(beat.work, many=True).data, **heartbeat_timing(),
+        })
+
+
+class WorkView(NodeView):
+    """The workloads placed on this node, with what starting them takes. Reads only: ask any time."""
+
+    @extend_schema(tags=TAGS, responses={200: WorkAnswerSerializer, 401: REFUSED[401], 403: REFUSED[403]})
+    def get(self, request):
+        placed = node_work(node_pk=request.auth.pk)
+        return Response(WorkAnswerSerializer({
+            "work": [workload for workload in placed if workload.status == WorkloadStatus.SCHEDULED],
+            "running": [workload for workload in placed if workload.status == WorkloadStatus.RUNNING],
+        }).data)
+
+
+class ReportsView(NodeView):
+    """A batch of transitions the agent saw (started, exited with a code, lost), applied in order."""
+
+    @extend_schema(tags=TAGS, request=ReportsSerializer, responses={200: ReportsAnswerSerializer, **REFUSED})
+    def post(self, request):
+        results = workload_reports_apply(node=request.auth, reports=self.body(ReportsSerializer)["reports"])
+        return Response({"results": results})
+
+
+class LogsView(NodeView):
+    """A batch of numbered output chunks; a retried batch stores nothing twice and leaves no gap."""
+
+    @extend_schema(tags=TAGS, request=LogsSerializer, responses={200: LogsAnswerSerializer, **REFUSED})
+    def post(self, request):
+        stored = workload_logs_store(node=request.auth, chunks=self.body(LogsSerializer)["chunks"])
+        return Response({"stored": stored})

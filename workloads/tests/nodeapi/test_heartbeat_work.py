@@ -1,0 +1,129 @@
+"""Heartbeat: one write, the control plane's clock, what to kill and what to start; work: reads only."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils.dateparse import parse_datetime
+
+from nodes.models import Node, NodeStatus
+from nodes.services import node_set_schedulable
+from workloads.models import WorkloadStatus
+from workloads.services import workload_requeue, workload_stop
+
+from .conftest import report_item, submit
+
+pytestmark = pytest.mark.django_db
+S = WorkloadStatus
+SERVER_NOW = datetime(2031, 5, 4, 12, 0, tzinfo=UTC)
+
+
+def beat(agent, *, running=(), epoch=None, **extra):
+    body = {"epoch": epoch or Node.objects.get(pk=agent.node.pk).agent_epoch, "usage": {"cpu_percent": 12.5},
+            "running": [str(pk) for pk in running]} | extra
+    return agent.post("/api/node/heartbeat", body, format="json")
+
+
+def writes(queries) -> list[str]:
+    return [q["sql"] for q in queries if q["sql"].lstrip().split(" ", 1)[0].upper() in ("UPDATE", "INSERT", "DELETE")]
+
+
+def test_a_heartbeat_answers_with_the_control_planes_time_and_records_usage(agent_for):
+    agent = agent_for("a")
+    with time_machine.travel(SERVER_NOW, tick=False):
+        answer = beat(agent)
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    assert body["status"] == NodeStatus.READY
+    assert body["heartbeat_seconds"] == settings.CNET_HEARTBEAT_SECONDS
+    assert body["offline_after_seconds"] == settings.CNET_OFFLINE_AFTER_SECONDS
+    assert parse_datetime(body["server_time"]) == SERVER_NOW
+    node = Node.objects.get(node_id="a")
+    assert node.last_heartbeat == SERVER_NOW and node.usage == {"cpu_percent": 12.5}
+
+
+def test_the_agents_clock_plays_no_part_it_sends_no_time(agent_for):
+    agent = agent_for("a")
+    refused = beat(agent, sent_at=(SERVER_NOW - timedelta(hours=3)).isoformat())
+    assert refused.status_code == 400 and "sent_at" in refused.json()
+    with time_machine.travel(SERVER_NOW, tick=False):
+        assert beat(agent).status_code == 200
+    assert Node.objects.get(node_id="a").last_heartbeat == SERVER_NOW
+
+
+def test_a_heartbeat_costs_one_write(agent_for):
+    agent = agent_for("a")
+    work = submit("a")
+    beat(agent)  # the credential's last use is written at most once a minute: not on this beat
+    epoch = Node.objects.get(node_id="a").agent_epoch
+    with CaptureQueriesContext(connection) as queries:
+        answer = beat(agent, running=[work.pk], epoch=epoch)
+    assert answer.status_code == 200
+    assert len(writes(queries)) == 1, writes(queries)
+    # the credential, the beat, the node's status, the work placed here
+    assert len(queries) == 4, [q["sql"][:90] for q in queries]
+
+
+def test_an_unhealthy_node_is_ready_again_on_its_beat_and_an_offline_one_stays_offline(agent_for):
+    agent = agent_for("a")
+    Node.objects.filter(node_id="a").update(status=NodeStatus.UNHEALTHY)
+    assert beat(agent).json()["status"] == NodeStatus.READY
+    Node.objects.filter(node_id="a").update(status=NodeStatus.OFFLINE)
+    assert beat(agent).json()["status"] == NodeStatus.OFFLINE
+    assert Node.objects.get(node_id="a").status == NodeStatus.OFFLINE
+
+
+def test_a_stale_epoch_is_told_to_register_again_and_writes_nothing(agent_for):
+    agent = agent_for("a")
+    before = Node.objects.get(node_id="a")
+    answer = beat(agent, epoch=before.agent_epoch + 5)
+    assert answer.status_code == 409 and "register again" in answer.json()["detail"]
+    after = Node.objects.get(node_id="a")
+    assert (after.last_heartbeat, after.usage) == (before.last_heartbeat, before.usage)
+
+
+def test_the_answer_lists_scheduled_work_not_yet_running_and_kills_what_moved_elsewhere(agent_for):
+    agent = agent_for("a")
+    agent_for("b", parent="a")
+    moving, staying = submit("a", name="moving"), submit("a", name="staying")
+    assert {w["id"] for w in beat(agent).json()["work"]} == {str(moving.pk), str(staying.pk)}
+
+    # a is drained and moving is handed back to the queue: it is placed on a's child b.
+    node_set_schedulable(node_id="a", schedulable=False)
+    workload_requeue(workload_id=moving.pk, reason="test: node a drained")
+    moving.refresh_from_db()
+    assert moving.status == S.SCHEDULED and moving.node.node_id == "b"
+
+    body = beat(agent, running=[moving.pk, staying.pk]).json()
+    assert body["kill"] == [str(moving.pk)] and body["work"] == [] and body["stop"] == []
+
+
+def test_a_stop_request_on_running_work_is_in_the_answer(agent_for):
+    agent = agent_for("a")
+    work = submit("a")
+    epoch = Node.objects.get(node_id="a").agent_epoch
+    agent.post("/api/node/reports", {"reports": [report_item(work, "running", epoch=epoch)]}, format="json")
+    work.refresh_from_db()
+    workload_stop(workload=work)
+    assert beat(agent, running=[work.pk]).json()["stop"] == [str(work.pk)]
+
+
+def test_work_lists_start_details_and_is_idempotent(agent_for):
+    agent = agent_for("a")
+    work = submit("a", restart_policy="on-failure", priority=5)
+    agent.get("/api/node/work")  # the credential's last use is written at most once a minute
+    with CaptureQueriesContext(connection) as queries:
+        first = agent.get("/api/node/work")
+    second = agent.get("/api/node/work")
+    assert first.status_code == 200 and writes(queries) == []
+    assert first.json() == second.json()
+    (item,) = first.json()["work"]
+    assert first.json()["running"] == []
+    assert item["id"] == str(work.pk) and item["type"] == "process" and item["name"] == "w"
+    assert item["config"]["command"] == "sleep" and item["config"]["args"] == ["60"]
+    assert item["requirements"] == {"cpu_millicores": 1000, "gpu_count": 0, "memory_bytes": 1024**3,
+                                    "storage_bytes": 0}
+    assert item["restart_policy"] == "on-failure" and item["priority"] == 5 and item["status"] == "scheduled"
