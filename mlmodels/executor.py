@@ -61,7 +61,6 @@ def max_artifact_bytes() -> int:
 class TrainingHandle(Handle):
     """A training command, then its ``evaluate``, then the artifact stored as a version."""
 
-    workload_type = "mlmodel"
 
     def __init__(self, *, inner: ProcessHandle, workload_id: str, config: dict, cwd: Path, env: dict,
                  context: AgentContext):
@@ -220,8 +219,6 @@ class TrainingHandle(Handle):
 
 
 class MLModelExecutor(Executor):
-    type = "mlmodel"
-
     def start(self, workload, context: AgentContext) -> Handle:
         if workload.config.get("command"):
             return self._start_training(workload, context)
@@ -263,7 +260,6 @@ class MLModelExecutor(Executor):
         )
         handle = spawn(workload_id=str(workload.pk), argv=argv, env=env, cwd=base, context=context,
                        limits=Limits.of(workload))
-        handle.workload_type = "mlmodel"
         handle.extra["serving"] = {"address": host, "port": port, "checksum": checksum,
                                    "model_version": config.get("model_version")}
         return handle
@@ -299,7 +295,6 @@ class MLModelExecutor(Executor):
             return TrainingHandle(inner=handle, workload_id=str(workload.pk), config=config,
                                   cwd=working_dir(context.work_dir, config.get("working_dir")),
                                   env=workload_env(workload, context), context=context)
-        handle.workload_type = "mlmodel"
         serving = (workload.runtime or {}).get("serving")
         if serving:
             handle.extra["serving"] = serving

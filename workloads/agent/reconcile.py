@@ -78,7 +78,7 @@ class Reconciliation:
                                     reason="its process ended while the agent was down; exit code unknown")
                 continue
             with self.lock:
-                self.handles[workload_id] = Supervised(handle, recorded=handle.runtime())
+                self.handles[workload_id] = Supervised(handle, workload.type, recorded=handle.runtime())
             workload_note(workload_id=workload_id, reason=f"re-adopted by the restarted agent on {self.config.node_id}")
             logger.info("workload %s: re-adopted", workload_id)
         self._reap_orphans()
@@ -92,7 +92,7 @@ class Reconciliation:
             try:
                 executor.reap_orphans(known=known, context=self.context)
             except Exception:
-                logger.exception("node %s: %s executor could not reap orphans", self.config.node_id, executor.type)
+                logger.exception("node %s: %s could not reap orphans", self.config.node_id, type(executor).__name__)
 
     def _kill_unknown_survivors(self) -> dict:
         """Processes from the last run whose workloads are no longer running here.
@@ -108,7 +108,7 @@ class Reconciliation:
         for workload_id, runtime in previous.items():
             if workload_id in running_here:
                 continue
-            stale = Workload(pk=workload_id, type=runtime.get("type", "process"), runtime=runtime)
+            stale = Workload(pk=workload_id, type=runtime.get("type", ""), runtime=runtime)
             try:
                 handle = executor_for(stale.type).adopt(stale, self.context)
             except ExecutorError:
@@ -127,6 +127,6 @@ class Reconciliation:
             # list(): the fencing thread may pop entries without the lock (see fence_once).
             return {
                 workload_id: {**s.handle.runtime_now(), "log_offsets": s.handle.offsets(),
-                              "type": s.handle.workload_type}
+                              "type": s.workload_type}
                 for workload_id, s in list(self.handles.items())
             }

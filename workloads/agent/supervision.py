@@ -33,6 +33,7 @@ S = WorkloadStatus
 @dataclass
 class Supervised:
     handle: Handle
+    workload_type: str  # its kind: which executor re-adopts or kills it after an agent restart
     # The next log chunk's number, read from the database when the first chunk is shipped (a
     # restarted workload continues its numbering); not on the start path, which it delayed.
     seq: int | None = None
@@ -87,17 +88,16 @@ class Supervision:
         try:
             started = self._start(workload_id)
             if started is not None:
-                handle, recorded = started
                 with self.lock:
-                    self.handles[workload_id] = Supervised(handle, recorded=recorded)
+                    self.handles[workload_id] = started
                 self.wake()
                 self._save_state()
         finally:
             with self.lock:
                 self.starting.discard(workload_id)
 
-    def _start(self, workload_id: str) -> tuple[Handle, dict] | None:
-        """Start the workload and record it running; the handle and the runtime recorded."""
+    def _start(self, workload_id: str) -> Supervised | None:
+        """Start the workload and record it running; what to supervise, with the runtime recorded."""
         workload = Workload.objects.select_related("node").filter(
             pk=workload_id, status=S.SCHEDULED, node__node_id=self.config.node_id
         ).first()
@@ -126,7 +126,7 @@ class Supervision:
             handle.kill()
             handle.cleanup()
             return None
-        return handle, recorded
+        return Supervised(handle, workload.type, recorded=recorded)
 
     def stop(self, workload_id: str) -> None:
         """Begin a graceful stop: SIGTERM now, SIGKILL after the grace period (in ``supervise_once``)."""

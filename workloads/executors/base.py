@@ -52,7 +52,6 @@ class Handle(ABC):
     """A started workload the supervisor watches."""
 
     workload_id: str
-    workload_type: str = "process"
 
     @abstractmethod
     def runtime(self) -> dict:
@@ -100,8 +99,6 @@ class Handle(ABC):
 
 
 class Executor(ABC):
-    type: str
-
     @abstractmethod
     def start(self, workload, context: AgentContext) -> Handle: ...
 

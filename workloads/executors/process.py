@@ -144,8 +144,6 @@ class ProcessHandle(Handle):
 
 
 class ProcessExecutor(Executor):
-    type = "process"
-
     def start(self, workload, context: AgentContext) -> ProcessHandle:
         config = workload.config
         env = workload_env(workload, context)

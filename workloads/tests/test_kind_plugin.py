@@ -27,8 +27,6 @@ class GreetingConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
 class GreetingExecutor(ProcessExecutor):
     """Greets ``whom`` from a Python process; re-adopting one is the process executor's business."""
 
-    type = "greeting"
-
     def start(self, workload, context):
         argv = [sys.executable, "-c", "import sys; print('hello,', sys.argv[1])", workload.config["whom"]]
         return spawn(workload_id=str(workload.pk), argv=argv, env=workload_env(workload, context), cwd=context.work_dir,

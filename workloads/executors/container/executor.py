@@ -24,8 +24,6 @@ def container_name(node_id: str, workload_id: str) -> str:
 
 
 class ContainerExecutor(Executor):
-    type = "container"
-
     def start(self, workload, context: AgentContext) -> ContainerHandle:
         import docker.errors
 

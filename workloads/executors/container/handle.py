@@ -55,7 +55,6 @@ class LogFollower(threading.Thread):
 
 
 class ContainerHandle(Handle):
-    workload_type = "container"
 
     def __init__(self, *, workload_id: str, container_id: str, name: str, image: str, log_dir: Path,
                  offsets: dict | None = None, extra: dict | None = None):
