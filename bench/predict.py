@@ -70,17 +70,23 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.contrib.auth import get_user_model
     from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    try:
+        bench(args, port)
+    finally:
+        shutil.rmtree(DATA, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, port: int) -> None:
+    from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
 
     from mlmodels.models import MLModel
     from mlmodels.services import model_serve, model_version_create
-    from nodes.resources import Resources
-    from workloads.agent.agent import Agent
-    from workloads.agent.config import AgentSettings
+    from tests.helpers import ML_NODE_CAPABILITIES, GiB, in_process_agents
 
-    call_command("migrate", verbosity=0)
     user = get_user_model().objects.create_superuser("bench", password="bench")
     token = Token.objects.create(user=user).key
 
@@ -97,101 +103,96 @@ def main() -> None:
     model.refresh_from_db()
 
     # A real agent (in this process) starts the model server where the scheduler placed it.
-    agent = Agent(AgentSettings(
-        node_id="bench", address="127.0.0.1", port=port, capacity=Resources(cpu=2000, memory=4 * 1024**3),
-        parent=None, peers=[], labels={}, work_dir=work, data_dir=DATA, log_dir=DATA / "logs",
-        capabilities={"process": {"available": True}, "mlmodel": {"available": True}}))
-    agent.register()
-    run = model_serve(model=model, port=port + 1, node="bench")
-    agent.start(str(run.workload_id))
+    with in_process_agents() as make_agent:
+        agent = make_agent("bench", cpu=2, memory=4 * GiB, port=port, work_dir=work, data_dir=DATA,
+                           capabilities=ML_NODE_CAPABILITIES)
+        agent.register()
+        run = model_serve(model=model, port=port + 1, node="bench")
+        agent.start(str(run.workload_id))
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    web = subprocess.Popen([sys.executable, "-m", "gunicorn", "cnetsite.wsgi:application", "--bind",
-                            f"127.0.0.1:{port}", "--workers", "2", "--threads", "4", "--worker-class", "gthread",
-                            "--keep-alive", "75", "--log-level", "warning"], cwd=REPO, env=env,
-                           start_new_session=True)
-    try:
-        wait_port(port + 1)
-        wait_port(port)
-        body = json.dumps({"input_data": 5.5, "mode": "sync"})
-        headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
-        conn = http.client.HTTPConnection("127.0.0.1", port)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        web = subprocess.Popen([sys.executable, "-m", "gunicorn", "cnetsite.wsgi:application", "--bind",
+                                f"127.0.0.1:{port}", "--workers", "2", "--threads", "4", "--worker-class", "gthread",
+                                "--keep-alive", "75", "--log-level", "warning"], cwd=REPO, env=env,
+                               start_new_session=True)
+        try:
+            wait_port(port + 1)
+            wait_port(port)
+            body = json.dumps({"input_data": 5.5, "mode": "sync"})
+            headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+            conn = http.client.HTTPConnection("127.0.0.1", port)
 
-        def api_call() -> dict:
-            conn.request("POST", f"/api/ml/models/{model.pk}/predict", body=body, headers=headers)
-            response = conn.getresponse()
-            data = json.loads(response.read())
-            if response.status != 200:
-                raise SystemExit(f"API answered {response.status}: {data}")
-            return data
+            def api_call() -> dict:
+                conn.request("POST", f"/api/ml/models/{model.pk}/predict", body=body, headers=headers)
+                response = conn.getresponse()
+                data = json.loads(response.read())
+                if response.status != 200:
+                    raise SystemExit(f"API answered {response.status}: {data}")
+                return data
 
-        deadline = time.monotonic() + 30
-        while True:  # the model server loads sklearn before it answers
-            try:
-                first = api_call()
-                break
-            except SystemExit:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        for _ in range(100):  # warm both gunicorn workers and their connections
-            api_call()
+            deadline = time.monotonic() + 30
+            while True:  # the model server loads sklearn before it answers
+                try:
+                    first = api_call()
+                    break
+                except SystemExit:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            for _ in range(100):  # warm both gunicorn workers and their connections
+                api_call()
 
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus (others' work skews every figure)")
-        print(f"model: LinearRegression, prediction(5.5) = {first['prediction']:.4f} via {first['served_by']}\n")
-        results = {}
-        samples = []
-        started = time.perf_counter()
-        for _ in range(args.requests):
-            t0 = time.perf_counter()
-            api_call()
-            samples.append((time.perf_counter() - t0) * 1000)
-        results["api"] = report("API -> model server (sync)", samples, time.perf_counter() - started)
+            print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus (others' work skews every figure)")
+            print(f"model: LinearRegression, prediction(5.5) = {first['prediction']:.4f} via {first['served_by']}\n")
+            results = {}
+            samples = []
+            started = time.perf_counter()
+            for _ in range(args.requests):
+                t0 = time.perf_counter()
+                api_call()
+                samples.append((time.perf_counter() - t0) * 1000)
+            results["api"] = report("API -> model server (sync)", samples, time.perf_counter() - started)
 
-        server = http.client.HTTPConnection("127.0.0.1", port + 1)
-        direct_body = json.dumps({"input_data": 5.5})
-        samples = []
-        started = time.perf_counter()
-        for _ in range(args.requests):
-            t0 = time.perf_counter()
-            server.request("POST", "/predict", body=direct_body, headers={"Content-Type": "application/json"})
-            server.getresponse().read()
-            samples.append((time.perf_counter() - t0) * 1000)
-        results["server"] = report("model server direct", samples, time.perf_counter() - started)
+            server = http.client.HTTPConnection("127.0.0.1", port + 1)
+            direct_body = json.dumps({"input_data": 5.5})
+            samples = []
+            started = time.perf_counter()
+            for _ in range(args.requests):
+                t0 = time.perf_counter()
+                server.request("POST", "/predict", body=direct_body, headers={"Content-Type": "application/json"})
+                server.getresponse().read()
+                samples.append((time.perf_counter() - t0) * 1000)
+            results["server"] = report("model server direct", samples, time.perf_counter() - started)
 
-        import joblib
-        import numpy as np
+            import joblib
+            import numpy as np
 
-        loaded = joblib.load(artifact)
-        samples = []
-        started = time.perf_counter()
-        for _ in range(args.requests):
-            t0 = time.perf_counter()
-            loaded.predict(np.asarray([[5.5]]))
-            samples.append((time.perf_counter() - t0) * 1000)
-        results["inprocess"] = report("in-process model.predict", samples, time.perf_counter() - started)
+            loaded = joblib.load(artifact)
+            samples = []
+            started = time.perf_counter()
+            for _ in range(args.requests):
+                t0 = time.perf_counter()
+                loaded.predict(np.asarray([[5.5]]))
+                samples.append((time.perf_counter() - t0) * 1000)
+            results["inprocess"] = report("in-process model.predict", samples, time.perf_counter() - started)
 
-        samples = []
-        started = time.perf_counter()
-        for _ in range(args.spawns):
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, str(script), "predict", "models/lr.joblib", "5.5"], cwd=work,
-                           check=True, capture_output=True)
-            samples.append((time.perf_counter() - t0) * 1000)
-        results["spawn"] = report("spawn script per request (seed)", samples, time.perf_counter() - started)
+            samples = []
+            started = time.perf_counter()
+            for _ in range(args.spawns):
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, str(script), "predict", "models/lr.joblib", "5.5"], cwd=work,
+                               check=True, capture_output=True)
+                samples.append((time.perf_counter() - t0) * 1000)
+            results["spawn"] = report("spawn script per request (seed)", samples, time.perf_counter() - started)
 
-        speedup = results["spawn"]["p50"] / results["api"]["p50"]
-        verdict = "OK" if results["api"]["p50"] <= 5 else "MISSED"
-        print(f"\nAPI p50 {results['api']['p50']:.2f} ms (aim <= 5 ms): {verdict}")
-        print(f"API vs spawn-per-request, p50: {speedup:.0f}x faster (aim >= 100x): "
-              f"{'OK' if speedup >= 100 else 'MISSED'}")
-    finally:
-        os.killpg(web.pid, signal.SIGTERM)
-        web.wait(timeout=10)
-        for supervised in list(agent.handles.values()):
-            supervised.handle.kill()
-            supervised.handle.cleanup()
-        shutil.rmtree(DATA, ignore_errors=True)
+            speedup = results["spawn"]["p50"] / results["api"]["p50"]
+            verdict = "OK" if results["api"]["p50"] <= 5 else "MISSED"
+            print(f"\nAPI p50 {results['api']['p50']:.2f} ms (aim <= 5 ms): {verdict}")
+            print(f"API vs spawn-per-request, p50: {speedup:.0f}x faster (aim >= 100x): "
+                  f"{'OK' if speedup >= 100 else 'MISSED'}")
+        finally:
+            os.killpg(web.pid, signal.SIGTERM)
+            web.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -8,18 +8,24 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from django.conf import settings
+from django.db import connection
 
 from nodes.models import Node
-from nodes.resources import Resources
+from nodes.resources import MILLICORES_PER_CORE, Resources
 from nodes.services import node_register
 from workloads.agent.agent import Agent
 from workloads.agent.config import AgentSettings
 from workloads.executors.limits import CGROUP_ROOT
 from workloads.models import ACTIVE, Workload
+from workloads.services import workload_submit
 
 GiB = 1024**3
+# What a node that runs processes only reports, and one that runs models too.
+PROCESS_NODE_CAPABILITIES = {"process": {"available": True}}
+ML_NODE_CAPABILITIES = {**PROCESS_NODE_CAPABILITIES, "mlmodel": {"available": True}}
 
 
 def kill_group(proc: subprocess.Popen, *, wait: float = 10) -> None:
@@ -59,11 +65,37 @@ def make_node(node_id: str, *, cpu: float = 4, memory: int = 8 * GiB, gpu: int =
     """Register a node the way an agent does (cpu in cores, memory in bytes)."""
     return node_register(
         node_id=node_id,
-        capacity=Resources(cpu=round(cpu * 1000), gpu=gpu, memory=memory, storage=storage),
+        capacity=Resources(cpu=round(cpu * MILLICORES_PER_CORE), gpu=gpu, memory=memory, storage=storage),
         parent=parent,
         peers=peers,
-        capabilities=capabilities if capabilities is not None else {"process": {"available": True}},
+        capabilities=capabilities if capabilities is not None else PROCESS_NODE_CAPABILITIES,
     )
+
+
+def submit_process(*, owner=None, cpu: float = 1.0, memory: int = GiB, name: str = "w", **extra) -> Workload:
+    """Submit ``sleep 60`` as a process workload (cpu in cores, memory in bytes)."""
+    return workload_submit(
+        owner=owner, name=name, type="process", config={"command": "sleep", "args": ["60"]},
+        requirements=Resources(cpu=round(cpu * MILLICORES_PER_CORE), memory=memory), **extra,
+    )
+
+
+def database_url(db: dict | None = None, name: str | None = None) -> str:
+    """A database (default: the test database this process uses), as a ``DATABASE_URL`` a child
+    process can open; ``name`` opens another database on the same server."""
+    db = db or connection.settings_dict
+    name = name or str(db["NAME"])
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        assert name != ":memory:" and "mode=memory" not in name, "a child process needs a file database"
+        return f"sqlite:///{name}"
+    auth = quote(db.get("USER") or "", safe="")
+    if db.get("PASSWORD"):
+        auth += ":" + quote(db["PASSWORD"], safe="")
+    host = db.get("HOST") or ""
+    if host.startswith("/"):  # a socket folder goes in the query string
+        return f"postgres://{auth}@/{name}?host={quote(host, safe='')}"
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgres://{auth}@{host}{port}/{name}"
 
 
 @contextmanager
@@ -74,20 +106,25 @@ def in_process_agents() -> Iterator[Callable[..., Agent]]:
 
     ``make`` takes the node's size (cpu in cores, memory and storage in bytes), ``port`` (a free
     one if not given), ``work_dir`` and ``data_dir`` (default: the test data folder),
-    ``capabilities`` (default: processes only), and any other ``AgentSettings`` field."""
+    ``capabilities`` (default: processes only), and any other ``AgentSettings`` field. Given an
+    agent's ``config`` instead of a node id, it builds one more agent with those settings: the
+    node's agent after a restart."""
     made: list[Agent] = []
 
-    def make(node_id: str, *, cpu: float = 1, memory: int = GiB, storage: int = 0, port: int | None = None,
-             work_dir: Path | None = None, data_dir: Path | None = None, capabilities: dict | None = None,
-             **options) -> Agent:
-        data_dir = data_dir or Path(settings.DATA_DIR)
-        options = {"parent": None, "peers": [], "labels": {}, **options}
-        agent = Agent(AgentSettings(
-            node_id=node_id, address="127.0.0.1", port=port or free_port(),
-            capacity=Resources(cpu=round(cpu * 1000), gpu=0, memory=memory, storage=storage),
-            work_dir=work_dir or data_dir, data_dir=data_dir, log_dir=data_dir / "logs",
-            capabilities=capabilities or {"process": {"available": True}}, **options,
-        ))
+    def make(node_id: str | None = None, *, config: AgentSettings | None = None, cpu: float = 1,
+             memory: int = GiB, storage: int = 0, port: int | None = None, work_dir: Path | None = None,
+             data_dir: Path | None = None, capabilities: dict | None = None, **options) -> Agent:
+        assert (node_id is None) != (config is None), "make(node_id, ...) or make(config=...)"
+        if config is None:
+            data_dir = data_dir or Path(settings.DATA_DIR)
+            options = {"parent": None, "peers": [], "labels": {}, **options}
+            config = AgentSettings(
+                node_id=node_id, address="127.0.0.1", port=port or free_port(),
+                capacity=Resources(cpu=round(cpu * MILLICORES_PER_CORE), gpu=0, memory=memory, storage=storage),
+                work_dir=work_dir or data_dir, data_dir=data_dir, log_dir=data_dir / "logs",
+                capabilities=capabilities or PROCESS_NODE_CAPABILITIES, **options,
+            )
+        agent = Agent(config)
         made.append(agent)
         return agent
 
@@ -105,14 +142,23 @@ def in_process_agents() -> Iterator[Callable[..., Agent]]:
                     pass
 
 
+def supervise_until(agent: Agent, predicate, *, timeout: float, message: str):
+    """Drive an in-process agent's supervision passes (as ``runagent`` does) until ``predicate()``
+    is truthy; return its value."""
+    def step():
+        agent.supervise_once()
+        return predicate()
+
+    return wait_for(step, timeout=timeout, message=message)
+
+
 def supervise_until_done(agent: Agent, workload: Workload, *, timeout: float = 15) -> Workload:
     """Drive an in-process agent's supervision passes until the workload has ended; return its row."""
     def ended():
-        agent.supervise_once()
         row = Workload.objects.get(pk=workload.pk)
         return row if row.status not in ACTIVE else None
 
-    return wait_for(ended, timeout=timeout, message="the workload ended")
+    return supervise_until(agent, ended, timeout=timeout, message="the workload ended")
 
 
 def workload_row(workload_id) -> Workload:

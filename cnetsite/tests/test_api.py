@@ -12,6 +12,7 @@ from nodes.resources import Resources
 from nodes.services import node_allocate
 from tests.helpers import GiB, make_node
 from workloads.models import Workload
+from workloads.tests.api.seeds import SEED_PROCESS
 
 pytestmark = pytest.mark.django_db
 
@@ -31,12 +32,6 @@ ENDPOINTS = [
     ("get", "/api/schema/"),
     ("get", "/api/docs/"),
 ]
-SEED_PROCESS = {
-    "name": "test-process",
-    "type": "process",
-    "requirements": {"cpu": 1.0, "memory": 536870912},
-    "config": {"command": "sleep", "args": ["60"], "env": {"TEST": "value"}},
-}
 
 
 @pytest.mark.parametrize("method, path", ENDPOINTS)

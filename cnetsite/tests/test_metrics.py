@@ -17,11 +17,10 @@ from rest_framework.test import APIClient
 
 from cnetsite.metrics.collector import DatabaseCollector
 from nodes.models import Node, NodeStatus
-from nodes.resources import Resources
 from nodes.services import node_heartbeat, node_set_schedulable
-from tests.helpers import GiB, make_node
+from tests.helpers import GiB, make_node, submit_process
 from workloads.models import Workload, WorkloadStatus
-from workloads.services import workload_submit, workload_transition
+from workloads.services import workload_transition
 
 S = WorkloadStatus
 ROOT = Path(settings.BASE_DIR)
@@ -42,13 +41,6 @@ def value(families: dict, family: str, sample: str | None = None, **labels) -> f
     ]
     assert len(found) <= 1, f"{family}{labels}: {len(found)} samples"
     return found[0] if found else None
-
-
-def submit(*, cpu: float = 1.0, memory: int = GiB, type: str = "process", **extra) -> Workload:
-    return workload_submit(
-        owner=None, name="w", type=type, config={"command": "sleep", "args": ["60"]},
-        requirements=Resources(cpu=round(cpu * 1000), memory=memory), **extra,
-    )
 
 
 # --- access -------------------------------------------------------------------------------
@@ -94,7 +86,7 @@ def test_nodes_by_status_capacity_allocated_usage_and_heartbeat_age(api):
     )
     node_heartbeat(node_id="local", usage={"cpu_percent": 50.0, "cpu_count": 4,
                                            "memory_used_bytes": 3 * GiB, "disk_used_bytes": 7 * GiB})
-    submit(cpu=1.5, memory=2 * GiB)
+    submit_process(cpu=1.5, memory=2 * GiB)
 
     m = scrape(api)
 
@@ -123,11 +115,11 @@ def test_nodes_by_status_capacity_allocated_usage_and_heartbeat_age(api):
 @pytest.mark.django_db
 def test_workloads_by_status_and_type_and_the_pending_queue(api):
     make_node("local", cpu=2, memory=4 * GiB)
-    running = submit(cpu=1)
+    running = submit_process(cpu=1)
     assert workload_transition(workload_id=running.pk, to=S.RUNNING)
-    submit(cpu=1)                      # scheduled
-    waiting = submit(cpu=2)            # fits the node's capacity, not its free share: pending
-    submit(cpu=2)
+    submit_process(cpu=1)                      # scheduled
+    waiting = submit_process(cpu=2)            # fits the node's capacity, not its free share: pending
+    submit_process(cpu=2)
     assert waiting.status == S.PENDING
     Workload.objects.filter(pk=waiting.pk).update(created_at=timezone.now() - timedelta(seconds=90))
 
@@ -154,7 +146,7 @@ def test_dispatch_latency_counts_first_starts_within_the_window(api, settings):
     settings.CNET_METRICS_DISPATCH_WINDOW_SECONDS = 600
     make_node("local", cpu=8, memory=16 * GiB)
     now = timezone.now()
-    quick, slow, old, restarted = (submit() for _ in range(4))
+    quick, slow, old, restarted = (submit_process() for _ in range(4))
     for workload, waited in ((quick, 3), (slow, 45), (old, 1), (restarted, 1)):
         Workload.objects.filter(pk=workload.pk).update(created_at=now - timedelta(seconds=waited))
         assert workload_transition(workload_id=workload.pk, to=S.RUNNING)
@@ -218,8 +210,8 @@ def test_placement_latency_is_observed_per_strategy_and_outcome(api):
         )
 
     before = counts()
-    submit(cpu=1, memory=GiB)
-    submit(cpu=1, memory=GiB)  # the node is full: stays pending
+    submit_process(cpu=1, memory=GiB)
+    submit_process(cpu=1, memory=GiB)  # the node is full: stays pending
     after = counts()
     assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (1, 1, 0)
 

@@ -1,20 +1,15 @@
 """Fixtures for mlmodels: a trained artifact, a node that can run ML work, an in-process agent."""
 
 import io
-import os
 import secrets
-import signal
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
-from tests.helpers import GiB, in_process_agents, make_node, wait_for
-from workloads.agent.agent import Agent
+from tests.helpers import ML_NODE_CAPABILITIES, GiB, in_process_agents, make_node
 
 EXAMPLES = Path(settings.BASE_DIR) / "examples" / "ml_models"
-# What an agent that runs models reports.
-ML = {"process": {"available": True}, "mlmodel": {"available": True}}
 
 
 def linear_artifact(slope: float = 2.0, intercept: float = 3.0) -> bytes:
@@ -48,8 +43,7 @@ def agent(db, tmp_path):
     started is killed at teardown."""
     with in_process_agents() as make_agent:
         instance = make_agent(f"ml-{secrets.token_hex(3)}", cpu=4, memory=8 * GiB, storage=100 * GiB,
-                              work_dir=tmp_path, stop_grace_seconds=2,
-                              capabilities=ML)
+                              work_dir=tmp_path, stop_grace_seconds=2, capabilities=ML_NODE_CAPABILITIES)
         instance.register()
         yield instance
 
@@ -57,21 +51,5 @@ def agent(db, tmp_path):
 @pytest.fixture
 def node(db):
     """The local node, registered as one that runs ML work (no agent behind it)."""
-    return make_node("local", cpu=4, capabilities=ML)
+    return make_node("local", cpu=4, capabilities=ML_NODE_CAPABILITIES)
 
-
-def run_agent_until(agent: Agent, predicate, timeout: float = 30.0, message: str = "condition"):
-    """Drive the agent's supervisor loop (as runagent does) until ``predicate()`` holds."""
-
-    def step():
-        agent.supervise_once()
-        return predicate()
-
-    return wait_for(step, timeout=timeout, every=0.1, message=message)
-
-
-def kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass

@@ -8,6 +8,7 @@ import time_machine
 
 from mlmodels.models import MLModel, ModelRun
 from mlmodels.services import model_version_create, prediction_task_create
+from nodes.resources import MILLICORES_PER_CORE
 from workloads.models import Workload, WorkloadStatus
 from workloads.services import workload_logs_append
 
@@ -49,7 +50,7 @@ def test_deploy_seed_body_runs_training_as_a_placed_mlmodel_workload(api, node, 
     run = ModelRun.objects.get(model_id=data["id"])
     workload = run.workload
     assert workload.type == "mlmodel" and workload.node_id == node.pk
-    assert workload.cpu_millicores == round(body["resources"]["cpu_limit"] * 1000)
+    assert workload.cpu_millicores == round(body["resources"]["cpu_limit"] * MILLICORES_PER_CORE)
     assert workload.memory_bytes == body["resources"]["memory_limit"]
     assert workload.storage_bytes == body["resources"]["disk_limit"]
     assert workload.config["env"]["MODEL_PATH"] == body["model_path"]

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -15,24 +14,13 @@ from django.db import connection
 
 from mlmodels.models import ModelRun, ModelVersion
 from nodes.models import Node, NodeStatus
-from tests.helpers import free_port, wait_for
+from tests.helpers import database_url, free_port, wait_for
 from workloads.models import Workload, WorkloadStatus
 
 from .conftest import EXAMPLES
 from .test_api_contract import SEED_LINEAR
 
 REPO = Path(settings.BASE_DIR)
-
-
-def database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    auth = quote(db.get("USER") or "", safe="")
-    if db.get("PASSWORD"):
-        auth += ":" + quote(db["PASSWORD"], safe="")
-    port = f":{db['PORT']}" if db.get("PORT") else ""
-    return f"postgres://{auth}@{db.get('HOST') or ''}{port}/{db['NAME']}"
 
 
 @pytest.fixture

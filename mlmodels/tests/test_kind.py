@@ -5,10 +5,8 @@ import pytest
 from mlmodels.kind import MLModelConfigSerializer
 from mlmodels.services import model_deploy, model_serve, model_version_create
 from nodes.resources import Resources
-from tests.helpers import make_node
+from tests.helpers import ML_NODE_CAPABILITIES, make_node
 from workloads.models import Workload
-
-from .conftest import ML
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +20,7 @@ def valid(config: dict) -> dict:
 
 
 def test_the_training_and_serving_configs_the_services_write_are_valid_as_written(admin_user):
-    make_node("local", capabilities=ML)
+    make_node("local", capabilities=ML_NODE_CAPABILITIES)
     model = model_deploy(owner=admin_user, name="lr", model_type="linear", model_path="models/lr.joblib",
                          command="python3", args=["train.py"], script_path="scripts/train.py", env={},
                          working_dir=".", resources=Resources(cpu=100, gpu=0, memory=64 * 1024**2, storage=0))

@@ -5,10 +5,10 @@ import pytest
 from mlmodels import inference
 from mlmodels.models import MLModel, ModelRun, PredictionTask
 from mlmodels.services import model_serve, model_version_create, prediction_task_run
-from tests.helpers import free_port
+from tests.helpers import free_port, supervise_until
 from workloads.models import WorkloadStatus
 
-from .conftest import linear_artifact, raising_artifact, run_agent_until
+from .conftest import linear_artifact, raising_artifact
 
 
 def make_model(owner, data: bytes, name: str = "lr") -> MLModel:
@@ -34,7 +34,7 @@ def predict(api, model, body):
 
 
 def wait_serving(api, agent, model):
-    return run_agent_until(agent, lambda: predict(api, model, {"input_data": 1, "mode": "sync"}).status_code == 200,
+    return supervise_until(agent, lambda: predict(api, model, {"input_data": 1, "mode": "sync"}).status_code == 200,
                            timeout=30, message="model server answering")
 
 
@@ -83,7 +83,7 @@ def test_oversized_batch_is_413(api, admin_user):
 def test_a_model_that_raises_is_422_with_its_message(api, agent, admin_user):
     model = make_model(admin_user, raising_artifact(), name="broken")
     serve(agent, model)
-    response = run_agent_until(agent, lambda: (r := predict(api, model, {"input_data": -1}))
+    response = supervise_until(agent, lambda: (r := predict(api, model, {"input_data": -1}))
                                and r.status_code != 409 and r, timeout=30, message="broken server up")
     assert response.status_code == 422
     assert "negative inputs are not supported" in response.data["detail"]
@@ -135,7 +135,7 @@ def test_stopping_the_server_makes_predict_409_again(api, agent, served):
     assert api.delete(f"/api/ml/models/{served.pk}/serve").data["stopped"] == 1
     for workload_id in list(agent.handles):
         agent.stop(workload_id)  # the stop message the node's worker would receive
-    run_agent_until(agent, lambda: not agent.handles, timeout=15, message="server stopped")
+    supervise_until(agent, lambda: not agent.handles, timeout=15, message="server stopped")
     response = predict(api, served, {"input_data": 1, "mode": "sync"})
     assert response.status_code == 409
 

@@ -14,9 +14,9 @@ from mlmodels.models import MLModel, PredictionTask, TaskStatus
 from mlmodels.services import model_version_create, prediction_task_claim, prediction_task_create, prediction_task_run
 from mlmodels.tasks import MAX_ATTEMPTS, RUN_DEADLINE_SECONDS, SWEEP_AFTER_SECONDS, dispatch_stranded_predictions
 from nodes.services import node_mark_offline
-from tests.helpers import make_node
+from tests.helpers import ML_NODE_CAPABILITIES, make_node
 
-from .conftest import ML, linear_artifact
+from .conftest import linear_artifact
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -31,7 +31,7 @@ def clock():
 
 @pytest.fixture
 def task(clock, admin_user) -> PredictionTask:
-    make_node("agent-a", capabilities=ML)
+    make_node("agent-a", capabilities=ML_NODE_CAPABILITIES)
     model = MLModel.objects.create(owner=admin_user, name="lr", model_type="linear_regression",
                                    model_path="models/lr.joblib")
     model_version_create(model=model, data=linear_artifact(), filename="lr.joblib", source="upload")
@@ -65,7 +65,7 @@ def test_a_run_past_its_deadline_goes_back_to_pending_counted_and_the_next_agent
 def test_a_run_on_a_node_that_went_offline_is_retried_at_once_elsewhere(clock, task):
     prediction_task_claim(task_id=task.pk, node_id="agent-a")
     assert reload(task).node.node_id == "agent-a"  # the record says who runs it
-    make_node("agent-b", capabilities=ML)
+    make_node("agent-b", capabilities=ML_NODE_CAPABILITIES)
     clock.shift(SWEEP_AFTER_SECONDS + 1)  # far inside the run deadline
     node_mark_offline(node_id="agent-a")
     assert dispatch_stranded_predictions() == 1  # to agent-b, the only ready node left

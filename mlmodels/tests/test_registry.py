@@ -9,11 +9,11 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from mlmodels.models import MLModel, ModelRun, ModelVersion, RunKind
 from mlmodels.services import model_serve, model_version_create, model_version_store_from_training
 from nodes.resources import Resources
-from tests.helpers import make_node
+from tests.helpers import ML_NODE_CAPABILITIES, make_node
 from workloads.models import WorkloadStatus
 from workloads.services import workload_submit, workload_transition
 
-from .conftest import ML, linear_artifact
+from .conftest import linear_artifact
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def test_versions_are_numbered_and_the_first_is_promoted(model):
 
 
 def test_a_successful_training_run_stores_its_artifact_once(admin_user):
-    make_node("local", capabilities=ML)
+    make_node("local", capabilities=ML_NODE_CAPABILITIES)
     workload = workload_submit(owner=admin_user, name="t", type="mlmodel",
                                config={"model_path": "m.joblib", "command": "python3", "args": []},
                                requirements=Resources(cpu=100, memory=10**6))
@@ -118,7 +118,7 @@ def test_the_api_and_the_console_show_the_same_status_word(api, staff_client, mo
     assert shown() == "created"
     model_version_create(model=model, data=b"artifact", filename="lr.joblib", source="upload")
     assert shown() == "ready"
-    make_node("local", capabilities=ML)
+    make_node("local", capabilities=ML_NODE_CAPABILITIES)
     model.refresh_from_db()
     run = model_serve(model=model)
     assert shown() == "ready"  # placed, not answering yet

@@ -3,9 +3,10 @@
 import os
 
 from mlmodels.models import ModelRun, ModelVersion
+from tests.helpers import in_process_agents, supervise_until
 from workloads.models import Workload, WorkloadStatus
 
-from .conftest import EXAMPLES, run_agent_until
+from .conftest import EXAMPLES
 from .test_api_contract import SEED_LINEAR
 
 
@@ -20,7 +21,7 @@ def deploy_and_run(api, agent, body) -> Workload:
     assert response.status_code == 201, response.data
     workload_id = str(ModelRun.objects.get(model_id=response.data["id"]).workload_id)
     agent.start(workload_id)
-    run_agent_until(agent, lambda: Workload.objects.get(pk=workload_id).status not in
+    supervise_until(agent, lambda: Workload.objects.get(pk=workload_id).status not in
                     (WorkloadStatus.SCHEDULED, WorkloadStatus.RUNNING), timeout=90, message="training ended")
     return Workload.objects.get(pk=workload_id)
 
@@ -56,7 +57,6 @@ def test_a_failing_training_command_fails_without_a_version(api, agent):
 
 def test_a_training_run_that_outlives_its_agent_still_lands_in_the_registry(api, agent):
     from mlmodels.executor import TrainingHandle
-    from workloads.agent.agent import Agent
 
     work_dir_with_examples(agent.config.work_dir)
     response = api.post("/api/ml/models", {**SEED_LINEAR, "node": agent.config.node_id}, format="json")
@@ -66,13 +66,14 @@ def test_a_training_run_that_outlives_its_agent_still_lands_in_the_registry(api,
 
     # The agent goes away (its supervisor state with it); a new one starts on the same node.
     agent.handles.clear()
-    restarted = Agent(agent.config)
-    restarted.register()
-    restarted.reconcile()
-    adopted = restarted.handles[workload_id].handle
-    assert isinstance(adopted, TrainingHandle)
-    run_agent_until(restarted, lambda: Workload.objects.get(pk=workload_id).status not in
-                    (WorkloadStatus.SCHEDULED, WorkloadStatus.RUNNING), timeout=90, message="training ended")
+    with in_process_agents() as make_agent:
+        restarted = make_agent(config=agent.config)
+        restarted.register()
+        restarted.reconcile()
+        adopted = restarted.handles[workload_id].handle
+        assert isinstance(adopted, TrainingHandle)
+        supervise_until(restarted, lambda: Workload.objects.get(pk=workload_id).status not in
+                        (WorkloadStatus.SCHEDULED, WorkloadStatus.RUNNING), timeout=90, message="training ended")
     workload = Workload.objects.get(pk=workload_id)
     assert workload.status == WorkloadStatus.SUCCEEDED, workload.reason
     assert ModelVersion.objects.get(workload=workload).metrics["r2"] > 0.95

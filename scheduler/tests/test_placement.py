@@ -3,7 +3,7 @@
 import pytest
 
 from nodes.models import Node
-from nodes.resources import Resources
+from nodes.resources import MILLICORES_PER_CORE, Resources
 from nodes.services import node_allocate, node_mark_offline, node_set_schedulable
 from scheduler.placement import place
 from scheduler.strategies import BestFitStrategy, DefaultStrategy
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db
 
 
 def req(cpu=1.0, memory=1 * GiB):
-    return Resources(cpu=round(cpu * 1000), memory=memory)
+    return Resources(cpu=round(cpu * MILLICORES_PER_CORE), memory=memory)
 
 
 @pytest.fixture

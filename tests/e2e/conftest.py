@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import quote
 
 import psutil
 import pytest
@@ -28,7 +27,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from nodes.models import Node, NodeStatus
-from tests.helpers import kill_group, wait_for
+from tests.helpers import database_url, kill_group, wait_for
 from workloads.models import ACTIVE, Workload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,17 +55,6 @@ def _why_skip() -> str | None:
     if not settings.CELERY_BROKER_URL.startswith("redis://"):
         return "e2e cluster needs Redis: set CELERY_BROKER_URL=redis://... (and DATABASE_URL=postgres://...)"
     return None
-
-
-def _database_url(db: dict, name: str) -> str:
-    auth = quote(db.get("USER") or "", safe="")
-    if db.get("PASSWORD"):
-        auth += ":" + quote(db["PASSWORD"], safe="")
-    host = db.get("HOST") or ""
-    if host.startswith("/"):  # a socket folder goes in the query string
-        return f"postgres://{auth}@/{name}?host={quote(host, safe='')}"
-    port = f":{db['PORT']}" if db.get("PORT") else ""
-    return f"postgres://{auth}@{host}{port}/{name}"
 
 
 def _admin_sql(sql: str) -> None:
@@ -172,7 +160,7 @@ def cluster(django_db_blocker, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("cnet-e2e")
     env = {
         **os.environ, **TIMINGS,
-        "DATABASE_URL": _database_url(db, name),
+        "DATABASE_URL": database_url(db, name),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "CNET_DATA_DIR": str(data_dir),
         # Workloads carry it so teardown finds exactly this run's processes.

@@ -12,15 +12,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import quote
 
 import psutil
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from nodes.models import Node, NodeStatus
-from tests.helpers import wait_for
+from tests.helpers import database_url, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -94,23 +92,6 @@ def shot(page, name: str) -> Path:
     return path
 
 
-def _database_url() -> str:
-    """The test database, as a URL the agent subprocess can open."""
-    db = connection.settings_dict
-    if db["ENGINE"] == "django.db.backends.sqlite3":
-        name = str(db["NAME"])
-        assert name != ":memory:" and "mode=memory" not in name, "the agent needs a file database"
-        return f"sqlite:///{name}"
-    auth = quote(db.get("USER") or "", safe="")
-    if db.get("PASSWORD"):
-        auth += ":" + quote(db["PASSWORD"], safe="")
-    host = db.get("HOST") or ""
-    port = f":{db['PORT']}" if db.get("PORT") else ""
-    if host.startswith("/"):
-        return f"postgres://{auth}@/{db['NAME']}?host={quote(host, safe='')}"
-    return f"postgres://{auth}@{host}{port}/{db['NAME']}"
-
-
 def _kill_workloads(data_dir: str) -> None:
     """Workload processes this test's agent started (they run in sessions of their own)."""
     found = []
@@ -131,7 +112,7 @@ def agent(live_server, transactional_db, tmp_path):
     env = {
         **{key: value for key, value in os.environ.items() if key != "DJANGO_ALLOW_ASYNC_UNSAFE"},
         "DJANGO_SETTINGS_MODULE": "cnetsite.settings_test",
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "CNET_DATA_DIR": str(settings.DATA_DIR),
         # Workloads carry it so teardown finds exactly this run's processes.

@@ -1,28 +1,16 @@
 """ML models in a real browser: deploy the seed's linear regression from the form, predict from the form."""
 
-import os
-import socket
-
 import pytest
 import requests
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
 from mlmodels.models import MLModel
+from tests.helpers import free_port
 
 from .conftest import shot
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _free_port() -> int:
-    """A free port in this suite's range (18700-18799)."""
-    start = 18750 + os.getpid() % 40
-    for port in [*range(start, 18800), *range(18750, start)]:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) != 0:
-                return port
-    raise AssertionError("no free port in 18750-18799")
 
 
 def test_deploy_the_seed_model_and_predict_from_the_form(page, live_server, agent, login):
@@ -37,7 +25,7 @@ def test_deploy_the_seed_model_and_predict_from_the_form(page, live_server, agen
     page.click("#fill-seed")
     expect(page.locator("#id_model_path")).to_have_value("models/linear_regression_model.joblib")
     page.check("#id_serve")
-    page.fill("#id_port", str(_free_port()))
+    page.fill("#id_port", str(free_port()))
     shot(page, "20-ml-deploy-form")
     page.click("#deploy-model")
 

@@ -6,20 +6,16 @@ No engine needed: capabilities are what agents report at registration.
 import pytest
 from django.test import override_settings
 
-from tests.helpers import GiB, make_node
+from tests.helpers import PROCESS_NODE_CAPABILITIES, GiB, make_node
 from workloads.models import Workload, WorkloadEvent
+
+from .api.seeds import SEED_CONTAINER
 
 pytestmark = pytest.mark.django_db
 
-NO_ENGINE = {"process": {"available": True},
+NO_ENGINE = {**PROCESS_NODE_CAPABILITIES,
              "container": {"available": False, "reason": "no container engine reachable: no socket"}}
-ENGINE = {"process": {"available": True}, "container": {"available": True, "version": "20.10.24"}}
-SEED_CONTAINER = {
-    "name": "test-container",
-    "type": "container",
-    "requirements": {"cpu": 1.0, "memory": 536870912},
-    "config": {"image": "nginx:alpine", "command": ["nginx"], "args": ["-g", "daemon off;"]},
-}
+ENGINE = {**PROCESS_NODE_CAPABILITIES, "container": {"available": True, "version": "20.10.24"}}
 
 
 def test_container_goes_to_a_capable_child_and_the_local_node_says_why_not(api):

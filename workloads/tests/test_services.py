@@ -7,8 +7,7 @@ from django.db import connection
 
 from core.errors import InvalidRequest, StateConflict
 from nodes.models import Node
-from nodes.resources import Resources
-from tests.helpers import GiB, make_node
+from tests.helpers import GiB, make_node, submit_process
 from workloads.models import EventKind, Workload, WorkloadEvent, WorkloadLog, WorkloadStatus
 from workloads.selectors import workload_log_tail
 from workloads.services import (
@@ -18,22 +17,11 @@ from workloads.services import (
     workload_mark_redispatched,
     workload_request_stop,
     workload_stop,
-    workload_submit,
     workload_transition,
     workloads_place_pending,
 )
 
 S = WorkloadStatus
-PROCESS = {"command": "sleep", "args": ["60"]}
-
-
-def submit(owner=None, *, cpu=1.0, memory=GiB, name="w", **extra) -> Workload:
-    return workload_submit(
-        owner=owner, name=name, type="process", config=PROCESS,
-        requirements=Resources(cpu=round(cpu * 1000), memory=memory), **extra,
-    )
-
-
 def node_allocated(node_id="local") -> dict:
     return Node.objects.get(node_id=node_id).allocated()
 
@@ -48,7 +36,7 @@ def transitions(workload) -> list[tuple[str, str]]:
 @pytest.mark.django_db
 def test_submit_places_on_the_local_node_and_records_submission_and_placement():
     make_node("local")
-    workload = submit()
+    workload = submit_process()
     assert workload.status == S.SCHEDULED and workload.node.node_id == "local"
     assert transitions(workload) == [("", "pending"), ("pending", "scheduled")]
     placement = WorkloadEvent.objects.get(workload=workload, kind=EventKind.PLACEMENT)
@@ -59,7 +47,7 @@ def test_submit_places_on_the_local_node_and_records_submission_and_placement():
 @pytest.mark.django_db
 def test_a_transition_given_a_stale_copy_does_not_move_and_a_fresh_one_is_kept_current():
     make_node("local")
-    stale = Workload.objects.select_related("node").get(pk=submit().pk)
+    stale = Workload.objects.select_related("node").get(pk=submit_process().pk)
     fresh = Workload.objects.select_related("node").get(pk=stale.pk)
     assert workload_transition(workload=fresh, to=S.RUNNING, reason="started")
     assert fresh.status == S.RUNNING and fresh.started_at is not None and fresh.reason == "started"
@@ -78,7 +66,7 @@ def test_a_transition_given_a_stale_copy_does_not_move_and_a_fresh_one_is_kept_c
 def test_disallowed_moves_are_refused_and_change_nothing(start, to):
     assert to not in ALLOWED[start]
     make_node("local")
-    workload = submit()
+    workload = submit_process()
     Workload.objects.filter(pk=workload.pk).update(status=start)
     events = WorkloadEvent.objects.count()
     allocated = node_allocated()
@@ -91,7 +79,7 @@ def test_disallowed_moves_are_refused_and_change_nothing(start, to):
 @pytest.mark.django_db
 def test_every_transition_records_an_event_with_from_to_and_reason():
     make_node("local")
-    workload = submit()
+    workload = submit_process()
     assert workload_transition(workload_id=workload.pk, to=S.RUNNING, reason="agent started it")
     assert workload_transition(workload_id=workload.pk, to=S.SUCCEEDED, reason="exit 0", exit_code=0)
     assert transitions(workload) == [("", "pending"), ("pending", "scheduled"), ("scheduled", "running"),
@@ -105,7 +93,7 @@ def test_every_transition_records_an_event_with_from_to_and_reason():
 @pytest.mark.django_db
 def test_a_transition_stores_the_report_it_names_and_leaves_the_rest():
     make_node("local")
-    workload = submit()
+    workload = submit_process()
     assert workload_transition(workload_id=workload.pk, to=S.RUNNING, runtime={"pid": 7}, agent_epoch=3)
     assert workload_transition(workload_id=workload.pk, to=S.SUCCEEDED, exit_code=0)  # no runtime news: kept
     workload.refresh_from_db()
@@ -115,7 +103,7 @@ def test_a_transition_stores_the_report_it_names_and_leaves_the_rest():
 @pytest.mark.django_db
 def test_a_stop_requested_twice_keeps_the_time_of_the_first_request():
     make_node("local")
-    workload = submit()
+    workload = submit_process()
     workload_transition(workload_id=workload.pk, to=S.RUNNING)
     workload_request_stop(workload_id=workload.pk)
     first = Workload.objects.get(pk=workload.pk).stop_requested_at
@@ -126,7 +114,7 @@ def test_a_stop_requested_twice_keeps_the_time_of_the_first_request():
 @pytest.mark.django_db
 def test_a_redispatch_is_noted_only_while_the_workload_waits_to_start():
     make_node("local")
-    workload = submit()
+    workload = submit_process()
     workload_mark_redispatched(workload_id=workload.pk)
     rung = Workload.objects.get(pk=workload.pk).dispatched_at
     workload_transition(workload_id=workload.pk, to=S.RUNNING)
@@ -137,7 +125,7 @@ def test_a_redispatch_is_noted_only_while_the_workload_waits_to_start():
 @pytest.mark.django_db
 def test_reaching_a_terminal_state_releases_resources_exactly_once():
     make_node("local")
-    workload = submit(cpu=2, memory=3 * GiB)
+    workload = submit_process(cpu=2, memory=3 * GiB)
     assert node_allocated()["cpu"] == 2000
     workload_transition(workload_id=workload.pk, to=S.RUNNING)
     assert workload_transition(workload_id=workload.pk, to=S.FAILED, reason="exit 1")
@@ -159,9 +147,9 @@ def _race_to(workload_id, to, barrier, results) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_of_two_racing_transitions_exactly_one_wins_and_release_happens_once():
     make_node("local", cpu=4)
-    other = submit(cpu=1, name="bystander")  # keeps something allocated so a double release would show
+    other = submit_process(cpu=1, name="bystander")  # keeps something allocated so a double release would show
     for round_ in range(10):
-        workload = submit(cpu=2, name=f"racer-{round_}")
+        workload = submit_process(cpu=2, name=f"racer-{round_}")
         workload_transition(workload_id=workload.pk, to=S.RUNNING)
         barrier = threading.Barrier(2)
         results = {}
@@ -183,9 +171,9 @@ def test_of_two_racing_transitions_exactly_one_wins_and_release_happens_once():
 def test_a_workload_that_fits_nowhere_now_stays_pending_with_a_reason_per_node():
     make_node("local", cpu=2, memory=2 * GiB)
     make_node("child-1", parent="local", cpu=2, memory=2 * GiB)
-    submit(memory=GiB + GiB // 2, name="filler-local")
-    submit(memory=GiB + GiB // 2, name="filler-child")
-    waiting = submit(memory=GiB)
+    submit_process(memory=GiB + GiB // 2, name="filler-local")
+    submit_process(memory=GiB + GiB // 2, name="filler-child")
+    waiting = submit_process(memory=GiB)
     assert waiting.status == S.PENDING and waiting.node is None
     assert "local: needs 1.0 GiB memory, 512.0 MiB free" in waiting.reason
     assert "child-1: needs 1.0 GiB memory, 512.0 MiB free" in waiting.reason
@@ -196,10 +184,10 @@ def test_a_workload_that_fits_nowhere_now_stays_pending_with_a_reason_per_node()
 @pytest.mark.django_db
 def test_pending_work_is_placed_when_resources_are_released_highest_priority_first_then_oldest():
     make_node("local", cpu=2)
-    filler = submit(cpu=2, name="filler")
-    old_low = submit(cpu=2, name="old-low", priority=0)
-    old_high = submit(cpu=2, name="old-high", priority=5)
-    new_high = submit(cpu=2, name="new-high", priority=5)
+    filler = submit_process(cpu=2, name="filler")
+    old_low = submit_process(cpu=2, name="old-low", priority=0)
+    old_high = submit_process(cpu=2, name="old-high", priority=5)
+    new_high = submit_process(cpu=2, name="new-high", priority=5)
     assert {w.status for w in (old_low, old_high, new_high)} == {S.PENDING}
 
     def status(w):
@@ -222,12 +210,12 @@ def test_pending_work_is_placed_when_resources_are_released_highest_priority_fir
 def test_per_submission_strategy_overrides_the_settings_default(settings):
     make_node("local", cpu=16, memory=64 * GiB)
     make_node("snug", parent="local", cpu=1, memory=GiB)
-    assert submit().node.node_id == "local"
-    best = submit(strategy="best_fit")
+    assert submit_process().node.node_id == "local"
+    best = submit_process(strategy="best_fit")
     assert best.node.node_id == "snug" and best.strategy == "best_fit"
     settings.CNET_DEFAULT_STRATEGY = "best_fit"
     make_node("snug-2", parent="local", cpu=1, memory=GiB)
-    by_default = submit()
+    by_default = submit_process()
     assert by_default.strategy == "best_fit" and by_default.node.node_id == "snug-2"
 
 
@@ -235,10 +223,10 @@ def test_per_submission_strategy_overrides_the_settings_default(settings):
 def test_submit_refuses_unknown_strategy_and_node_and_writes_nothing():
     make_node("local")
     with pytest.raises(InvalidRequest) as caught:
-        submit(strategy="nope")
+        submit_process(strategy="nope")
     assert caught.value.field == "strategy"
     with pytest.raises(InvalidRequest) as caught:
-        submit(node="ghost")
+        submit_process(node="ghost")
     assert caught.value.field == "node" and "ghost" in str(caught.value)
     assert Workload.objects.count() == 0 and WorkloadEvent.objects.count() == 0
 
@@ -248,7 +236,7 @@ def test_a_request_no_node_could_ever_hold_is_refused_naming_the_largest_node():
     make_node("local", cpu=4, memory=8 * GiB)
     make_node("big", cpu=8, memory=32 * GiB)
     with pytest.raises(InvalidRequest) as caught:
-        submit(memory=64 * GiB)
+        submit_process(memory=64 * GiB)
     assert caught.value.field == "requirements"
     assert "big" in str(caught.value) and "64.0 GiB" in str(caught.value)
     assert Workload.objects.count() == 0 and WorkloadEvent.objects.count() == 0
@@ -257,8 +245,8 @@ def test_a_request_no_node_could_ever_hold_is_refused_naming_the_largest_node():
 @pytest.mark.django_db
 def test_stop_a_pending_or_scheduled_workload_ends_it_and_releases_once():
     make_node("local", cpu=1)
-    scheduled = submit(cpu=1)
-    pending = submit(cpu=1)
+    scheduled = submit_process(cpu=1)
+    pending = submit_process(cpu=1)
     assert workload_stop(workload=pending).status == S.STOPPED
     assert workload_stop(workload=scheduled).status == S.STOPPED
     assert node_allocated()["cpu"] == 0
@@ -270,7 +258,7 @@ def test_stop_a_pending_or_scheduled_workload_ends_it_and_releases_once():
 @pytest.mark.django_db
 def test_stop_a_running_workload_asks_its_agent_and_keeps_resources_until_it_exits():
     make_node("local", cpu=1)
-    workload = submit(cpu=1)
+    workload = submit_process(cpu=1)
     workload_transition(workload_id=workload.pk, to=S.RUNNING)
     stopped = workload_stop(workload=Workload.objects.get(pk=workload.pk))
     assert stopped.status == S.RUNNING and stopped.stop_requested_at is not None
@@ -280,7 +268,7 @@ def test_stop_a_running_workload_asks_its_agent_and_keeps_resources_until_it_exi
 @pytest.mark.django_db
 def test_delete_of_a_live_workload_releases_its_resources():
     make_node("local", cpu=1)
-    workload = submit(cpu=1)
+    workload = submit_process(cpu=1)
     workload_delete(workload=workload)
     assert not Workload.objects.filter(pk=workload.pk).exists()
     assert node_allocated()["cpu"] == 0
@@ -289,7 +277,7 @@ def test_delete_of_a_live_workload_releases_its_resources():
 @pytest.mark.django_db
 def test_log_chunks_are_stored_once_and_read_back_as_a_tail():
     make_node("local")
-    workload = submit()
+    workload = submit_process()
     workload_logs_append(workload_id=workload.pk, chunks=[(0, "stdout", "line 1\nline 2\n"), (1, "stderr", "line 3\n")])
     workload_logs_append(workload_id=workload.pk, chunks=[(1, "stderr", "line 3\n"), (2, "stdout", "line 4\n")])
     assert WorkloadLog.objects.filter(workload=workload).count() == 3
@@ -301,7 +289,7 @@ def test_log_chunks_are_stored_once_and_read_back_as_a_tail():
 @pytest.mark.django_db
 def test_a_workload_asked_to_stop_is_not_restarted_when_its_node_is_lost():
     make_node("local")
-    workload = submit(restart_policy="always")
+    workload = submit_process(restart_policy="always")
     workload_transition(workload_id=workload.pk, to=S.RUNNING)
     workload_stop(workload=Workload.objects.get(pk=workload.pk))  # its agent never answers
     assert workload_transition(workload_id=workload.pk, to=S.LOST, reason="node went offline")
@@ -314,7 +302,7 @@ def test_handing_work_back_does_not_use_up_its_restarts():
     from workloads.services import workload_requeue
 
     make_node("local")
-    workload = submit(restart_policy="on-failure", max_restarts=0)
+    workload = submit_process(restart_policy="on-failure", max_restarts=0)
     assert workload_requeue(workload_id=workload.pk, reason="agent shut down")
     workload.refresh_from_db()
     assert workload.restart_count == 0 and workload.status == S.SCHEDULED  # placed again at once
@@ -325,10 +313,10 @@ def test_handing_work_back_does_not_use_up_its_restarts():
 @pytest.mark.django_db
 def test_a_backlog_of_big_requests_does_not_hide_a_small_one_that_fits():
     make_node("local", cpu=4, memory=8 * GiB)
-    submit(cpu=3, name="a")
-    b = submit(cpu=1, name="b")  # the node is full now
-    bigs = [submit(cpu=2, name=f"big-{n}", priority=10) for n in range(3)]
-    small = submit(cpu=0.5, name="small")
+    submit_process(cpu=3, name="a")
+    b = submit_process(cpu=1, name="b")  # the node is full now
+    bigs = [submit_process(cpu=2, name=f"big-{n}", priority=10) for n in range(3)]
+    small = submit_process(cpu=0.5, name="small")
     assert all(w.status == S.PENDING for w in [*bigs, small])
     workload_stop(workload=b)  # 1 CPU free: room for the small one only
     assert workloads_place_pending(limit=1) == 1  # its one try is not spent on a big one

@@ -2,7 +2,6 @@
 
 import sys
 import threading
-import uuid
 
 import pytest
 
@@ -14,23 +13,6 @@ from workloads.executors.limits import CgroupLimiter
 from workloads.models import Workload, WorkloadLog, WorkloadStatus
 from workloads.services import workload_submit
 from workloads.tasks import start_workload  # noqa: F401 - registered, so an eager doorbell runs it
-
-
-@pytest.fixture
-def agent_with_work(make_agent):
-    """``agent_with_work(name, command, *args, memory=0, **submit)``: a registered in-process agent
-    and a workload submitted at its node (not started yet)."""
-
-    def make(name: str, command: str, *args: str, memory: int = 0, **submit):
-        node_id = f"{name}-{uuid.uuid4().hex[:6]}"
-        agent = make_agent(node_id)
-        agent.register()
-        workload = workload_submit(owner=None, name=name, type="process", node=node_id,
-                                   config={"command": command, "args": list(args)},
-                                   requirements=Resources(cpu=100, gpu=0, memory=memory, storage=0), **submit)
-        return agent, workload
-
-    return make
 
 
 @pytest.mark.django_db(transaction=True)

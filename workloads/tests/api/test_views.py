@@ -4,6 +4,7 @@ import copy
 
 import pytest
 
+from nodes.resources import MILLICORES_PER_CORE
 from tests.helpers import GiB, make_node
 from workloads.models import Workload, WorkloadStatus
 from workloads.services import workload_logs_append, workload_transition
@@ -39,7 +40,7 @@ def test_each_seed_body_is_accepted_with_its_fields(api, local, seed):
     assert body["status"] == "scheduled" and body["node"] == "local"
     assert body["owner"] == "root"
     stored = Workload.objects.get(pk=body["id"])
-    assert stored.cpu_millicores == round(seed["requirements"]["cpu"] * 1000)
+    assert stored.cpu_millicores == round(seed["requirements"]["cpu"] * MILLICORES_PER_CORE)
 
 
 def test_list_is_a_plain_json_array_newest_first(api, local):
