@@ -20,9 +20,9 @@ from workloads.services import workload_stop, workload_submit
 
 from . import client, inference
 from .errors import PayloadTooLarge, PredictionFailed
-from .kind import MLMODEL
+from .kind import KIND, MLMODEL
 from .models import MLModel, ModelRun, ModelVersion, PredictionTask, RunKind, TaskStatus, VersionSource
-from .selectors import model_serving_endpoints
+from .selectors import model_serving_endpoints, model_training_run
 
 logger = logging.getLogger(__name__)
 
@@ -219,8 +219,8 @@ def model_predict(*, model: MLModel, input_data, mode: str = "auto", owner=None)
 
 
 def _training_status(model: MLModel) -> str:
-    run = model.runs.filter(kind=RunKind.TRAINING).values("workload__status").first()
-    return run["workload__status"] if run else "none"
+    run = model_training_run(model=model)
+    return run.workload.status if run else "none"
 
 
 def _predict_remote(*, model: MLModel, endpoints: list[dict], input_data) -> dict:
@@ -262,7 +262,7 @@ def prediction_task_dispatch(*, task_id: str) -> bool:
     user uploaded or trained, so it happens where user code already runs, never on the control
     plane. No such node, or the broker down: it stays pending and the sweep sends it again."""
     node_id = (
-        Node.objects.filter(status=NodeStatus.READY, capabilities__mlmodel__available=True)
+        Node.objects.filter(status=NodeStatus.READY, **{f"capabilities__{KIND.capability}__available": True})
         .order_by("cpu_allocated_millicores", "node_id").values_list("node_id", flat=True).first()
     )
     if node_id is None:

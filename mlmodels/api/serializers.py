@@ -14,6 +14,7 @@ from core.fields import (
 )
 from nodes.api.fields import BytesField, CoresField
 from nodes.resources import MILLICORES_PER_CORE, Resources
+from workloads.api.serializers import LogLinesSerializer
 from workloads.models import Workload
 
 from ..models import MLModel, ModelRun, ModelVersion, PredictionTask
@@ -231,17 +232,12 @@ class PredictionTaskSerializer(serializers.ModelSerializer):
         return None  # its log lives in the database (``log``), not in a file on a node
 
 
-class TrainingLogSerializer(serializers.Serializer):
-    """GET …/logs: the latest training run's output (``lines`` one per item, ``logs`` joined)."""
+class TrainingLogSerializer(LogLinesSerializer):
+    """GET …/logs: the latest training run's output."""
 
     model_id = serializers.CharField()
     task_id = serializers.CharField(allow_null=True)
     status = serializers.CharField(allow_null=True)
-    lines = serializers.ListField(child=serializers.CharField())
-    logs = serializers.SerializerMethodField()
-
-    def get_logs(self, log) -> str:
-        return "\n".join(log.lines)
 
 
 class ServingRunSerializer(serializers.ModelSerializer):

@@ -93,5 +93,20 @@ class WorkloadEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class LogLinesSerializer(serializers.Serializer):
+    """Output as the seeds answer it: ``lines`` one per item, and ``logs`` the same lines joined."""
+
+    lines = serializers.ListField(child=serializers.CharField())
+    logs = serializers.SerializerMethodField()
+
+    def get_logs(self, log) -> str:
+        return "\n".join(self.fields["lines"].get_attribute(log))
+
+
+class WorkloadLogsSerializer(LogLinesSerializer):
+    workload_id = serializers.CharField()
+    status = serializers.CharField()
+
+
 class LogQuerySerializer(serializers.Serializer):
     lines = serializers.IntegerField(required=False, min_value=0, max_value=1_000_000)

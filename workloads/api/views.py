@@ -9,6 +9,7 @@ from .filters import WorkloadFilter
 from .serializers import (
     LogQuerySerializer,
     WorkloadEventSerializer,
+    WorkloadLogsSerializer,
     WorkloadSerializer,
     WorkloadSubmitSerializer,
 )
@@ -50,9 +51,8 @@ class WorkloadViewSet(
         query.is_valid(raise_exception=True)
         workload = self.get_object()
         lines = workload_log_tail(workload=workload, lines=query.validated_data.get("lines"))
-        return Response(
-            {"workload_id": str(workload.pk), "status": workload.status, "lines": lines, "logs": "\n".join(lines)}
-        )
+        return Response(WorkloadLogsSerializer({"workload_id": workload.pk, "status": workload.status,
+                                                "lines": lines}).data)
 
     @extend_schema(responses=WorkloadEventSerializer(many=True))
     @action(detail=True, methods=["get"], pagination_class=None, filterset_class=None)

@@ -102,8 +102,8 @@
   /* Submit form: show the fields of the chosen type only. */
   function submitForm(form) {
     function sync() {
-      var checked = form.querySelector('input[name="type"]:checked');
-      var kind = checked ? checked.value : "process";
+      var checked = form.querySelector('input[name="type"]:checked') || form.querySelector('input[name="type"]');
+      var kind = checked ? checked.value : "";
       form.querySelectorAll("[data-types]").forEach(function (row) {
         row.hidden = row.dataset.types.split(" ").indexOf(kind) === -1;
       });
