@@ -29,7 +29,6 @@ from .services import (
 # What the console offers for a join token's lifetime (the command's --ttl spellings).
 JOIN_TOKEN_TTLS = [("15m", "15 minutes"), ("1h", "1 hour"), ("1d", "1 day"), ("7d", "7 days"), ("never", "never")]
 # How an agent uses a join token: shown with the token, the one time it is shown.
-JOIN_USAGE = "CNET_CONTROL_PLANE_URL={url} CNET_JOIN_TOKEN={token} python manage.py runagent --node-id <node-id>"
 # The exchange itself, as the node API takes it (POST /api/node/join).
 JOIN_EXCHANGE = ("curl -X POST {url}/api/node/join -H 'Content-Type: application/json' "
                  "-d '{{\"node_id\": \"<node-id>\", \"join_token\": \"{token}\"}}'")
@@ -228,7 +227,6 @@ class NodeAdmin(DeletesThroughService, admin.ModelAdmin):
                 else:
                     url = request.build_absolute_uri("/").rstrip("/")
                     context |= {"token": token, "made": join_token_for_key(key=token),
-                                "usage": JOIN_USAGE.format(url=url, token=token),
                                 "exchange": JOIN_EXCHANGE.format(url=url, token=token)}
         # admin_view's never_cache sends "no-store": the token shown once leaves no copy in a cache.
         return TemplateResponse(request, "admin/nodes/node/join_token.html", context,

@@ -102,7 +102,7 @@ def test_staff_make_a_join_token_in_the_console_and_see_it_once_with_how_to_use_
     token = made.context["token"]
     html = made.content.decode()
     assert token.startswith("cnetjoin_") and token in html
-    assert "/api/node/join" in html and "runagent" in html
+    assert "/api/node/join" in html and "Authorization: Node" in html
     row = JoinToken.objects.get(key_hash=key_hash(token))
     assert row.uses_left == 3 and row.expires_at is None and row.created_by == admin_user
     assert node_join(token=token, node_id="from-console").startswith("cnetnode_")
