@@ -236,6 +236,14 @@ CNET_DEFAULT_STRATEGY = env_str("CNET_DEFAULT_STRATEGY", "default")
 # silence puts the work of a host cut off on another host within ~20 s (tests/cluster measures
 # it); a cut-off agent kills its own work one heartbeat before that (Agent.fence_once).
 CNET_HEARTBEAT_SECONDS = env_float("CNET_HEARTBEAT_SECONDS", 5.0)
+# Beats the control plane takes per second, fleet-wide (Nomad's max_heartbeats_per_second): each
+# node beats every max(CNET_HEARTBEAT_SECONDS, live nodes / this) s and goes offline after
+# max(CNET_OFFLINE_AFTER_SECONDS, 1.4 intervals) of silence (nodes/heartbeats.py). 250: up to
+# 1,250 nodes beat every 5 s (1,000: 200/s, offline after 18 s, declared within 20 s with the 2 s
+# tick); 10,000 beat every 40 s (250/s, offline after 56 s, declared within 58 s, a late beat has
+# 16 s). Nomad's 50 would make 10,000 nodes beat every 200 s; at 200 a 58 s deadline would leave a
+# late beat 8 s (50 s interval); 500 would double the load a 2-core control plane carries.
+CNET_MAX_HEARTBEATS_PER_SECOND = env_float("CNET_MAX_HEARTBEATS_PER_SECOND", 250.0)
 # Silent for this many heartbeats: unhealthy. Silent for the grace period: offline, work lost.
 CNET_UNHEALTHY_AFTER_BEATS = env_int("CNET_UNHEALTHY_AFTER_BEATS", 3)
 CNET_OFFLINE_AFTER_SECONDS = env_float("CNET_OFFLINE_AFTER_SECONDS", 18.0)

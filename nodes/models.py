@@ -67,6 +67,11 @@ class Node(models.Model):
     usage = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=NodeStatus.choices, default=NodeStatus.READY)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # Deadlines written with each beat from the interval that beat was handed (nodes.heartbeats),
+    # on the control plane's clock: silent past unhealthy_at it turns unhealthy, past offline_at
+    # offline. The liveness loop compares them with now; it never recomputes them from settings.
+    unhealthy_at = models.DateTimeField(null=True, blank=True)
+    offline_at = models.DateTimeField(null=True, blank=True)
     # Bumped every time the agent (re)starts; a stale agent's reports carry an old epoch.
     agent_epoch = models.PositiveIntegerField(default=0)
     # A parent and peers it named that had not registered yet (node_id or address:port): linked
@@ -94,8 +99,11 @@ class Node(models.Model):
             ),
         ]
         indexes = [
-            # Liveness loop: "ready/unhealthy nodes whose heartbeat is older than T".
-            models.Index(fields=["status", "last_heartbeat"], name="node_status_heartbeat"),
+            # Liveness loop: "ready nodes past their unhealthy deadline".
+            models.Index(fields=["unhealthy_at"], condition=Q(status=NodeStatus.READY), name="node_unhealthy_due"),
+            # Liveness loop: "nodes not offline past their offline deadline". (No index on
+            # last_heartbeat: every beat writes it, and no query filters on it any more.)
+            models.Index(fields=["offline_at"], condition=~Q(status=NodeStatus.OFFLINE), name="node_offline_due"),
             # place(), default strategy: "nodes of one subtree, nearest first" walks this in order.
             models.Index(fields=["depth", "node_id"], name="node_depth_order"),
             # place(), best_fit: "the fullest fitting nodes in scope" walks this in order.
@@ -163,3 +171,20 @@ class NodeCredential(models.Model):
     def __str__(self) -> str:
         state = "revoked" if self.revoked_at else "active"
         return f"credential of {self.node} ({state})"
+
+
+class ControlLoopState(models.Model):
+    """When a control loop last ran (one row per loop, by name).
+
+    The liveness loop reads its previous run to tell "nodes fell silent" from "the control plane
+    was away, so nobody could beat" (``nodes_check_liveness``): after a gap it first gives every
+    node a fresh deadline. ``failed_over_at`` is when it last did: a node silent since then had its
+    fresh deadline and is not given another.
+    """
+
+    name = models.CharField(max_length=64, unique=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    failed_over_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} last ran {self.last_run_at.isoformat(timespec='seconds') if self.last_run_at else 'never'}"

@@ -26,18 +26,28 @@ def tick() -> dict:
     }
 
 
+# A liveness pass that finds the previous one older than this many ticks takes it that the control
+# plane was away (nodes could not beat either) and hands out fresh deadlines before judging anyone.
+# Beat drops ticks queued longer than 2 ticks, so a running loop's passes are at most about 2 ticks
+# plus one pass apart; 3 ticks (6 s) is past that, and an outage shorter than it leaves a node at
+# least 18 - 5 - 6 = 7 s of its deadline to reach the control plane again.
+FAILOVER_AFTER_TICKS = 3
+
+
 def mark_lost_on_offline_nodes() -> int:
-    nodes_check_liveness(
-        heartbeat_seconds=settings.CNET_HEARTBEAT_SECONDS,
-        unhealthy_after_beats=settings.CNET_UNHEALTHY_AFTER_BEATS,
-        offline_after_seconds=settings.CNET_OFFLINE_AFTER_SECONDS,
-    )
+    nodes_check_liveness(failover_after_seconds=FAILOVER_AFTER_TICKS * settings.CNET_CONTROL_TICK_SECONDS)
     lost = 0
     stranded = Workload.objects.filter(status__in=ACTIVE, node__status=NodeStatus.OFFLINE)
-    for workload_id, node_id in stranded.values_list("pk", "node__node_id"):
+    for workload_id, node_id, heard, deadline in stranded.values_list(
+        "pk", "node__node_id", "node__last_heartbeat", "node__offline_at"
+    ):
+        # The silence it was allowed: what its last beat was handed (a failover's fresh deadline
+        # counts from the control plane's return, so it reads longer), else the floor.
+        allowed = ((deadline - heard).total_seconds() if heard and deadline and deadline > heard
+                   else settings.CNET_OFFLINE_AFTER_SECONDS)
         lost += workload_transition(
             workload_id=workload_id, to=WorkloadStatus.LOST,
-            reason=f"node {node_id} went offline (no heartbeat for {settings.CNET_OFFLINE_AFTER_SECONDS:g}s)",
+            reason=f"node {node_id} went offline (no heartbeat for {round(allowed, 1):g}s)",
         )
     return lost
 

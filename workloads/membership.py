@@ -10,15 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, CharField, F, Value, When
-from django.utils import timezone
 
 from core.errors import Forbidden, StateConflict
-from nodes.models import Node, NodeStatus
+from nodes.heartbeats import HeartbeatTiming, heartbeat_timing_handed_out
+from nodes.models import Node
 from nodes.resources import Resources
-from nodes.services import node_register
+from nodes.services import node_heartbeat_apply, node_register
 
 from .dispatch import request_pending_placement
 from .models import Workload, WorkloadStatus
@@ -29,12 +27,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """What a heartbeat answers: the node's status, the control plane's time, the local workloads
+    """What a heartbeat answers: the node's status, the control plane's time, the timing it was
+    handed (when to beat next, when it is declared offline), the local workloads
     that must die (they are no longer scheduled or running here), those a user asked to stop, and
     the work scheduled here that the agent does not run yet."""
 
     status: str
     at: datetime
+    timing: HeartbeatTiming
     kill: list[UUID]
     stop: list[UUID]
     work: list[Workload]
@@ -54,27 +54,22 @@ def node_register_own(
 
 
 def node_heartbeat_record(*, node: Node, epoch: int, usage: dict, running: Collection[UUID]) -> Heartbeat:
-    """Record a node's beat in one UPDATE (its usage, the control plane's time, and unhealthy →
-    ready), then read what the answer lists. An offline node stays offline: its work was handed
-    on, so its agent kills what it runs and registers again.
+    """Record a node's beat (``nodes.services.node_heartbeat_apply``: one UPDATE of its usage, the
+    control plane's time, the deadlines of the interval it is handed, and unhealthy → ready), then
+    read what the answer lists. An offline node stays offline: its work was handed on, so its agent
+    kills what it runs and registers again.
 
     ``epoch`` is the one its agent got when it registered; an older one means another agent has
     registered for the node since (or this one restarted), so the beat is refused with
     ``StateConflict`` and nothing is written."""
-    now = timezone.now()
-    beat = Node.objects.filter(pk=node.pk, agent_epoch=epoch).update(
-        usage=usage, last_heartbeat=now,
-        status=Case(When(status=NodeStatus.UNHEALTHY, then=Value(NodeStatus.READY)), default=F("status"),
-                    output_field=CharField()),
-    )
-    if not beat:
+    beat = node_heartbeat_apply(node_pk=node.pk, epoch=epoch, usage=usage)
+    if beat is None:
         raise StateConflict(f"epoch {epoch} is not node {node.node_id}'s current one: another agent registered "
                             "for it since; register again (POST /api/node/register)", field="epoch")
-    status = Node.objects.filter(pk=node.pk).values_list("status", flat=True).get()
     here = {workload.pk: workload for workload in node_work(node_pk=node.pk)}
     running = set(running)
     return Heartbeat(
-        status=status, at=now,
+        status=beat.status, at=beat.at, timing=beat.timing,
         kill=sorted((pk for pk in running if pk not in here), key=str),
         stop=[pk for pk, workload in here.items()
               if pk in running and workload.status == WorkloadStatus.RUNNING and workload.stop_requested_at],
@@ -83,7 +78,10 @@ def node_heartbeat_record(*, node: Node, epoch: int, usage: dict, running: Colle
     )
 
 
-def heartbeat_timing() -> dict:
-    """How often the control plane wants beats, and how long a silent node keeps its work."""
-    return {"heartbeat_seconds": settings.CNET_HEARTBEAT_SECONDS,
-            "offline_after_seconds": settings.CNET_OFFLINE_AFTER_SECONDS}
+def heartbeat_timing(timing: HeartbeatTiming | None = None) -> dict:
+    """How often the control plane wants this node's beats, and how long it keeps its work when
+    silent: the timing its deadlines were just written from (``timing``, else the one this request's
+    beat or registration handed out), so an agent fencing itself one beat before
+    ``offline_after_seconds`` does so before the control plane can hand its work on."""
+    timing = timing or heartbeat_timing_handed_out()
+    return {"heartbeat_seconds": timing.interval_seconds, "offline_after_seconds": timing.offline_after_seconds}

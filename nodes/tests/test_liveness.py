@@ -1,24 +1,58 @@
-"""Node liveness on the control plane's clock: silent nodes turn unhealthy, then offline."""
+"""Node liveness on the control plane's clock: each beat writes its node's deadlines, the loop
+compares them with now, and a loop that was away hands out fresh ones before judging anyone."""
 
-from datetime import UTC, datetime
+import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
+from django.db import connection
+from django.utils import timezone
 
-from nodes.models import Node, NodeStatus
-from nodes.services import node_heartbeat, nodes_check_liveness
+from nodes.models import ControlLoopState, Node, NodeStatus
+from nodes.services import LIVENESS_LOOP, node_heartbeat, nodes_check_liveness
 from tests.helpers import make_node
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 BEAT, BEATS, OFFLINE = 5.0, 3, 18.0
+TICK = 2.0  # the control loop's period (CNET_CONTROL_TICK_SECONDS)
+FAILOVER = 3 * TICK  # workloads.control.FAILOVER_AFTER_TICKS
+
+
+@pytest.fixture(autouse=True)
+def timing(settings):
+    settings.CNET_HEARTBEAT_SECONDS = BEAT
+    settings.CNET_UNHEALTHY_AFTER_BEATS = BEATS
+    settings.CNET_OFFLINE_AFTER_SECONDS = OFFLINE
+    settings.CNET_MAX_HEARTBEATS_PER_SECOND = 250.0
 
 
 def check() -> list[str]:
-    return nodes_check_liveness(heartbeat_seconds=BEAT, unhealthy_after_beats=BEATS, offline_after_seconds=OFFLINE)
+    return nodes_check_liveness(failover_after_seconds=FAILOVER)
+
+
+def run_loop(clock, seconds: float, *, beating=(), every: float = TICK) -> list[str]:
+    """The control loop for ``seconds``: a pass each ``every`` seconds, the ``beating`` nodes
+    beating just before it. Returns the node_ids the passes declared offline."""
+    gone = []
+    for _ in range(round(seconds / every)):
+        clock.shift(every)
+        for node_id in beating:
+            node_heartbeat(node_id=node_id, usage={})
+        gone += check()
+    return gone
 
 
 def status(node_id: str) -> str:
     return Node.objects.values_list("status", flat=True).get(node_id=node_id)
+
+
+def deadlines(node_id: str) -> tuple[datetime, datetime]:
+    return Node.objects.values_list("unhealthy_at", "offline_at").get(node_id=node_id)
+
+
+def after(seconds: float) -> datetime:
+    return timezone.now() + timedelta(seconds=seconds)
 
 
 @pytest.mark.django_db
@@ -26,18 +60,15 @@ def test_a_silent_node_turns_unhealthy_after_its_beats_then_offline_while_a_beat
     with time_machine.travel(START, tick=False) as clock:
         make_node("silent")
         make_node("beating")
-        clock.shift(BEAT * BEATS - 1)
-        node_heartbeat(node_id="beating", usage={})
-        assert check() == [] and status("silent") == NodeStatus.READY
+        assert deadlines("silent") == (START + timedelta(seconds=BEAT * BEATS), START + timedelta(seconds=OFFLINE))
+        assert check() == []  # the loop's first pass
 
-        clock.shift(2)  # 16 s of silence: three beats missed
-        node_heartbeat(node_id="beating", usage={})
-        assert check() == []
+        assert run_loop(clock, 14, beating=["beating"]) == [] and status("silent") == NodeStatus.READY
+        assert run_loop(clock, 2, beating=["beating"]) == []  # 16 s of silence: three beats missed
         assert (status("silent"), status("beating")) == (NodeStatus.UNHEALTHY, NodeStatus.READY)
 
-        clock.shift(OFFLINE - BEAT * BEATS)  # 19 s of silence
-        node_heartbeat(node_id="beating", usage={})
-        assert check() == ["silent"]
+        assert run_loop(clock, 2, beating=["beating"]) == []  # 18 s: at its deadline, not past it
+        assert run_loop(clock, 2, beating=["beating"]) == ["silent"]
         assert (status("silent"), status("beating")) == (NodeStatus.OFFLINE, NodeStatus.READY)
         assert check() == []  # idempotent: a second pass finds nothing new
 
@@ -47,16 +78,16 @@ def test_an_unhealthy_node_that_beats_again_is_ready_and_an_offline_one_stays_of
     with time_machine.travel(START, tick=False) as clock:
         make_node("flaky")
         make_node("gone")
-        clock.shift(BEAT * BEATS + 1)
         check()
+        run_loop(clock, 16)
         assert status("flaky") == NodeStatus.UNHEALTHY
         assert node_heartbeat(node_id="flaky", usage={}) == NodeStatus.READY
+        assert deadlines("flaky")[1] == after(OFFLINE)  # the beat moved its deadline
 
-        clock.shift(OFFLINE)
-        node_heartbeat(node_id="flaky", usage={})
-        assert check() == ["gone"]
+        assert run_loop(clock, 4, beating=["flaky"]) == ["gone"]
         # An offline node's work was handed back: it must register again, not just beat.
         assert node_heartbeat(node_id="gone", usage={}) == NodeStatus.OFFLINE
+        assert check() == [] and status("gone") == NodeStatus.OFFLINE
 
 
 @pytest.mark.django_db
@@ -64,5 +95,140 @@ def test_a_draining_node_that_falls_silent_goes_offline_too():
     with time_machine.travel(START, tick=False) as clock:
         make_node("draining")
         Node.objects.filter(node_id="draining").update(status=NodeStatus.DRAINING)
-        clock.shift(OFFLINE + 1)
-        assert check() == ["draining"]
+        check()
+        assert run_loop(clock, 20) == ["draining"]
+
+
+@pytest.mark.django_db
+def test_the_deadline_written_with_the_beat_governs_not_the_settings_of_the_pass(settings):
+    with time_machine.travel(START, tick=False) as clock:
+        make_node("n")
+        check()
+        settings.CNET_OFFLINE_AFTER_SECONDS = 600.0  # a pass never recomputes a node's deadline
+        assert run_loop(clock, 18) == []
+        assert run_loop(clock, 2) == ["n"]
+
+
+# --- failover: the control plane was away -----------------------------------------------------
+
+@pytest.mark.django_db
+def test_a_control_plane_away_for_a_minute_declares_nobody_offline_and_hands_out_fresh_deadlines():
+    with time_machine.travel(START, tick=False) as clock:
+        for node_id in ("a", "b", "stopped"):
+            make_node(node_id)
+        check()
+        run_loop(clock, 4, beating=["a", "b", "stopped"])
+
+        clock.shift(60)  # no pass and no beat: the control plane was down, every deadline passed
+        assert check() == []
+        assert {status(node_id) for node_id in ("a", "b", "stopped")} == {NodeStatus.READY}
+        for node_id in ("a", "b", "stopped"):  # its own periods again, counted from now
+            assert deadlines(node_id) == (after(BEAT * BEATS), after(OFFLINE))
+        state = ControlLoopState.objects.get(name=LIVENESS_LOOP)
+        assert state.last_run_at == state.failed_over_at == timezone.now()
+
+        # The nodes that beat again stay; the one that does not goes offline on its new deadline.
+        assert run_loop(clock, 18, beating=["a", "b"]) == []
+        assert status("stopped") == NodeStatus.UNHEALTHY
+        assert run_loop(clock, 2, beating=["a", "b"]) == ["stopped"]
+        assert (status("a"), status("b")) == (NodeStatus.READY, NodeStatus.READY)
+
+
+@pytest.mark.django_db
+def test_the_first_pass_ever_is_a_failover():
+    """An upgrade restarts the control plane: the first pass has no previous one to trust."""
+    with time_machine.travel(START, tick=False) as clock:
+        make_node("n")
+        clock.shift(30)
+        assert check() == [] and status("n") == NodeStatus.READY
+        assert deadlines("n")[1] == after(OFFLINE)
+        assert run_loop(clock, 20) == ["n"]
+
+
+@pytest.mark.django_db
+def test_a_node_handed_a_long_period_keeps_it_through_a_failover():
+    with time_machine.travel(START, tick=False) as clock:
+        make_node("slow")
+        check()
+        clock.shift(TICK)
+        node_heartbeat(node_id="slow", usage={})
+        Node.objects.filter(node_id="slow").update(  # as a big fleet hands out: a 40 s interval
+            unhealthy_at=after(56), offline_at=after(56))
+        check()
+        clock.shift(30)
+        assert check() == []
+        assert deadlines("slow") == (after(56), after(56))
+
+
+@pytest.mark.django_db
+def test_a_loop_slower_than_the_failover_threshold_postpones_a_silent_node_once_never_for_ever():
+    with time_machine.travel(START, tick=False) as clock:
+        make_node("alive")
+        make_node("dead")
+        check()
+        run_loop(clock, 20, beating=["alive", "dead"])
+
+        # Every pass now comes 7 s after the last, past the 6 s threshold, so each is a failover;
+        # "dead" gets a fresh deadline from the first of them only, as it never beats again.
+        stopped = timezone.now()
+        gone = run_loop(clock, 28, beating=["alive"], every=7)
+        assert gone == ["dead"] and status("alive") == NodeStatus.READY
+        assert timezone.now() - stopped == timedelta(seconds=28)  # 7 (failover) + 18 + the next pass
+        assert ControlLoopState.objects.get().failed_over_at == timezone.now()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_racing_passes_after_an_outage_declare_nobody_offline():
+    with time_machine.travel(START, tick=False) as clock:
+        nodes = [f"n{i}" for i in range(5)]
+        for node_id in nodes:
+            make_node(node_id)
+        check()
+        run_loop(clock, 4, beating=nodes)
+        clock.shift(60)
+        results, barrier = [], threading.Barrier(4)
+
+        def run() -> None:
+            try:
+                barrier.wait()
+                results.append(check())
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert results == [[], [], [], []]
+        assert set(Node.objects.values_list("status", flat=True)) == {NodeStatus.READY}
+        assert set(Node.objects.values_list("offline_at", flat=True)) == {after(OFFLINE)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_racing_passes_declare_each_silent_node_offline_exactly_once():
+    with time_machine.travel(START, tick=False) as clock:
+        silent = [f"s{i}" for i in range(6)]
+        for node_id in [*silent, "beating"]:
+            make_node(node_id)
+        check()
+        run_loop(clock, 18, beating=["beating"])
+        clock.shift(TICK)
+        node_heartbeat(node_id="beating", usage={})
+        results, barrier = [], threading.Barrier(4)
+
+        def run() -> None:
+            try:
+                barrier.wait()
+                results.append(check())
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        declared = [node_id for gone in results for node_id in gone]
+        assert sorted(declared) == silent  # each once, by whichever pass won it
+        assert status("beating") == NodeStatus.READY

@@ -15,6 +15,7 @@ from workloads.services import workload_submit, workload_transition
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 S = WorkloadStatus
+TICK = 2.0
 
 
 @pytest.fixture(autouse=True)
@@ -23,12 +24,26 @@ def loop_settings(settings):
     settings.CNET_UNHEALTHY_AFTER_BEATS = 3
     settings.CNET_OFFLINE_AFTER_SECONDS = 18.0
     settings.CNET_REDISPATCH_AFTER_SECONDS = 30.0
+    settings.CNET_CONTROL_TICK_SECONDS = TICK
+    settings.CNET_MAX_HEARTBEATS_PER_SECOND = 250.0
     return settings
 
 
 def submit_on(node_id: str, **extra) -> Workload:
     return workload_submit(owner=None, name=f"on-{node_id}", type="process", config={"command": "sleep"},
                            requirements=Resources(cpu=1000, memory=GiB), node=node_id, **extra)
+
+
+def run_loop(clock, seconds: float, *, beating=()) -> int:
+    """The liveness loop for ``seconds``, a pass every tick, the ``beating`` nodes beating before
+    each; how much work its passes found lost."""
+    lost = 0
+    for _ in range(round(seconds / TICK)):
+        clock.shift(TICK)
+        for node_id in beating:
+            node_heartbeat(node_id=node_id, usage={})
+        lost += control.mark_lost_on_offline_nodes()
+    return lost
 
 
 def reload(workload: Workload) -> Workload:
@@ -44,14 +59,10 @@ def test_work_on_a_node_that_went_offline_is_lost_with_its_reason_and_its_resour
         workload_transition(workload_id=running.pk, to=S.RUNNING)
         scheduled = submit_on("doomed")
         healthy = submit_on("alive")
+        assert control.mark_lost_on_offline_nodes() == 0  # the loop's first pass
 
-        clock.shift(10)
-        node_heartbeat(node_id="alive", usage={})
-        assert control.mark_lost_on_offline_nodes() == 0  # silent 10 s: not offline yet
-
-        clock.shift(10)
-        node_heartbeat(node_id="alive", usage={})
-        assert control.mark_lost_on_offline_nodes() == 2
+        assert run_loop(clock, 10, beating=["alive"]) == 0  # silent 10 s: not offline yet
+        assert run_loop(clock, 10, beating=["alive"]) == 2  # past its 18 s deadline, on the pass at 20 s
         for workload in (running, scheduled):
             lost = reload(workload)
             assert lost.status == S.LOST
@@ -68,11 +79,31 @@ def test_lost_work_with_a_restart_policy_goes_back_to_the_queue_and_onto_a_live_
         make_node("doomed")
         make_node("alive", parent="doomed")
         workload = submit_on("doomed", restart_policy="on-failure")
-        clock.shift(20)
-        node_heartbeat(node_id="alive", usage={})
         control.mark_lost_on_offline_nodes()
+        run_loop(clock, 20, beating=["alive"])
         moved = reload(workload)
         assert (moved.status, moved.node.node_id, moved.restart_count) == (S.SCHEDULED, "alive", 1)
+
+
+@pytest.mark.django_db
+def test_a_control_plane_down_for_a_minute_loses_no_work_when_it_comes_back():
+    with time_machine.travel(START, tick=False) as clock:
+        make_node("a")
+        make_node("b")
+        on_a, on_b = submit_on("a"), submit_on("b")
+        workload_transition(workload_id=on_a.pk, to=S.RUNNING)
+        control.mark_lost_on_offline_nodes()
+        run_loop(clock, 4, beating=["a", "b"])
+
+        clock.shift(60)  # no pass, no beat: every deadline passed while the control plane was down
+        assert control.mark_lost_on_offline_nodes() == 0
+        assert (reload(on_a).status, reload(on_b).status) == (S.RUNNING, S.SCHEDULED)
+        assert set(Node.objects.values_list("status", flat=True)) == {"ready"}
+
+        # a comes back; b never does, and loses its work on the deadline it was given on return
+        assert run_loop(clock, 18, beating=["a"]) == 0
+        assert run_loop(clock, 2, beating=["a"]) == 1
+        assert (reload(on_a).status, reload(on_b).status) == (S.RUNNING, S.LOST)
 
 
 @pytest.mark.django_db

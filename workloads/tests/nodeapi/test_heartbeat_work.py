@@ -9,6 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils.dateparse import parse_datetime
 
+from nodes.heartbeats import live_node_count, live_node_count_forget
 from nodes.models import Node, NodeStatus
 from nodes.services import node_set_schedulable
 from workloads.models import WorkloadStatus
@@ -59,12 +60,41 @@ def test_a_heartbeat_costs_one_write(agent_for):
     work = submit("a")
     beat(agent)  # the credential's last use is written at most once a minute: not on this beat
     epoch = Node.objects.get(node_id="a").agent_epoch
+    live_node_count_forget()
+    live_node_count()  # the fleet is counted at most every few seconds per process: not on this beat
     with CaptureQueriesContext(connection) as queries:
         answer = beat(agent, running=[work.pk], epoch=epoch)
     assert answer.status_code == 200
     assert len(writes(queries)) == 1, writes(queries)
     # the credential, the beat, the node's status, the work placed here
     assert len(queries) == 4, [q["sql"][:90] for q in queries]
+
+
+def test_the_answer_is_the_timing_the_beat_wrote_and_it_stretches_with_the_fleet(agent_for, settings):
+    settings.CNET_MAX_HEARTBEATS_PER_SECOND = 100.0
+    agent = agent_for("a")
+    Node.objects.bulk_create(Node(node_id=f"bulk-{i}") for i in range(2_999))
+    live_node_count_forget()
+    try:
+        with time_machine.travel(SERVER_NOW, tick=False):
+            body = beat(agent).json()
+    finally:
+        live_node_count_forget()
+    assert (body["heartbeat_seconds"], body["offline_after_seconds"]) == (30.0, 42.0)  # 3,000 nodes at 100/s
+    node = Node.objects.get(node_id="a")
+    assert node.offline_at == SERVER_NOW + timedelta(seconds=body["offline_after_seconds"])
+
+
+def test_registering_answers_with_the_timing_it_wrote(agent_for):
+    agent = agent_for("a")
+    with time_machine.travel(SERVER_NOW, tick=False):
+        answer = agent.post("/api/node/register", {"node_id": "a", "capacity": {"cpu": 1, "memory": 1024**3}},
+                            format="json")
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    node = Node.objects.get(node_id="a")
+    assert node.offline_at == SERVER_NOW + timedelta(seconds=body["offline_after_seconds"])
+    assert body["heartbeat_seconds"] == settings.CNET_HEARTBEAT_SECONDS
 
 
 def test_an_unhealthy_node_is_ready_again_on_its_beat_and_an_offline_one_stays_offline(agent_for):
