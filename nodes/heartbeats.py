@@ -10,7 +10,6 @@ nodes taken at most every ``COUNT_CACHE_SECONDS`` per process, never per beat.
 
 import threading
 import time
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -96,21 +95,3 @@ def heartbeat_timing_now() -> HeartbeatTiming:
         unhealthy_after_beats=settings.CNET_UNHEALTHY_AFTER_BEATS,
         offline_after_seconds=settings.CNET_OFFLINE_AFTER_SECONDS,
     )
-
-
-# The timing the last beat or registration of this thread (or task) wrote, so the answer to that
-# request tells the node exactly what its deadlines were computed from, even when the count was
-# refreshed by another thread in between.
-_handed_out: ContextVar[HeartbeatTiming | None] = ContextVar("cnet_heartbeat_timing", default=None)
-
-
-def heartbeat_timing_hand_out() -> HeartbeatTiming:
-    """``heartbeat_timing_now()``, remembered as what this request handed out."""
-    timing = heartbeat_timing_now()
-    _handed_out.set(timing)
-    return timing
-
-
-def heartbeat_timing_handed_out() -> HeartbeatTiming:
-    """What this request's beat or registration wrote (the timing of now if it wrote none)."""
-    return _handed_out.get() or heartbeat_timing_now()

@@ -15,7 +15,7 @@ from django.utils import timezone
 from core.errors import Forbidden, InvalidRequest, NotFound, StateConflict
 
 from .db import prepared_cursor
-from .heartbeats import HeartbeatTiming, heartbeat_timing_hand_out
+from .heartbeats import HeartbeatTiming, heartbeat_timing_now
 from .models import RESOURCES, ControlLoopState, JoinToken, Node, NodeCredential, NodeStatus
 from .resources import Resources
 from .selectors import key_hash, node_find, node_get
@@ -80,12 +80,14 @@ def node_register(
     peers: Iterable[str] = (),
     labels: dict | None = None,
     capabilities: dict | None = None,
+    timing: HeartbeatTiming | None = None,
 ) -> Node:
     """Create or update a node and its links; bumps its agent epoch and marks it ready.
 
     ``parent`` and ``peers`` name nodes by node_id or by advertised address:port. A name that
     means no registered node yet is kept (``pending_parent``, ``pending_peers``) and linked the
-    moment that node registers; so are the nodes that were waiting for this one.
+    moment that node registers; so are the nodes that were waiting for this one. Its deadlines
+    come from ``timing`` (what the caller hands the node; the fleet's current timing if None).
     """
     if parent == node_id:
         raise InvalidRequest(f"{node_id} cannot be its own parent", field="parent")
@@ -111,7 +113,7 @@ def node_register(
     node.pending_peers = waiting_peers
     node.status = NodeStatus.READY
     node.last_heartbeat = timezone.now()
-    for column, deadline in heartbeat_timing_hand_out().deadlines(node.last_heartbeat).items():
+    for column, deadline in (timing or heartbeat_timing_now()).deadlines(node.last_heartbeat).items():
         setattr(node, column, deadline)
     node.agent_epoch = F("agent_epoch") + 1
     node.save()
@@ -223,7 +225,7 @@ def node_heartbeat_apply(*, usage: dict, epoch: int | None = None, node_pk: int 
     """
     match = Q(pk=node_pk) if node_pk is not None else Q(node_id=node_id)
     now = timezone.now()
-    timing = heartbeat_timing_hand_out()
+    timing = heartbeat_timing_now()
     updated = Node.objects.filter(match if epoch is None else match & Q(agent_epoch=epoch)).update(
         usage=usage, last_heartbeat=now, **timing.deadlines(now),
         status=Case(When(status=NodeStatus.UNHEALTHY, then=Value(NodeStatus.READY)), default=F("status"),

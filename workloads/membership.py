@@ -13,7 +13,7 @@ from uuid import UUID
 from django.db import transaction
 
 from core.errors import Forbidden, StateConflict
-from nodes.heartbeats import HeartbeatTiming, heartbeat_timing_handed_out
+from nodes.heartbeats import HeartbeatTiming
 from nodes.models import Node
 from nodes.resources import Resources
 from nodes.services import node_heartbeat_apply, node_register
@@ -43,12 +43,14 @@ class Heartbeat:
 def node_register_own(
     *, node: Node, node_id: str, address: str, port: int, capacity: Resources, parent: str | None = None,
     peers: Iterable[str] = (), labels: dict | None = None, capabilities: dict | None = None,
+    timing: HeartbeatTiming,
 ) -> Node:
-    """Register the node a credential belongs to (``node``), never another: ``node_id`` must be its."""
+    """Register the node a credential belongs to (``node``), never another: ``node_id`` must be its.
+    Its deadlines come from ``timing``, the timing the answer hands it."""
     if node_id != node.node_id:
         raise Forbidden(f"this credential is node {node.node_id}'s: it cannot register {node_id!r}", field="node_id")
     registered = node_register(node_id=node_id, address=address, port=port, capacity=capacity, parent=parent,
-                               peers=peers, labels=labels, capabilities=capabilities)
+                               peers=peers, labels=labels, capabilities=capabilities, timing=timing)
     transaction.on_commit(request_pending_placement)  # a node (re)joined: pending work may fit now
     return registered
 
@@ -78,10 +80,8 @@ def node_heartbeat_record(*, node: Node, epoch: int, usage: dict, running: Colle
     )
 
 
-def heartbeat_timing(timing: HeartbeatTiming | None = None) -> dict:
+def heartbeat_timing(timing: HeartbeatTiming) -> dict:
     """How often the control plane wants this node's beats, and how long it keeps its work when
-    silent: the timing its deadlines were just written from (``timing``, else the one this request's
-    beat or registration handed out), so an agent fencing itself one beat before
-    ``offline_after_seconds`` does so before the control plane can hand its work on."""
-    timing = timing or heartbeat_timing_handed_out()
+    silent: the timing its deadlines were just written from, so an agent fencing itself one beat
+    before ``offline_after_seconds`` does so before the control plane can hand its work on."""
     return {"heartbeat_seconds": timing.interval_seconds, "offline_after_seconds": timing.offline_after_seconds}

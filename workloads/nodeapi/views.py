@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from nodes.authentication import IsNode, NodeCredentialAuthentication
+from nodes.heartbeats import heartbeat_timing_now
 from nodes.services import node_join
 
 from ..membership import heartbeat_timing, node_heartbeat_record, node_register_own
@@ -79,9 +80,10 @@ class RegisterView(NodeView):
 
     @extend_schema(tags=TAGS, request=RegisterSerializer, responses={200: RegisterAnswerSerializer, **REFUSED})
     def post(self, request):
-        node = node_register_own(node=request.auth, **self.body(RegisterSerializer))
+        timing = heartbeat_timing_now()
+        node = node_register_own(node=request.auth, timing=timing, **self.body(RegisterSerializer))
         return Response({"node_id": node.node_id, "epoch": node.agent_epoch, "status": node.status,
-                         "server_time": timezone.now(), **heartbeat_timing()})
+                         "server_time": timezone.now(), **heartbeat_timing(timing)})
 
 
 class HeartbeatView(NodeView):
@@ -97,7 +99,7 @@ class HeartbeatView(NodeView):
         beat = node_heartbeat_record(node=request.auth, **self.body(HeartbeatSerializer))
         return Response({
             "status": beat.status, "server_time": beat.at, "kill": beat.kill, "stop": beat.stop,
-            "work": WorkSerializer(beat.work, many=True).data, **heartbeat_timing(),
+            "work": WorkSerializer(beat.work, many=True).data, **heartbeat_timing(beat.timing),
         })
 
 
