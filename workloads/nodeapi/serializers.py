@@ -8,7 +8,7 @@ from nodes.models import NodeStatus
 from nodes.resources import Resources
 
 from ..models import LogStream, Workload, WorkloadStatus
-from ..services import AGENT_REPORTS
+from ..reports import AGENT_REPORTS
 
 MAX_GPUS = 4096
 MAX_RUNNING = 10_000  # workloads one agent says it supervises in one beat

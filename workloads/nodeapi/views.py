@@ -19,8 +19,8 @@ from nodes.services import node_join
 
 from ..membership import heartbeat_timing, node_heartbeat_record, node_register_own
 from ..models import WorkloadStatus
+from ..reports import workload_logs_store, workload_reports_apply
 from ..selectors import node_work
-from ..services import workload_logs_store, workload_reports_apply
 from . import schema  # noqa: F401 - documents the node credential in the schema
 from .serializers import (
     HeartbeatAnswerSerializer,
