@@ -4,19 +4,18 @@ import logging
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import lru_cache
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, CharField, DateTimeField, ExpressionWrapper, F, Q, Value, When
+from django.db.models import F, Q
 from django.utils import timezone
 
 from core.errors import Forbidden, InvalidRequest, NotFound, StateConflict
 
 from .db import prepared_cursor
 from .heartbeats import HeartbeatTiming, heartbeat_timing_now
-from .models import RESOURCES, ControlLoopState, JoinToken, Node, NodeCredential, NodeStatus
+from .models import RESOURCES, JoinToken, Node, NodeCredential, NodeStatus
 from .resources import Resources
 from .selectors import key_hash, node_find, node_get
 
@@ -206,47 +205,6 @@ def node_set_parent(*, node: Node, parent: Node | None) -> None:
     node.refresh_from_db()
 
 
-@dataclass(frozen=True)
-class Beat:
-    """A recorded heartbeat: the node's status after it, the control plane's time of it, and the
-    timing it was handed (its deadlines were written from that)."""
-
-    status: str
-    at: datetime
-    timing: HeartbeatTiming
-
-
-def node_heartbeat_apply(*, usage: dict, epoch: int | None = None, node_pk: int | None = None,
-                         node_id: str | None = None) -> Beat | None:
-    """The one writer of a heartbeat, for the database path and the node API alike: one UPDATE
-    records the usage, the time, the deadlines of the interval handed out and unhealthy → ready;
-    then one read of the status. None when no node matches (unknown, or ``epoch`` is not its
-    current agent's). An offline node stays offline: its work was lost, so its agent registers again.
-    """
-    match = Q(pk=node_pk) if node_pk is not None else Q(node_id=node_id)
-    now = timezone.now()
-    timing = heartbeat_timing_now()
-    updated = Node.objects.filter(match if epoch is None else match & Q(agent_epoch=epoch)).update(
-        usage=usage, last_heartbeat=now, **timing.deadlines(now),
-        status=Case(When(status=NodeStatus.UNHEALTHY, then=Value(NodeStatus.READY)), default=F("status"),
-                    output_field=CharField()),
-    )
-    if not updated:
-        return None
-    status = Node.objects.filter(match).values_list("status", flat=True).first()
-    return Beat(status=status, at=now, timing=timing) if status is not None else None
-
-
-def node_heartbeat(*, node_id: str, usage: dict, epoch: int | None = None) -> str | None:
-    """Record measured usage (``node_heartbeat_apply``); a silent-then-back node becomes ready again.
-
-    Returns the node's status, or None when the heartbeat is from a superseded agent (older
-    epoch) or the node is unknown. An ``offline`` answer tells the agent its work was lost.
-    """
-    beat = node_heartbeat_apply(node_id=node_id, usage=usage, epoch=epoch)
-    return beat.status if beat is not None else None
-
-
 def node_set_schedulable(*, node_id: str, schedulable: bool) -> bool:
     """Drain a node (no new work) or make it schedulable again."""
     if schedulable:
@@ -288,69 +246,6 @@ def node_mark_offline(*, node_id: str, epoch: int | None = None) -> bool:
     if epoch is not None:
         match &= Q(agent_epoch=epoch)
     return Node.objects.filter(match).update(status=NodeStatus.OFFLINE) == 1
-
-
-LIVENESS_LOOP = "liveness"
-
-
-def nodes_check_liveness(*, failover_after_seconds: float) -> list[str]:
-    """Nodes past their unhealthy deadline turn unhealthy, past their offline deadline offline.
-    Returns the node_ids that just went offline.
-
-    The deadlines were written with each node's beat, from the interval it was handed. A pass that
-    finds the previous one more than ``failover_after_seconds`` ago (the control plane was away, so
-    nodes could not beat either) first gives every node a fresh deadline (``_liveness_failover``),
-    so a control plane's own restart loses no work (Nomad's failover heartbeat TTL).
-    Safe to run twice at once: the record of a pass and every move are conditional UPDATEs.
-    """
-    now = timezone.now()
-    with transaction.atomic():
-        state, _created = ControlLoopState.objects.get_or_create(name=LIVENESS_LOOP)
-        previous = state.last_run_at
-        failover = previous is None or (now - previous).total_seconds() > failover_after_seconds
-        # Claim this pass: of two passes that read the same previous run, one records itself and
-        # the other (its view is stale: the winner may be handing out fresh deadlines) stops.
-        claimed = ControlLoopState.objects.filter(pk=state.pk, last_run_at=previous).update(
-            last_run_at=now, **({"failed_over_at": now} if failover else {}))
-        if not claimed:
-            return []
-        if failover:
-            _liveness_failover(now=now, previous=previous, since=state.failed_over_at)
-    Node.objects.filter(status=NodeStatus.READY, unhealthy_at__lt=now).update(status=NodeStatus.UNHEALTHY)
-    due = Node.objects.exclude(status=NodeStatus.OFFLINE).filter(offline_at__lt=now)
-    gone = []
-    for node_id, silent_since in due.values_list("node_id", "last_heartbeat"):
-        # Re-checked in the UPDATE: a beat since the read moved the deadline, and keeps the node.
-        if due.filter(node_id=node_id).update(status=NodeStatus.OFFLINE):
-            logger.warning("node %s offline: no heartbeat since %s, past its deadline", node_id,
-                           silent_since.isoformat(timespec="seconds") if silent_since else "it registered")
-            gone.append(node_id)
-    return gone
-
-
-def _liveness_failover(*, now: datetime, previous: datetime | None, since: datetime | None) -> None:
-    """Every node not offline that has beaten since the last failover (``since``; all of them at
-    the first) gets its own period again, counted from now: one UPDATE.
-
-    A node's period is ``deadline - last_heartbeat``, what its last beat was handed. A node that
-    has not beaten since the last failover already had one fresh period and keeps that deadline, so
-    a loop that keeps coming late (every pass a failover) postpones a silent node's offline once,
-    never for ever; it is also why the difference is still its period: nobody is refreshed twice
-    without beating in between.
-    """
-    now_value = Value(now, output_field=DateTimeField())
-    live = Node.objects.exclude(status=NodeStatus.OFFLINE).filter(last_heartbeat__isnull=False,
-                                                                    offline_at__isnull=False)
-    if since is not None:
-        live = live.filter(last_heartbeat__gt=since)
-    refreshed = live.update(
-        unhealthy_at=ExpressionWrapper(now_value + (F("unhealthy_at") - F("last_heartbeat")),
-                                       output_field=DateTimeField()),
-        offline_at=ExpressionWrapper(now_value + (F("offline_at") - F("last_heartbeat")), output_field=DateTimeField()),
-    )
-    logger.warning("liveness: %s; %s nodes get fresh deadlines before any is judged",
-                   "first pass" if previous is None else
-                   f"no pass for {(now - previous).total_seconds():.1f}s (the control plane was away)", refreshed)
 
 
 # --- joining and credentials ------------------------------------------------------------------

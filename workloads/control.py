@@ -8,8 +8,8 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from nodes.liveness import nodes_check_liveness
 from nodes.models import NodeStatus
-from nodes.services import nodes_check_liveness
 
 from .dispatch import dispatch_start
 from .models import ACTIVE, Workload, WorkloadStatus

@@ -14,9 +14,10 @@ from django.db import transaction
 
 from core.errors import Forbidden, StateConflict
 from nodes.heartbeats import HeartbeatTiming
+from nodes.liveness import node_heartbeat_apply
 from nodes.models import Node
 from nodes.resources import Resources
-from nodes.services import node_heartbeat_apply, node_register
+from nodes.services import node_register
 
 from .dispatch import request_pending_placement
 from .models import Workload, WorkloadStatus

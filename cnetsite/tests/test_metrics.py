@@ -16,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from cnetsite.metrics.collector import DatabaseCollector
+from nodes.liveness import node_heartbeat
 from nodes.models import Node, NodeStatus
-from nodes.services import node_heartbeat, node_set_schedulable
+from nodes.services import node_set_schedulable
 from tests.helpers import GiB, make_node, submit_process
 from workloads.models import Workload, WorkloadStatus
 from workloads.services import workload_transition

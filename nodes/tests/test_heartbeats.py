@@ -18,9 +18,10 @@ from nodes.heartbeats import (
     live_node_count,
     live_node_count_forget,
 )
+from nodes.liveness import node_heartbeat, node_heartbeat_apply, nodes_check_liveness
 from nodes.models import Node, NodeStatus
 from nodes.resources import Resources
-from nodes.services import node_heartbeat, node_heartbeat_apply, node_register, nodes_check_liveness
+from nodes.services import node_register
 from tests.helpers import make_node
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

@@ -9,8 +9,8 @@ import time_machine
 from django.db import connection
 from django.utils import timezone
 
+from nodes.liveness import LIVENESS_LOOP, node_heartbeat, nodes_check_liveness
 from nodes.models import ControlLoopState, Node, NodeStatus
-from nodes.services import LIVENESS_LOOP, node_heartbeat, nodes_check_liveness
 from tests.helpers import make_node
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

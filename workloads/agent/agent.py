@@ -20,7 +20,8 @@ import time
 
 from django.db import close_old_connections
 
-from nodes.services import node_heartbeat, node_mark_offline, node_set_schedulable
+from nodes.liveness import node_heartbeat
+from nodes.services import node_mark_offline, node_set_schedulable
 
 from ..models import Workload, WorkloadStatus
 from ..services import workload_note, workload_request_stop, workload_requeue

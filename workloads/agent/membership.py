@@ -13,9 +13,10 @@ from django.conf import settings
 
 from core.errors import InvalidRequest
 from nodes.detect import sample_usage
+from nodes.liveness import node_heartbeat
 from nodes.models import Node, NodeStatus
 from nodes.selectors import node_find
-from nodes.services import node_heartbeat, node_link, node_register
+from nodes.services import node_link, node_register
 
 from ..dispatch import request_pending_placement
 from ..models import ACTIVE, WorkloadStatus

@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 import pytest
 import time_machine
 
+from nodes.liveness import node_heartbeat
 from nodes.models import Node
 from nodes.resources import Resources
-from nodes.services import node_heartbeat
 from tests.helpers import GiB, make_node
 from workloads import control
 from workloads.models import Workload, WorkloadStatus
