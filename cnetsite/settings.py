@@ -232,9 +232,10 @@ CELERY_BROKER_CONNECTION_TIMEOUT = env_float("CELERY_BROKER_CONNECTION_TIMEOUT",
 # The node a submission is "local" to when it names none.
 CNET_LOCAL_NODE_ID = env_str("CNET_LOCAL_NODE_ID", socket.gethostname())
 CNET_DEFAULT_STRATEGY = env_str("CNET_DEFAULT_STRATEGY", "default")
-# Heartbeat every 5 s (one row write per node: 2,000/s at 10,000 nodes). Offline after 18 s of
-# silence puts the work of a host cut off on another host within ~20 s (tests/cluster measures
-# it); a cut-off agent kills its own work one heartbeat before that (Agent.fence_once).
+# Heartbeat every 5 s while the fleet is small (one row write a beat; CNET_MAX_HEARTBEATS_PER_SECOND
+# stretches it for a large one). Offline after 18 s of silence puts the work of a host cut off on
+# another host within ~20 s (tests/cluster measures it); a cut-off agent kills its own work one
+# heartbeat before that (Agent.fence_once).
 CNET_HEARTBEAT_SECONDS = env_float("CNET_HEARTBEAT_SECONDS", 5.0)
 # Beats the control plane takes per second, fleet-wide (Nomad's max_heartbeats_per_second): each
 # node beats every max(CNET_HEARTBEAT_SECONDS, live nodes / this) s and goes offline after
