@@ -10,6 +10,8 @@ from django.db import transaction
 from django.db.models import Case, CharField, DateTimeField, ExpressionWrapper, F, Q, Value, When
 from django.utils import timezone
 
+from core.instruments import HEARTBEATS
+
 from .heartbeats import HeartbeatTiming, heartbeat_timing_now
 from .models import ControlLoopState, Node, NodeStatus
 
@@ -41,6 +43,7 @@ def node_heartbeat_apply(*, usage: dict, epoch: int | None = None, node_pk: int 
         status=Case(When(status=NodeStatus.UNHEALTHY, then=Value(NodeStatus.READY)), default=F("status"),
                     output_field=CharField()),
     )
+    HEARTBEATS.labels(outcome="recorded" if updated else "refused").inc()
     if not updated:
         return None
     status = Node.objects.filter(match).values_list("status", flat=True).first()

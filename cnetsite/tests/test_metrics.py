@@ -218,6 +218,23 @@ def test_placement_latency_is_observed_per_strategy_and_outcome(api):
 
 
 @pytest.mark.django_db
+def test_heartbeats_are_counted_recorded_or_refused(api):
+    node = make_node("beating")
+
+    def counts():
+        m = scrape(api)
+        return tuple(value(m, "cnet_node_heartbeats", "cnet_node_heartbeats_total", outcome=outcome) or 0
+                     for outcome in ("recorded", "refused"))
+
+    before = counts()
+    node_heartbeat(node_id="beating", usage={}, epoch=node.agent_epoch)
+    node_heartbeat(node_id="beating", usage={}, epoch=node.agent_epoch)
+    node_heartbeat(node_id="beating", usage={}, epoch=node.agent_epoch + 1)  # a superseded agent
+    after = counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
+
+
+@pytest.mark.django_db
 def test_api_request_latency_is_labelled_by_route_pattern_method_and_status(api):
     def health_count():
         m = scrape(api)
