@@ -12,8 +12,8 @@ from django.template.response import TemplateResponse
 
 from nodes.models import Node, NodeStatus
 from nodes.resources import MILLICORES_PER_CORE, human_bytes
-from nodes.selectors import cluster_stats
-from nodes.usage import usage_measured, usage_percent, usage_summed
+from nodes.selectors import cluster_totals, node_busiest
+from nodes.usage import usage_measured, usage_percent
 from workloads.models import WorkloadStatus
 from workloads.selectors import (
     workload_active_counts_by_node,
@@ -21,8 +21,10 @@ from workloads.selectors import (
     workload_events_recent,
 )
 
-# The dashboard draws at most this many nodes; the node pages show all of them.
+# The dashboard draws at most this many nodes (the busiest) and this many needing attention;
+# the node list pages through all of them.
 DASHBOARD_NODES = 40
+DASHBOARD_ATTENTION = 10
 RESOURCE_LABELS = {"cpu": "CPU", "memory": "Memory", "gpu": "GPU", "storage": "Storage"}
 
 
@@ -89,10 +91,12 @@ def node_bars(node: Node) -> list[Bar]:
 
 
 def cluster_bars() -> list[Bar]:
-    """Totals over live (not offline) nodes; measured usage weighs each machine by its size."""
-    stats = cluster_stats()
-    capacity, allocated = stats["capacity"], stats["allocated"]
-    measured, _reporting = usage_summed(Node.objects.exclude(status=NodeStatus.OFFLINE).values_list("usage", flat=True))
+    """Totals over live (not offline) nodes; measured usage weighs each machine by its size.
+
+    One aggregate query (``cluster_totals``), whatever the size of the fleet."""
+    totals = cluster_totals()
+    capacity, allocated = totals["capacity"].to_api(), totals["allocated"].to_api()
+    measured = totals["measured"]
     return [
         Bar(name, allocated[name], capacity[name], _measured_percent(measured, name))
         for name in ("cpu", "memory", "gpu", "storage")
@@ -109,16 +113,20 @@ def node_rows(nodes, *, user) -> list[dict]:
 
 
 def dashboard_context(*, user) -> dict:
-    node_total = Node.objects.count()
-    nodes = Node.objects.select_related("parent").order_by("depth", "node_id")[:DASHBOARD_NODES]
+    """A summary however many nodes there are: counts by health, totals, the busiest few nodes and
+    the first few that need attention: a bounded number of queries, and the sums and the sort are
+    the database's, so no more than those few rows reach Python."""
     health = dict(Node.objects.order_by().values("status").annotate(n=Count("pk")).values_list("status", "n"))
+    node_total = sum(health.values())
+    attention = list(Node.objects.exclude(status=NodeStatus.READY).order_by("status", "node_id")[:DASHBOARD_ATTENTION])
     counts = workload_counts_by_status(user=user)
     return {
         "cluster_bars": cluster_bars(),
-        "node_rows": node_rows(nodes, user=user),
+        "node_rows": node_rows(node_busiest(limit=DASHBOARD_NODES), user=user),
         "node_total": node_total,
         "node_health": [(status, label, health.get(status, 0)) for status, label in NodeStatus.choices],
-        "nodes_attention": Node.objects.exclude(status=NodeStatus.READY).order_by("status", "node_id")[:10],
+        "nodes_attention": attention,
+        "nodes_attention_more": node_total - health.get(NodeStatus.READY, 0) - len(attention),
         "workload_counts": [(status, label, counts[status]) for status, label in WorkloadStatus.choices],
         "workload_total": counts["total"],
         "events": workload_events_recent(user=user, limit=15),

@@ -5,19 +5,33 @@ in ``/api/nodes``); draining needs the change permission, i.e. staff. Credential
 as on the API: making a join token and revoking a node's credential.
 """
 
+from urllib.parse import urlencode
+
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import PAGE_VAR
 from django.core.exceptions import PermissionDenied
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from cnetsite.admin_site import DeletesThroughService
 from core.errors import DomainError
 
 from .models import Node
-from .selectors import join_token_for_key, node_tree
+from .selectors import (
+    TREE_MATCHES,
+    TREE_PAGE,
+    join_token_for_key,
+    node_children,
+    node_filter_labels,
+    node_labels_present,
+    node_parents_largest,
+    node_tree,
+)
 from .services import (
     join_token_create,
     node_credential_revoke,
@@ -32,6 +46,8 @@ JOIN_TOKEN_TTLS = [("15m", "15 minutes"), ("1h", "1 hour"), ("1d", "1 day"), ("7
 # The exchange itself, as the node API takes it (POST /api/node/join).
 JOIN_EXCHANGE = ("curl -X POST {url}/api/node/join -H 'Content-Type: application/json' "
                  "-d '{{\"node_id\": \"<node-id>\", \"join_token\": \"{token}\"}}'")
+# A node's page names at most this many of its children; the node list pages through the rest.
+DETAIL_CHILDREN = 50
 
 
 def _bar_html(bar) -> str:
@@ -43,14 +59,64 @@ def _bar_html(bar) -> str:
     )
 
 
+class TextListFilter(admin.SimpleListFilter):
+    """A list filter typed into a box (it keeps the page's other filters), with a few suggestions:
+    a fleet has too many parents or labels to list them all."""
+
+    template = "admin/nodes/node/_text_filter.html"
+    placeholder = ""
+    hidden_params: list[tuple[str, str]] = []
+
+    def has_output(self):
+        return True
+
+    def choices(self, changelist):
+        # The box's form sends the page's other parameters along as hidden fields.
+        self.hidden_params = [(name, value) for name, value in changelist.params.items()
+                              if name not in (self.parameter_name, PAGE_VAR)]
+        yield from super().choices(changelist)
+
+
+class NodeLabelFilter(TextListFilter):
+    title = "label"
+    parameter_name = "label"
+    placeholder = "key=value, …"
+
+    def lookups(self, request, model_admin):
+        return [(label, label) for label in node_labels_present()]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        try:
+            return node_filter_labels(queryset, selector=self.value())
+        except DomainError as error:  # the changelist answers "?e=1": its own word for bad filters
+            raise IncorrectLookupParameters(str(error)) from error
+
+
+class NodeParentFilter(TextListFilter):
+    title = "parent"
+    parameter_name = "parent"
+    placeholder = "node_id"
+
+    def lookups(self, request, model_admin):
+        return [(node_id, f"{node_id} ({children})") for node_id, children in node_parents_largest()]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(parent__node_id=self.value()) if self.value() else queryset
+
+
 @admin.register(Node)
 class NodeAdmin(DeletesThroughService, admin.ModelAdmin):
     list_display = ["node_id", "health", "endpoint", "parent", "cpu", "memory", "gpu", "storage", "heartbeat"]
     list_display_links = ["node_id"]
-    list_filter = ["status"]
+    list_filter = ["status", NodeLabelFilter, NodeParentFilter]
     search_fields = ["node_id", "address", "labels"]
     list_select_related = ["parent"]
     list_per_page = 50
+    # At fleet size: one count (of the filtered rows) per page, and no facet counts per choice.
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     actions = ["drain", "make_schedulable"]
     change_list_template = "admin/nodes/node/change_list.html"
 
@@ -133,6 +199,8 @@ class NodeAdmin(DeletesThroughService, admin.ModelAdmin):
         view = self.admin_site.admin_view
         return [
             path("topology/", view(self.topology_view), name="nodes_node_topology"),
+            path("topology/children/", view(require_GET(self.topology_children_view)),
+                 name="nodes_node_topology_children"),
             path("<int:object_id>/schedulable/", view(require_POST(self.schedulable_view)),
                  name="nodes_node_schedulable"),
             path("<int:object_id>/revoke/", view(self.revoke_view), name="nodes_node_revoke"),
@@ -141,26 +209,60 @@ class NodeAdmin(DeletesThroughService, admin.ModelAdmin):
         ]
 
     def topology_view(self, request):
+        """The top of the forest, or (``?q=``) the paths from the roots to the nodes whose name
+        matches; collapsed subtrees load on demand from ``topology_children_view``."""
+        q = request.GET.get("q", "").strip()
+        tree = node_tree(q=q)
+        self._annotate_tree(request, tree.roots)
+        context = self.admin_site.each_context(request) | {
+            "title": "Topology", "tree": tree, "roots": tree.roots, "q": q, "matches_max": TREE_MATCHES,
+            "opts": self.opts,
+            "node_total": Node.objects.count(),
+            "roots_more_url": _children_url(None, after=tree.roots_after, skip=tree.roots_skip),
+        }
+        return TemplateResponse(request, "admin/nodes/node/topology.html", context)
+
+    def topology_children_view(self, request):
+        """A page of one node's children (``?parent=<pk>``; the roots without it) as tree items,
+        collapsed, with a "more" item when some remain: what the topology loads on a click."""
+        try:
+            parent_pk = int(request.GET["parent"]) if request.GET.get("parent") else None
+            skip = [int(pk) for pk in request.GET.get("skip", "").split(",") if pk][:TREE_PAGE * 4]
+        except ValueError:
+            raise Http404("parent and skip are node pks") from None
+        after = request.GET.get("after", "")
+        nodes, more = node_children(parent_pk=parent_pk, after=after, skip=skip)
+        self._annotate_tree(request, nodes)
+        context = {"nodes": nodes, "more": more, "what": "roots" if parent_pk is None else "",
+                   "more_url": _children_url(parent_pk, after=nodes[-1].node_id if nodes else after, skip=skip)}
+        return TemplateResponse(request, "admin/nodes/node/_tree_children.html", context)
+
+    def _annotate_tree(self, request, roots) -> None:
+        """What the tree items draw: bars, active workloads, where their children load from."""
         from workloads.selectors import workload_active_counts_by_node
 
         active = workload_active_counts_by_node(user=request.user)
-        roots = node_tree()
-        _annotate_tree(roots, active, self._bars)
-        context = self.admin_site.each_context(request) | {
-            "title": "Topology", "roots": roots, "opts": self.opts,
-            "node_total": sum(_count(root) for root in roots),
-        }
-        return TemplateResponse(request, "admin/nodes/node/topology.html", context)
+        stack = list(roots)
+        while stack:
+            node = stack.pop()
+            node.active_count = active.get(node.pk, 0)
+            node.bar_list = list(self._bars(node).values())
+            node.peer_list = list(node.peers.all())  # prefetched; once, not a queryset per use
+            node.children_url = _children_url(node.pk)
+            node.more_url = _children_url(node.pk, after=node.more_after, skip=node.more_skip)
+            stack.extend(node.tree_children)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         from workloads.models import ACTIVE
         from workloads.selectors import workload_list
 
-        nodes = Node.objects.select_related("parent", "credential").prefetch_related("peers", "children")
+        nodes = Node.objects.select_related("parent", "credential").prefetch_related("peers")
         node = get_object_or_404(nodes, pk=object_id)
         visible = workload_list(user=request.user).filter(node=node)
+        children = node.children.order_by("node_id")
         context = self.admin_site.each_context(request) | {
             "title": node.node_id, "node": node, "opts": self.opts, "bars": self._bars(node).values(),
+            "children": children[:DETAIL_CHILDREN], "children_total": children.count(),
             "active": visible.filter(status__in=ACTIVE).order_by("-created_at")[:100],
             "recent": visible.exclude(status__in=ACTIVE).order_by("-created_at")[:10],
             "can_change": self.has_change_permission(request, node),
@@ -233,12 +335,7 @@ class NodeAdmin(DeletesThroughService, admin.ModelAdmin):
                                 status=400 if "error" in context else 200)
 
 
-def _annotate_tree(nodes, active: dict, bars) -> None:
-    for node in nodes:
-        node.active_count = active.get(node.pk, 0)
-        node.bar_list = list(bars(node).values())
-        _annotate_tree(node.tree_children, active, bars)
-
-
-def _count(node) -> int:
-    return 1 + sum(_count(child) for child in node.tree_children)
+def _children_url(parent_pk: int | None, *, after: str = "", skip=()) -> str:
+    query = {"parent": parent_pk or "", "after": after, "skip": ",".join(str(pk) for pk in skip)}
+    query = urlencode({name: value for name, value in query.items() if value})
+    return reverse("admin:nodes_node_topology_children") + (f"?{query}" if query else "")

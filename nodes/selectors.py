@@ -1,13 +1,16 @@
 import hashlib
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import Count, F, Max, QuerySet, Sum
+from django.db.models import Case, Count, F, FloatField, Max, Prefetch, QuerySet, Sum, TextField, Value, When, Window
+from django.db.models.functions import Cast, Greatest, RowNumber
 
-from core.errors import NotFound
+from core.errors import InvalidRequest, NotFound
 
 from .models import RESOURCES, JoinToken, Node, NodeStatus
 from .resources import Resources
-from .usage import usage_summed
+from .usage import JSONValue, usage_sums, usage_sums_read
 
 
 def node_get(*, node_id: str) -> Node:
@@ -52,8 +55,11 @@ def node_local() -> Node:
 
 
 def node_list() -> QuerySet[Node]:
-    # /api/nodes shows parent, children and peers: fetch them in three queries, not N.
-    return Node.objects.select_related("parent").prefetch_related("children", "peers")
+    # /api/nodes shows parent, children and peers: fetch them in three queries, not N. Of the
+    # children and peers only their names: a page of 100 nodes has thousands of children.
+    names = Node.objects.only("id", "node_id", "parent_id")
+    return Node.objects.select_related("parent").prefetch_related(
+        Prefetch("children", queryset=names), Prefetch("peers", queryset=names.only("id", "node_id")))
 
 
 def node_largest() -> Node | None:
@@ -84,17 +90,13 @@ def node_could_ever_hold(*, requirements: Resources) -> bool:
 
 
 def cluster_stats() -> dict:
-    totals = Node.objects.exclude(status=NodeStatus.OFFLINE).aggregate(
-        **{f"capacity_{name}": Sum(capacity) for name, (capacity, _a) in RESOURCES.items()},
-        **{f"allocated_{name}": Sum(allocated) for name, (_c, allocated) in RESOURCES.items()},
-    )
-    capacity = Resources(**{name: totals[f"capacity_{name}"] or 0 for name in RESOURCES})
-    allocated = Resources(**{name: totals[f"allocated_{name}"] or 0 for name in RESOURCES})
+    totals = cluster_totals()  # one query, usage summed in SQL, not over every node's JSON in Python
+    capacity, allocated = totals["capacity"], totals["allocated"]
     free = Resources(**{name: getattr(capacity, name) - getattr(allocated, name) for name in RESOURCES})
     by_status = dict(
         Node.objects.values("status").annotate(n=Count("id")).values_list("status", "n")
     )
-    measured, reporting = usage_summed(Node.objects.exclude(status=NodeStatus.OFFLINE).values_list("usage", flat=True))
+    measured, reporting = totals["measured"], totals["reporting"]
     return {
         "nodes": {status: by_status.get(status, 0) for status in NodeStatus.values}
         | {"total": sum(by_status.values())},
@@ -111,19 +113,179 @@ def cluster_stats() -> dict:
     }
 
 
+# The topology page draws a page of children at a time, at most TREE_BUDGET nodes at first, and
+# the paths to at most TREE_MATCHES search matches; the rest loads on demand (node_children).
+TREE_PAGE = 50
+TREE_BUDGET = 150
+TREE_MATCHES = 20
 
-def node_tree() -> list[Node]:
-    """The topology as a forest: roots in order, each node's ``tree_children`` filled in.
 
-    One query (plus one for peers): materialized paths sort parents before their children.
-    A node whose parent is missing from the rows (deleted meanwhile) is shown as a root.
-    """
-    nodes = list(Node.objects.prefetch_related("peers").order_by("depth", "node_id"))
+@dataclass
+class NodeTree:
+    """What the topology page draws: the top of the forest, or the paths to a search's matches.
+
+    Each drawn node carries ``tree_children`` (the children drawn under it), ``children_total``,
+    ``children_more`` (how many are not drawn) and where the next page of them starts
+    (``more_after``: the last node_id drawn; ``more_skip``: pks drawn out of order). ``roots_more``,
+    ``roots_after`` and ``roots_skip`` say the same of the roots."""
+
+    roots: list[Node]
+    roots_more: int
+    roots_after: str = ""
+    roots_skip: list[int] = field(default_factory=list)
+    matches: int | None = None  # how many nodes the search matched; None without a search
+
+
+def node_tree(*, q: str = "", page: int = TREE_PAGE, budget: int = TREE_BUDGET,
+              matches_max: int = TREE_MATCHES) -> NodeTree:
+    """The topology without ``q``: a page of roots, and under them (in order, while at most
+    ``budget`` nodes are drawn) their first page of children; deeper levels stay collapsed.
+
+    With ``q``: the nodes whose node_id contains it (at most ``matches_max``) and every ancestor
+    of theirs, read from their materialized paths, each ancestor showing only the children on
+    those paths. A node whose parent is not drawn is shown at the top. A bounded number of
+    queries whatever the size of the fleet."""
+    if q:
+        return _node_tree_search(q=q, matches_max=matches_max)
+    roots, roots_more = node_children(parent_pk=None, limit=page)
+    drawn, opened = len(roots), []
+    for root in roots:
+        shown = min(root.children_total, page)
+        if shown and drawn + shown <= budget:
+            opened.append(root)
+            drawn += shown
+    if opened:
+        by_pk = {root.pk: root for root in opened}
+        ranked = Node.objects.filter(parent_id__in=by_pk).annotate(
+            rank=Window(RowNumber(), partition_by=[F("parent_id")], order_by=F("node_id").asc())
+        )
+        children = list(ranked.filter(rank__lte=page).prefetch_related("peers").order_by("parent_id", "node_id"))
+        _tree_fill(children)
+        for child in children:
+            by_pk[child.parent_id].tree_children.append(child)
+        for root in opened:
+            root.children_more = root.children_total - len(root.tree_children)
+            root.more_after = root.tree_children[-1].node_id
+    return NodeTree(roots=roots, roots_more=roots_more, roots_after=roots[-1].node_id if roots else "")
+
+
+def node_children(*, parent_pk: int | None, after: str = "", skip: Collection[int] = (),
+                  limit: int = TREE_PAGE) -> tuple[list[Node], int]:
+    """One page of a node's children (of the roots when ``parent_pk`` is None) in node_id order,
+    after ``after`` and leaving out ``skip``, each with ``children_total``; and how many remain."""
+    found = Node.objects.filter(parent__isnull=True) if parent_pk is None else Node.objects.filter(parent_id=parent_pk)
+    if after:
+        found = found.filter(node_id__gt=after)
+    if skip:
+        found = found.exclude(pk__in=list(skip))
+    nodes = list(found.prefetch_related("peers").order_by("node_id")[:limit])
+    more = found.count() - len(nodes) if len(nodes) == limit else 0
+    _tree_fill(nodes)
+    for node in nodes:
+        node.more_after = ""
+    return nodes, more
+
+
+def _node_tree_search(*, q: str, matches_max: int) -> NodeTree:
+    found = Node.objects.filter(node_id__icontains=q)
+    matches = list(found.order_by("depth", "node_id").values_list("pk", "path")[:matches_max])
+    total = found.count() if len(matches) == matches_max else len(matches)
+    matched = {pk for pk, _path in matches}
+    wanted = set(matched)
+    for _pk, path in matches:
+        wanted.update(int(part) for part in path.strip("/").split("/") if part.isdigit())
+    nodes = list(Node.objects.filter(pk__in=wanted).prefetch_related("peers").order_by("depth", "node_id"))
+    _tree_fill(nodes)
     by_pk = {node.pk: node for node in nodes}
     roots = []
     for node in nodes:
-        node.tree_children = []
-    for node in nodes:
+        node.tree_match = node.pk in matched
         parent = by_pk.get(node.parent_id)
         (parent.tree_children if parent else roots).append(node)
-    return roots
+    for node in nodes:
+        node.children_more = node.children_total - len(node.tree_children)
+        node.more_skip = [child.pk for child in node.tree_children]
+    drawn_roots = [node.pk for node in roots if node.parent_id is None]
+    roots_more = Node.objects.filter(parent__isnull=True).count() - len(drawn_roots)
+    return NodeTree(roots=roots, roots_more=roots_more, roots_skip=drawn_roots, matches=total)
+
+
+def _tree_fill(nodes: list[Node]) -> None:
+    """Each node's children count (one grouped query), nothing drawn under it yet."""
+    counts = dict(
+        Node.objects.filter(parent_id__in=[node.pk for node in nodes]).order_by()
+        .values("parent_id").annotate(n=Count("pk")).values_list("parent_id", "n")
+    ) if nodes else {}
+    for node in nodes:
+        node.tree_children = []
+        node.children_total = node.children_more = counts.get(node.pk, 0)
+        node.more_after, node.more_skip, node.tree_match = "", [], False
+
+
+def node_busiest(*, limit: int) -> QuerySet[Node]:
+    """The ``limit`` nodes with the largest share of any one resource allocated, fullest first
+    (the dashboard's table): a top-N sort in the database; only those rows reach Python."""
+    shares = [
+        Case(When(**{f"{capacity}__gt": 0},
+                  then=Cast(F(allocated), FloatField()) / Cast(F(capacity), FloatField())),
+             default=Value(0.0))
+        for capacity, allocated in RESOURCES.values()
+    ]
+    return (Node.objects.select_related("parent").annotate(allocated_share=Greatest(*shares))
+            .order_by("-allocated_share", "depth", "node_id")[:limit])
+
+
+def cluster_totals() -> dict:
+    """Capacity, allocated and measured usage summed over live (not offline) nodes, in one query.
+
+    ``measured`` is resource → (used, total) and ``reporting`` the nodes with a sample, as
+    ``usage_summed`` adds up the samples (in SQL: in Python it would read every node's JSON)."""
+    totals = Node.objects.exclude(status=NodeStatus.OFFLINE).aggregate(
+        **{f"capacity_{name}": Sum(capacity) for name, (capacity, _a) in RESOURCES.items()},
+        **{f"allocated_{name}": Sum(allocated) for name, (_c, allocated) in RESOURCES.items()},
+        **usage_sums(),
+    )
+    measured, reporting = usage_sums_read(totals)
+    return {
+        "capacity": Resources(**{name: totals[f"capacity_{name}"] or 0 for name in RESOURCES}),
+        "allocated": Resources(**{name: totals[f"allocated_{name}"] or 0 for name in RESOURCES}),
+        "measured": measured,
+        "reporting": reporting,
+    }
+
+
+def node_filter_labels(queryset: QuerySet[Node], *, selector: str) -> QuerySet[Node]:
+    """The nodes of ``queryset`` whose labels match ``selector``, written as Kubernetes writes one:
+    comma-separated ``key=value`` (the label has that value) and bare ``key`` (the node has the
+    label); all must hold."""
+    for number, term in enumerate(part.strip() for part in selector.split(",")):
+        if not term:
+            continue
+        key, equals, value = term.partition("=")
+        key, value = key.strip(), value.removeprefix("=").strip()  # "key==value" too
+        if not key:
+            raise InvalidRequest(f"{term!r} names no label", field="label")
+        if not equals:
+            queryset = queryset.filter(labels__has_key=key)
+            continue
+        # An expression, not labels__<key>: a key with "__" in it must not become a lookup.
+        alias = f"label_{number}"
+        queryset = queryset.alias(**{alias: JSONValue(key, "labels", TextField())})
+        queryset = queryset.filter(**{alias: value})
+    return queryset
+
+
+def node_labels_present(*, limit: int = 30, scan: int = 500) -> list[str]:
+    """``key=value`` labels nodes carry, sorted, at most ``limit``; read from at most ``scan``
+    distinct label sets, so a fleet labelled per machine costs no more than one that is not."""
+    pairs = set()
+    for labels in Node.objects.order_by().values_list("labels", flat=True).distinct()[:scan]:
+        pairs.update(f"{key}={value}" for key, value in (labels or {}).items())
+    return sorted(pairs)[:limit]
+
+
+def node_parents_largest(*, limit: int = 10) -> list[tuple[str, int]]:
+    """The nodes with the most children: (node_id, children), most first."""
+    rows = (Node.objects.filter(parent__isnull=False).order_by().values("parent__node_id")
+            .annotate(n=Count("pk")).order_by("-n", "parent__node_id").values_list("parent__node_id", "n"))
+    return list(rows[:limit])

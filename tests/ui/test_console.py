@@ -187,3 +187,55 @@ def test_user_sees_and_acts_on_only_their_own_workloads(browser, page, live_serv
         assert _api(live_server, bob, "GET", "/api/workloads").json() == []
     finally:
         other.close()
+
+
+def test_operator_finds_their_way_around_a_fleet_of_2000_nodes(page, live_server, login):
+    from nodes.models import Node
+    from nodes.tests.test_console_scale import fleet_create
+
+    expect = _expect()
+    fleet_create(2000)
+    _user("admin", staff=True)
+    login(page, "admin")
+
+    # The dashboard draws the busiest few, not the fleet.
+    expect(page.locator("#node-capacity tr[data-node]")).to_have_count(40)
+    expect(page.locator("#node-capacity h2")).to_contain_text("40 of 2000")
+
+    # Topology: roots and one level; a collapsed subtree opens (loaded on demand) and closes.
+    page.click(".console-nav >> text=Topology")
+    child = Node.objects.filter(parent__node_id="f0").order_by("node_id").first()
+    item = page.locator(f'li.tree-item[data-pk="{child.pk}"]')
+    expect(item.locator("> .tree-node .tree-toggle")).to_have_attribute("aria-expanded", "false")
+    shot(page, "12-topology-fleet")
+    item.locator("> .tree-node .tree-toggle").click()
+    grandchildren = Node.objects.filter(parent=child).count()
+    expect(item.locator("> ul.tree > li.tree-item")).to_have_count(grandchildren)
+    expect(item.locator("> .tree-node .tree-toggle")).to_have_attribute("aria-expanded", "true")
+    item.locator("> .tree-node .tree-toggle").click()
+    expect(item.locator("> ul.tree")).to_be_hidden()
+
+    # Find a deep node by name: the path from its root, the match marked.
+    deep = Node.objects.filter(depth=2).order_by("-node_id").first()
+    page.fill("#tree-search input[name=q]", deep.node_id)
+    page.press("#tree-search input[name=q]", "Enter")
+    expect(page.locator("li.tree-match .tree-node")).to_have_attribute("data-node", deep.node_id)
+    expect(page.locator(".tree-node")).to_have_count(3)
+    shot(page, "13-topology-search")
+    # An ancestor's other children load in place of "N more".
+    root_item = page.locator("#tree > li.tree-item").first
+    root_item.locator("> ul.tree > li.tree-more button").click()
+    siblings = Node.objects.filter(parent=deep.parent.parent).count()
+    expect(root_item.locator("> ul.tree > li.tree-item")).to_have_count(siblings)
+
+    # The node list: paged, filtered by a label typed into the box, then by parent too.
+    page.click(".console-nav >> text=Nodes")
+    page.fill("#filter-label input[name=label]", "zone=z2")
+    page.press("#filter-label input[name=label]", "Enter")
+    expect(page.locator("#result_list tbody tr")).to_have_count(50)
+    page.fill("#filter-parent input[name=parent]", "f1")
+    page.press("#filter-parent input[name=parent]", "Enter")
+    expected = Node.objects.filter(parent__node_id="f1", labels__zone="z2").count()
+    expect(page.locator("#result_list tbody tr")).to_have_count(expected)
+    assert "label=zone%3Dz2" in page.url or "label=zone=z2" in page.url
+    shot(page, "14-nodes-filtered")

@@ -1,5 +1,6 @@
 /* CNET Agent console: live refresh of the dashboard, live logs and timeline of a workload,
-   and the submit form's type switch. Plain JavaScript, nothing loaded from elsewhere. */
+   the submit form's type switch, and the topology's subtrees loaded on demand. Plain JavaScript,
+   nothing loaded from elsewhere. */
 (function () {
   "use strict";
 
@@ -125,8 +126,63 @@
     });
   }
 
+  /* Topology: subtrees open and close on a click, loading their children the first time;
+     "N more" loads the next page of a node's children in its place. */
+  function topology(tree) {
+    function getHTML(url) {
+      return fetch(url, { credentials: "same-origin" }).then(function (r) {
+        if (!r.ok || r.redirected) throw new Error("HTTP " + r.status);
+        return r.text();
+      });
+    }
+    function childList(item) {
+      for (var i = 0; i < item.children.length; i++) {
+        if (item.children[i].matches("ul.tree")) return item.children[i];
+      }
+      return null;
+    }
+    tree.addEventListener("click", function (event) {
+      var toggle = event.target.closest(".tree-toggle");
+      var more = event.target.closest(".tree-more-button");
+      if (toggle) {
+        var item = toggle.closest(".tree-item");
+        var list = childList(item);
+        if (list) {
+          list.hidden = !list.hidden;
+          toggle.setAttribute("aria-expanded", String(!list.hidden));
+          return;
+        }
+        if (toggle.dataset.loading) return;
+        toggle.dataset.loading = "1";
+        getHTML(toggle.dataset.childrenUrl).then(function (html) {
+          list = document.createElement("ul");
+          list.className = "tree";
+          list.innerHTML = html;
+          item.appendChild(list);
+          toggle.setAttribute("aria-expanded", "true");
+          toggle.classList.remove("failed");
+        }).catch(function (error) {
+          toggle.classList.add("failed");
+          toggle.title = "could not load (" + error.message + "): click to retry";
+        }).then(function () { delete toggle.dataset.loading; });
+      } else if (more) {
+        if (more.disabled) return;
+        more.disabled = true;
+        getHTML(more.dataset.moreUrl).then(function (html) {
+          var place = more.closest(".tree-more");
+          place.insertAdjacentHTML("beforebegin", html);
+          place.remove();
+        }).catch(function (error) {
+          more.disabled = false;
+          more.textContent = "could not load (" + error.message + "): retry";
+        });
+      }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     var el;
+    if ((el = document.getElementById("tree"))) topology(el);
     if ((el = document.getElementById("fill-seed"))) seedButton(el);
     if ((el = document.getElementById("dashboard-live"))) dashboard(el);
     if ((el = document.getElementById("workload-live"))) workload(el);
