@@ -1,0 +1,287 @@
+"""The simulated agents of bench/fleet.py: N nodes in one process that speak the real node API.
+
+Each joins with one join token, registers, beats at the interval each answer gives, takes work from
+its heartbeat's ``work`` list and from the doorbell (the Redis lists of the fleet's node queues,
+swept by one Lua script), reports it ``running`` and then ``succeeded``.
+"""
+
+import asyncio
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/9")
+DOORBELL_QUEUES = "bench.fleet.queues"  # a Redis set: the names of the fleet's node queues
+# Pops every message the named queues hold, in one round trip. Celery publishes a start to the
+# default exchange, so kombu pushes it on the list named after the queue, which this empties.
+SWEEP = """
+local out = {}
+for _, queue in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local message = redis.call('RPOP', queue)
+  while message do
+    out[#out + 1] = message
+    message = redis.call('RPOP', queue)
+  end
+end
+return out
+"""
+GIB = 1024**3
+CAPACITY = {"cpu": 8, "gpu": 0, "memory": 32 * GIB, "storage": 100 * GIB}
+
+
+@dataclass
+class SimNode:
+    node_id: str
+    credential: str = ""
+    epoch: int = 0
+    interval: float = 5.0
+    beating: bool = True
+    registered_at: float = 0.0
+    last_beat_sent: float = 0.0  # time.time() of the last beat sent
+    running: dict[str, str] = field(default_factory=dict)  # workload id -> its run's scheduled_at
+    fetching: bool = False
+    fetch_again: bool = False
+
+
+@dataclass
+class Stats:
+    beats_ok: int = 0
+    beats_failed: int = 0
+    lateness: list[float] = field(default_factory=list)  # seconds a beat was sent after it was due
+    false_offline: set[str] = field(default_factory=set)
+    unhealthy_answers: int = 0
+    reregistered: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    doorbells: int = 0
+    started_by_doorbell: int = 0
+    started_by_heartbeat: int = 0
+    intervals: set[float] = field(default_factory=set)
+    offline_after: set[float] = field(default_factory=set)
+
+    def error(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+
+class Fleet:
+    """N simulated agents sharing one HTTP client (bounded concurrency) and one doorbell tap."""
+
+    def __init__(self, *, base: str, prefix: str, count: int, join_token: str, concurrency: int) -> None:
+        import httpx
+
+        self.base = base
+        self.nodes = [SimNode(f"{prefix}-{i:05d}") for i in range(count)]
+        self.by_queue = {f"node.{node.node_id}": node for node in self.nodes}
+        self.join_token = join_token
+        self.stats = Stats()
+        self.gate = asyncio.Semaphore(concurrency)
+        self.client = httpx.AsyncClient(
+            base_url=base, timeout=httpx.Timeout(30.0, pool=None),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        )
+        self.closing = False
+        self.tasks: list[asyncio.Task] = []
+        self.registered = 0
+        self.all_registered = asyncio.Event()
+
+    # -- HTTP -----------------------------------------------------------------------------
+    async def call(self, method: str, path: str, node: SimNode | None, body=None, *, what: str):
+        """One request (retried once on a dropped keep-alive connection); the response or None."""
+        import httpx
+
+        headers = {"Authorization": f"Node {node.credential}"} if node and node.credential else {}
+        for attempt in range(2):
+            try:
+                async with self.gate:
+                    return await self.client.request(method, path, json=body, headers=headers)
+            except httpx.TransportError as exc:
+                if attempt:
+                    self.stats.error(f"{what}: {type(exc).__name__}")
+        return None
+
+    # -- life of one agent ----------------------------------------------------------------
+    async def live(self, node: SimNode) -> None:
+        try:
+            if not await self.join(node) or not await self.register(node):
+                return
+            self.registered += 1
+            if self.registered == len(self.nodes):
+                self.all_registered.set()
+            loop = asyncio.get_running_loop()
+            due = loop.time() + random.uniform(0, node.interval)  # spread the beats over the interval
+            while node.beating and not self.closing:
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not node.beating or self.closing:
+                    break
+                self.stats.lateness.append(max(0.0, loop.time() - due))
+                sent = loop.time()
+                await self.beat(node)
+                due = sent + node.interval  # the interval the last answer gave
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bench bug must not pass silently
+            self.stats.error(f"agent loop: {exc!r}")
+
+    async def join(self, node: SimNode) -> bool:
+        response = await self.call("POST", "/api/node/join", None,
+                                   {"join_token": self.join_token, "node_id": node.node_id}, what="join")
+        if response is None or response.status_code != 201:
+            self.stats.error(f"join: {response.status_code if response else 'no answer'}")
+            return False
+        node.credential = response.json()["credential"]
+        return True
+
+    async def register(self, node: SimNode) -> bool:
+        body = {"node_id": node.node_id, "address": "127.0.0.1", "port": 8080, "capacity": CAPACITY,
+                "parent": None, "peers": [], "labels": {"fleet": "simulated"}, "capabilities": {}}
+        response = await self.call("POST", "/api/node/register", node, body, what="register")
+        if response is None or response.status_code != 200:
+            self.stats.error(f"register: {response.status_code if response else 'no answer'}")
+            return False
+        answer = response.json()
+        node.epoch, node.registered_at = answer["epoch"], time.time()
+        self.obey(node, answer)
+        return True
+
+    def obey(self, node: SimNode, answer: dict) -> None:
+        node.interval = float(answer["heartbeat_seconds"])
+        self.stats.intervals.add(node.interval)
+        self.stats.offline_after.add(float(answer["offline_after_seconds"]))
+
+    async def beat(self, node: SimNode) -> None:
+        node.last_beat_sent = time.time()
+        body = {"epoch": node.epoch, "usage": {"cpu": 0.1 * len(node.running)}, "running": list(node.running)}
+        response = await self.call("POST", "/api/node/heartbeat", node, body, what="heartbeat")
+        if response is None:
+            self.stats.beats_failed += 1
+            return
+        if response.status_code == 409:  # another epoch: register again
+            self.stats.beats_failed += 1
+            self.stats.reregistered += 1
+            await self.register(node)
+            return
+        if response.status_code != 200:
+            self.stats.beats_failed += 1
+            self.stats.error(f"heartbeat: {response.status_code}")
+            return
+        self.stats.beats_ok += 1
+        answer = response.json()
+        self.obey(node, answer)
+        if answer["status"] == "offline":
+            if node.beating:
+                self.stats.false_offline.add(node.node_id)
+            self.stats.reregistered += 1
+            node.running.clear()  # its work was handed on
+            await self.register(node)
+            return
+        if answer["status"] == "unhealthy":
+            self.stats.unhealthy_answers += 1
+        for workload_id in answer["kill"]:
+            node.running.pop(workload_id, None)
+        self.start(node, answer["work"], by="heartbeat")
+
+    # -- work ----------------------------------------------------------------------------
+    def start(self, node: SimNode, work: list[dict], *, by: str) -> None:
+        for item in work:
+            if item["status"] != "scheduled" or item["id"] in node.running:
+                continue
+            node.running[item["id"]] = item["scheduled_at"]
+            if by == "doorbell":
+                self.stats.started_by_doorbell += 1
+            else:
+                self.stats.started_by_heartbeat += 1
+            self.spawn(self.run_workload(node, item["id"], item["scheduled_at"]))
+
+    async def run_workload(self, node: SimNode, workload_id: str, scheduled_at: str) -> None:
+        report = {"workload_id": workload_id, "epoch": node.epoch, "scheduled_at": scheduled_at}
+        if not await self.report(node, {**report, "status": "running", "runtime": {"pid": 1}}):
+            node.running.pop(workload_id, None)
+            return
+        await asyncio.sleep(random.uniform(0.05, 0.2))
+        await self.report(node, {**report, "status": "succeeded", "exit_code": 0, "reason": "exited with code 0"})
+        node.running.pop(workload_id, None)
+
+    async def report(self, node: SimNode, item: dict) -> bool:
+        response = await self.call("POST", "/api/node/reports", node, {"reports": [item]}, what="reports")
+        if response is None or response.status_code != 200:
+            self.stats.error(f"report {item['status']}: {response.status_code if response else 'no answer'}")
+            return False
+        return bool(response.json()["results"][0]["accepted"])
+
+    async def fetch_work(self, node: SimNode) -> None:
+        """A doorbell rang for ``node``: ask for its work (rings during a fetch coalesce into one more)."""
+        if node.fetching:
+            node.fetch_again = True
+            return
+        node.fetching = True
+        try:
+            while True:
+                node.fetch_again = False
+                response = await self.call("GET", "/api/node/work", node, what="work")
+                if response is not None and response.status_code == 200:
+                    self.start(node, response.json()["work"], by="doorbell")
+                else:
+                    self.stats.error(f"work: {response.status_code if response else 'no answer'}")
+                if not node.fetch_again:
+                    break
+        finally:
+            node.fetching = False
+
+    # -- the doorbell tap -----------------------------------------------------------------
+    def tap_doorbells(self) -> None:
+        """Name the fleet's node queues in one Redis set, which the sweep script reads."""
+        import redis
+
+        client = redis.Redis.from_url(BROKER_URL)
+        client.delete(DOORBELL_QUEUES)
+        queues = list(self.by_queue)
+        for at in range(0, len(queues), 1000):
+            client.sadd(DOORBELL_QUEUES, *queues[at:at + 1000])
+        client.close()
+
+    async def doorbells(self, every: float) -> None:
+        """Every ``every`` seconds, pop what the node queues hold (one script: a few ms at 10,000
+        queues) and ring those nodes: each asks for its work."""
+        import redis.asyncio
+
+        client = redis.asyncio.Redis.from_url(BROKER_URL)
+        sweep = client.register_script(SWEEP)
+        try:
+            while not self.closing:
+                for raw in await sweep(keys=[DOORBELL_QUEUES]):
+                    message = json.loads(raw)
+                    if message.get("headers", {}).get("task") != "workloads.start":
+                        continue
+                    self.stats.doorbells += 1
+                    node = self.by_queue.get(message["properties"]["delivery_info"]["routing_key"])
+                    if node is not None and node.beating and node.credential:
+                        self.spawn(self.fetch_work(node))
+                await asyncio.sleep(every)
+        finally:
+            await client.aclose()
+
+    # -- running it ----------------------------------------------------------------------
+    def spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task) -> None:
+        try:
+            self.tasks.remove(task)
+        except ValueError:
+            pass
+
+    def boot(self, doorbell_every: float) -> None:
+        self.tap_doorbells()
+        self.spawn(self.doorbells(doorbell_every))
+        for node in self.nodes:
+            self.spawn(self.live(node))
+
+    async def close(self) -> None:
+        self.closing = True
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.client.aclose()
