@@ -1,6 +1,9 @@
 """Helpers the benchmarks share."""
 
+import os
 import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -87,3 +90,27 @@ def recreate_database(url: str) -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def django_migrated(*, root: Path, database_url: str, broker_url: str, local_node_id: str, data_dir: Path) -> dict:
+    """Point this process (and the children it will start) at a bench's database and broker, set
+    Django up and migrate; the environment the children get."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": broker_url,
+        "CNET_LOCAL_NODE_ID": local_node_id,
+        "CNET_DATA_DIR": str(data_dir),
+        "DJANGO_SETTINGS_MODULE": "cnetsite.settings",
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
+        "PYTHONPATH": str(root),
+    }
+    os.environ.update(env)
+    sys.path.insert(0, str(root))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
+    return env

@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from celery import Celery
-from common import ensure_database  # bench/ is on sys.path when run as a script
+from common import django_migrated, ensure_database  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/cnet_bench2")
@@ -104,25 +104,10 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.05):
 
 # --- set-up ---------------------------------------------------------------------------------
 def setup(data_dir: Path) -> dict:
-    env = {
-        **os.environ,
-        "DATABASE_URL": DATABASE_URL,
-        "CELERY_BROKER_URL": BROKER_URL,
-        "CNET_LOCAL_NODE_ID": NODE_ID,
-        "CNET_DATA_DIR": str(data_dir),
-        "DJANGO_SETTINGS_MODULE": "cnetsite.settings",
-        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
-        "PYTHONPATH": str(ROOT),
-    }
-    os.environ.update(env)
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    env = django_migrated(root=ROOT, database_url=DATABASE_URL, broker_url=BROKER_URL, local_node_id=NODE_ID,
+                          data_dir=data_dir)
     from django.db import connection
 
-    call_command("migrate", interactive=False, verbosity=0)
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE nodes_node, workloads_workload, authtoken_token, auth_user CASCADE")
     flush_broker()

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import Children
+from common import Children, django_migrated
 from fleet_agents import BROKER_URL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,24 +17,8 @@ USER, PASSWORD = "fleet", "fleet-bench-password"
 
 
 def setup_django(data_dir: Path) -> dict:
-    env = {
-        **os.environ,
-        "DATABASE_URL": DATABASE_URL,
-        "CELERY_BROKER_URL": BROKER_URL,
-        "CNET_LOCAL_NODE_ID": ORIGIN,
-        "CNET_DATA_DIR": str(data_dir),
-        "DJANGO_SETTINGS_MODULE": "cnetsite.settings",
-        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
-        "PYTHONPATH": str(ROOT),
-    }
-    os.environ.update(env)
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", interactive=False, verbosity=0)
+    env = django_migrated(root=ROOT, database_url=DATABASE_URL, broker_url=BROKER_URL, local_node_id=ORIGIN,
+                          data_dir=data_dir)
     wipe(users=True)
     flush_broker()
     return env

@@ -55,6 +55,25 @@ def after(seconds: float) -> datetime:
     return timezone.now() + timedelta(seconds=seconds)
 
 
+def checks_at_once(count: int) -> list[list[str]]:
+    """``count`` liveness passes started together from threads; what each declared offline."""
+    results, barrier = [], threading.Barrier(count)
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            results.append(check())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 @pytest.mark.django_db
 def test_a_silent_node_turns_unhealthy_after_its_beats_then_offline_while_a_beating_one_stays_ready():
     with time_machine.travel(START, tick=False) as clock:
@@ -186,20 +205,7 @@ def test_racing_passes_after_an_outage_declare_nobody_offline():
         check()
         run_loop(clock, 4, beating=nodes)
         clock.shift(60)
-        results, barrier = [], threading.Barrier(4)
-
-        def run() -> None:
-            try:
-                barrier.wait()
-                results.append(check())
-            finally:
-                connection.close()
-
-        threads = [threading.Thread(target=run) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results = checks_at_once(4)
         assert results == [[], [], [], []]
         assert set(Node.objects.values_list("status", flat=True)) == {NodeStatus.READY}
         assert set(Node.objects.values_list("offline_at", flat=True)) == {after(OFFLINE)}
@@ -215,20 +221,7 @@ def test_racing_passes_declare_each_silent_node_offline_exactly_once():
         run_loop(clock, 18, beating=["beating"])
         clock.shift(TICK)
         node_heartbeat(node_id="beating", usage={})
-        results, barrier = [], threading.Barrier(4)
-
-        def run() -> None:
-            try:
-                barrier.wait()
-                results.append(check())
-            finally:
-                connection.close()
-
-        threads = [threading.Thread(target=run) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results = checks_at_once(4)
         declared = [node_id for gone in results for node_id in gone]
         assert sorted(declared) == silent  # each once, by whichever pass won it
         assert status("beating") == NodeStatus.READY
