@@ -231,6 +231,8 @@ CELERY_BROKER_CONNECTION_TIMEOUT = env_float("CELERY_BROKER_CONNECTION_TIMEOUT",
 # --- CNET ---------------------------------------------------------------------------------
 # The node a submission is "local" to when it names none.
 CNET_LOCAL_NODE_ID = env_str("CNET_LOCAL_NODE_ID", socket.gethostname())
+# Where an agent finds the control plane (its node API is under /api/node/): runagent --server wins.
+CNET_SERVER_URL = env_str("CNET_SERVER_URL", "http://127.0.0.1:8000")
 CNET_DEFAULT_STRATEGY = env_str("CNET_DEFAULT_STRATEGY", "default")
 # Heartbeat every 5 s while the fleet is small (one row write a beat; CNET_MAX_HEARTBEATS_PER_SECOND
 # stretches it for a large one). Offline after 18 s of silence puts the work of a host cut off on

@@ -13,10 +13,11 @@ from urllib.parse import quote
 from django.conf import settings
 from django.db import connection
 
-from nodes.models import Node
+from nodes.models import Node, NodeCredential
 from nodes.resources import MILLICORES_PER_CORE, Resources
-from nodes.services import node_register
+from nodes.services import join_token_create, node_join, node_register
 from workloads.agent.agent import Agent
+from workloads.agent.client import ControlPlane
 from workloads.agent.config import AgentSettings
 from workloads.executors.limits import CGROUP_ROOT
 from workloads.models import ACTIVE, Workload
@@ -98,11 +99,22 @@ def database_url(db: dict | None = None, name: str | None = None) -> str:
     return f"postgres://{auth}@{host}{port}/{name}"
 
 
+def node_credential(node_id: str, data_dir: Path, *, path: Path | None = None) -> str:
+    """A new credential for the node (``node_join`` with a fresh join token), kept where its agent
+    looks for it (``data_dir/agent/<node_id>.credential``); whatever the node held before is gone."""
+    NodeCredential.objects.filter(node__node_id=node_id).delete()  # a row from an agent before
+    credential = node_join(token=join_token_create(), node_id=node_id)
+    ControlPlane("http://unused", node_id=node_id, data_dir=data_dir, credential_path=path)._save_credential(credential)
+    return credential
+
+
 @contextmanager
-def in_process_agents() -> Iterator[Callable[..., Agent]]:
+def in_process_agents(server: str) -> Iterator[Callable[..., Agent]]:
     """Yield ``make(node_id, **options)``, which builds the agent ``runagent`` runs, in this process
-    and driven by the test (not registered yet). On exit, whatever the test did, every process they
-    still supervise is killed and the cgroup folders each made for its node are removed.
+    and driven by the test (not registered yet), talking to the control plane at ``server`` (the
+    test's ``live_server.url``) with a credential of its node's own. On exit, whatever the test
+    did, every process they still supervise is killed and the cgroup folders each made for its
+    node are removed.
 
     ``make`` takes the node's size (cpu in cores, memory and storage in bytes), ``port`` (a free
     one if not given), ``work_dir`` and ``data_dir`` (default: the test data folder),
@@ -122,9 +134,11 @@ def in_process_agents() -> Iterator[Callable[..., Agent]]:
                 node_id=node_id, address="127.0.0.1", port=port or free_port(),
                 capacity=Resources(cpu=round(cpu * MILLICORES_PER_CORE), gpu=0, memory=memory, storage=storage),
                 work_dir=work_dir or data_dir, data_dir=data_dir, log_dir=data_dir / "logs",
-                capabilities=capabilities or PROCESS_NODE_CAPABILITIES, **options,
+                capabilities=capabilities or PROCESS_NODE_CAPABILITIES, server=server, **options,
             )
-        agent = Agent(config)
+        credential = node_credential(config.node_id, config.data_dir)
+        agent = Agent(config, client=ControlPlane(server, node_id=config.node_id, data_dir=config.data_dir,
+                                                  credential=credential, attempts=2, backoff=0.05))
         made.append(agent)
         return agent
 

@@ -17,11 +17,12 @@ from nodes.heartbeats import HeartbeatTiming
 from nodes.liveness import node_heartbeat_apply
 from nodes.models import Node
 from nodes.resources import Resources
-from nodes.services import node_register
+from nodes.services import node_mark_offline, node_register, node_set_schedulable
 
 from .dispatch import request_pending_placement
 from .models import Workload, WorkloadStatus
 from .selectors import node_work
+from .services import workload_note, workload_request_stop, workload_requeue
 
 logger = logging.getLogger(__name__)
 
@@ -86,3 +87,36 @@ def heartbeat_timing(timing: HeartbeatTiming) -> dict:
     silent: the timing its deadlines were just written from, so an agent fencing itself one beat
     before ``offline_after_seconds`` does so before the control plane can hand its work on."""
     return {"heartbeat_seconds": timing.interval_seconds, "offline_after_seconds": timing.offline_after_seconds}
+
+
+def node_drain_own(*, node: Node, epoch: int, policy: str) -> list[UUID]:
+    """A node's agent is shutting down: placement stops choosing the node, work placed there that
+    has not started is handed back whatever the policy, and running work is either handed back
+    (``requeue``, so the kill that follows is not its end) or marked to stop (``stop``, so its
+    exit is reported as stopped). Returns the running workloads the agent must now end."""
+    _own_epoch(node=node, epoch=epoch)
+    node_set_schedulable(node_id=node.node_id, schedulable=False)
+    end = []
+    for workload in node_work(node_pk=node.pk):
+        if workload.status == WorkloadStatus.SCHEDULED:
+            workload_requeue(workload_id=workload.pk, reason=f"handed back: agent on {node.node_id} shut down")
+            continue
+        end.append(workload.pk)
+        workload_note(workload_id=workload.pk, reason=f"agent on {node.node_id} shutting down ({policy})")
+        if policy == "requeue":
+            workload_requeue(workload_id=workload.pk, reason=f"handed back: agent on {node.node_id} shut down")
+        else:
+            workload_request_stop(workload_id=workload.pk)
+    return end
+
+
+def node_leave_own(*, node: Node, epoch: int) -> str:
+    """The node's agent has stopped: the node goes offline (if that agent is still its current one)."""
+    node_mark_offline(node_id=node.node_id, epoch=epoch)
+    return Node.objects.filter(pk=node.pk).values_list("status", flat=True).get()
+
+
+def _own_epoch(*, node: Node, epoch: int) -> None:
+    if not Node.objects.filter(pk=node.pk, agent_epoch=epoch).exists():
+        raise StateConflict(f"epoch {epoch} is not node {node.node_id}'s current one: another agent registered "
+                            "for it since", field="epoch")

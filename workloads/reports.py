@@ -11,7 +11,7 @@ from nodes.models import Node
 
 from .models import Workload, WorkloadStatus
 from .selectors import TRANSITION_FIELDS, workloads_foreign_to
-from .services import workload_logs_append, workload_record_runtime, workload_transition
+from .services import workload_logs_append, workload_note, workload_record_runtime, workload_transition
 
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
@@ -76,6 +76,8 @@ def _report_apply(*, node: Node, workload: Workload | None, report: dict) -> dic
                        workload.pk, to, node.node_id, epoch, workload.agent_epoch)
     elif to == S.RUNNING and workload.status == S.RUNNING and runtime is not None:
         workload_record_runtime(workload_id=workload.pk, runtime=runtime, only_on=node.node_id)
+        if report.get("reason"):  # e.g. a restarted agent re-adopted it: the workload's history says so
+            workload_note(workload_id=workload.pk, reason=report["reason"])
         answer["accepted"] = True
     else:
         default_reason = f"started on {node.node_id}" if to == S.RUNNING else f"{to} on {node.node_id}"

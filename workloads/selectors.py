@@ -1,5 +1,5 @@
-from django.db.models import Count, F, QuerySet, Sum, Value, Window
-from django.db.models.functions import Length, Replace
+from django.db.models import Count, F, Max, OuterRef, QuerySet, Subquery, Sum, Value, Window
+from django.db.models.functions import Coalesce, Length, Replace
 
 from core.errors import InvalidRequest
 
@@ -100,9 +100,14 @@ WORK_FIELDS = (
 
 def node_work(*, node_pk: int) -> list[Workload]:
     """The workloads scheduled or running on a node, as its agent needs them, highest priority
-    first, then oldest placement; one read on the ``workload_node_status`` index."""
+    first, then oldest placement; one read on the ``workload_node_status`` index. Each carries
+    ``log_next_seq``: the number its agent gives the next output chunk (a rerun continues the
+    numbering of the runs before it)."""
+    last_seq = WorkloadLog.objects.filter(workload_id=OuterRef("pk")).values("workload_id").annotate(
+        last=Max("seq")).values("last")
     return list(
         Workload.objects.filter(node_id=node_pk, status__in=ACTIVE).only(*WORK_FIELDS)
+        .annotate(log_next_seq=Coalesce(Subquery(last_seq) + 1, 0))
         .order_by("-priority", "scheduled_at", "id")
     )
 

@@ -13,6 +13,8 @@ from .services import workloads_place_pending
 
 @shared_task(name="workloads.start", acks_late=True, reject_on_worker_lost=True)
 def start_workload(workload_id: str) -> None:
+    """A doorbell: the agent asks the control plane what is placed on its node and starts that.
+    The message carries no authority: a forged or replayed one starts nothing."""
     from .agent.runtime import current_agent
 
     current_agent().start(workload_id)
@@ -20,9 +22,10 @@ def start_workload(workload_id: str) -> None:
 
 @shared_task(name="workloads.stop", acks_late=True, reject_on_worker_lost=True)
 def stop_workload(workload_id: str) -> None:
+    """A doorbell: the agent beats now and stops what the answer says a user asked to stop."""
     from .agent.runtime import current_agent
 
-    current_agent().stop(workload_id)
+    current_agent().look(workload_id)
 
 
 @shared_task(name="workloads.place_pending", acks_late=True)

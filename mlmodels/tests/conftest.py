@@ -35,13 +35,13 @@ def raising_artifact() -> bytes:
 
 
 @pytest.fixture
-def agent(db, tmp_path):
+def agent(live_server, tmp_path):
     """A real Agent in this process (the one ``runagent`` runs), on a node of its own that runs
     ML work, working in ``tmp_path``.
 
     Tests call ``agent.start(id)`` where the node's Celery worker would; every process it
     started is killed at teardown."""
-    with in_process_agents() as make_agent:
+    with in_process_agents(live_server.url) as make_agent:
         instance = make_agent(f"ml-{secrets.token_hex(3)}", cpu=4, memory=8 * GiB, storage=100 * GiB,
                               work_dir=tmp_path, stop_grace_seconds=2, capabilities=ML_NODE_CAPABILITIES)
         instance.register()

@@ -14,6 +14,7 @@ from django.db import connection
 
 from mlmodels.models import ModelRun, ModelVersion
 from nodes.models import Node, NodeStatus
+from nodes.services import join_token_create
 from tests.helpers import database_url, free_port, wait_for
 from workloads.models import Workload, WorkloadStatus
 
@@ -24,7 +25,7 @@ REPO = Path(settings.BASE_DIR)
 
 
 @pytest.fixture
-def agent_process(transactional_db, tmp_path):
+def agent_process(live_server, tmp_path):
     if connection.settings_dict["ENGINE"].endswith("sqlite3") and "memory" in str(connection.settings_dict["NAME"]):
         pytest.fail("the e2e test needs a file test database the agent process can open")
     node_id = f"e2e-ml-{secrets.token_hex(3)}"
@@ -41,8 +42,9 @@ def agent_process(transactional_db, tmp_path):
            "CNET_STOP_GRACE_SECONDS": "2", "DJANGO_SETTINGS_MODULE": "cnetsite.settings", "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen([sys.executable, "manage.py", "runagent", "--node-id", node_id, "--cpu", "2",
-                             "--memory", str(4 * 1024**3)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                             "--memory", str(4 * 1024**3), "--server", live_server.url,
+                             "--join-token", join_token_create()],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: Node.objects.filter(node_id=node_id, status=NodeStatus.READY).exists() or proc.poll(),
                  timeout=60, message="agent registered")

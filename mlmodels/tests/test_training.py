@@ -55,7 +55,7 @@ def test_a_failing_training_command_fails_without_a_version(api, agent):
     assert not ModelVersion.objects.exists()
 
 
-def test_a_training_run_that_outlives_its_agent_still_lands_in_the_registry(api, agent):
+def test_a_training_run_that_outlives_its_agent_still_lands_in_the_registry(api, agent, live_server):
     from mlmodels.executor import TrainingHandle
 
     work_dir_with_examples(agent.config.work_dir)
@@ -66,7 +66,7 @@ def test_a_training_run_that_outlives_its_agent_still_lands_in_the_registry(api,
 
     # The agent goes away (its supervisor state with it); a new one starts on the same node.
     agent.handles.clear()
-    with in_process_agents() as make_agent:
+    with in_process_agents(live_server.url) as make_agent:
         restarted = make_agent(config=agent.config)
         restarted.register()
         restarted.reconcile()

@@ -18,7 +18,7 @@ import pytest
 from django.conf import settings
 
 from nodes.models import Node, NodeStatus
-from tests.helpers import database_url, wait_for
+from tests.helpers import database_url, node_credential, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -120,11 +120,14 @@ def agent(live_server, transactional_db, tmp_path):
         "CNET_HEARTBEAT_SECONDS": "1",
         "CNET_STOP_GRACE_SECONDS": "2",
     }
+    # What its join left (in this test's folder: xdist workers share the data folder, not the database).
+    node_credential(AGENT_NODE, Path(settings.DATA_DIR), path=tmp_path / "agent.credential")
     log_path = tmp_path / "agent.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, str(REPO / "manage.py"), "runagent", "--node-id", AGENT_NODE,
-             "--cpu", AGENT_CPU, "--memory", AGENT_MEMORY],
+             "--cpu", AGENT_CPU, "--memory", AGENT_MEMORY, "--server", live_server.url,
+             "--credential-file", str(tmp_path / "agent.credential")],
             cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -33,6 +33,11 @@ class AgentSettings:
     # On SIGTERM: "stop" ends running work (stopped); "requeue" hands it back to be placed again.
     shutdown_policy: str = "stop"
     capabilities: dict = field(default_factory=dict)
+    # The control plane's base URL (its node API is under /api/node/), and the join token that
+    # gets this node its credential the first time (kept in data_dir/agent/<node_id>.credential).
+    server: str = "http://127.0.0.1:8000"
+    join_token: str | None = None
+    credential_file: Path | None = None  # default: data_dir/agent/<node_id>.credential
 
 
 @dataclass
@@ -48,15 +53,19 @@ class Overrides:
     peers: list[str] | None = None
     heartbeat: float | None = None
     shutdown_policy: str | None = None
+    server: str | None = None
+    join_token: str | None = None
+    credential_file: str | None = None
 
 
 def load_agent_settings(path: str | None, overrides: Overrides) -> AgentSettings:
-    """Read the seed's YAML (agent / resources / parent / peers); flags win over the file."""
+    """Read the seed's YAML (agent / resources / parent / peers / server); flags win over the file."""
     raw = _read_yaml(path) if path else {}
     agent = raw.get("agent") or {}
     resources = raw.get("resources") or {}
     parent = raw.get("parent") or {}
     peers = raw.get("peers") or {}
+    server = raw.get("server") or {}
 
     data_dir = Path(settings.DATA_DIR)
     detected = detect_capacity(storage_path=data_dir)
@@ -95,6 +104,9 @@ def load_agent_settings(path: str | None, overrides: Overrides) -> AgentSettings
         stop_grace_seconds=settings.CNET_STOP_GRACE_SECONDS,
         shutdown_policy=str(pick(overrides.shutdown_policy, agent, "shutdown_policy", "stop")),
         capabilities={**kind_capabilities(), "gpus": detect_gpus()},  # each registered kind, probed
+        server=str(pick(overrides.server, server, "address", settings.CNET_SERVER_URL)),
+        join_token=pick(overrides.join_token, server, "join_token", None) or None,
+        credential_file=Path(overrides.credential_file) if overrides.credential_file else None,
     )
 
 
@@ -106,5 +118,5 @@ def _read_yaml(path: str) -> dict:
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must be a mapping with agent/resources/parent/peers")
+        raise ConfigError(f"config file {path} must be a mapping with agent/resources/parent/peers/server")
     return data

@@ -1,8 +1,8 @@
-"""Reconciliation after a restart: make what runs here match what the database says runs here,
-from the state file the last run left.
+"""Reconciliation after a restart: make what runs here match what the control plane says runs
+here (``GET /api/node/work``), from the state file the last run left.
 
 A room of ``Agent`` (agent.py). It owns the state file; from supervision it uses ``handles``,
-``lock``, ``context`` and ``start``.
+``lock``, ``context``, the report spool and ``start_work``.
 """
 
 import json
@@ -12,19 +12,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..executors.base import AgentContext, ExecutorError, executor_for, executors
-from ..models import ACTIVE, Workload, WorkloadStatus
-from ..services import workload_note, workload_transition
+from ..models import Workload, WorkloadStatus
+from .client import ControlPlane
 from .config import AgentSettings
-from .supervision import Supervised
+from .supervision import Supervised, workload_from
 
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
 
 
 class StateFile:
-    """What is supervised here, on disk (``{workload_id: runtime, log offsets, type}``): after a
-    restart it names the survivors the database may no longer run here, and where each one's
-    log shipping stopped."""
+    """What is supervised here, on disk (``{workload_id: runtime, log offsets, type, the run's
+    scheduled_at and epoch, the next log number}``): after a restart it names the survivors the
+    control plane may no longer run here, the run each one is, and where its log shipping stopped."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -49,6 +49,7 @@ class StateFile:
 
 class Reconciliation:
     config: AgentSettings
+    client: ControlPlane
     context: AgentContext
     handles: dict[str, Supervised]
     lock: threading.RLock
@@ -57,32 +58,41 @@ class Reconciliation:
         self.state_file = StateFile(self.config.data_dir / "agent" / f"{self.config.node_id}.json")
 
     def reconcile(self) -> None:
-        """Make what runs here match what the database says runs here."""
-        previous = self._kill_unknown_survivors()
-        for workload in Workload.objects.filter(node__node_id=self.config.node_id, status__in=ACTIVE):
-            workload_id = str(workload.pk)
-            if workload.status == S.SCHEDULED:
-                self.start(workload_id)
-                continue
+        """Make what runs here match what the control plane says runs here, then start the work
+        placed here."""
+        previous = self.state_file.load()
+        answer = self.client.work()
+        running = {str(details["id"]): details for details in answer["running"]}
+        self._kill_unknown_survivors(previous, running)
+        for workload_id, details in running.items():
+            saved = previous.get(workload_id) or {}
+            workload = workload_from(details)
             # Resume log shipping where the last run stopped, not from the start (no duplicates).
-            offsets = (previous.get(workload_id) or {}).get("log_offsets")
+            offsets = saved.get("log_offsets")
             if offsets:
                 workload.runtime = {**(workload.runtime or {}), "log_offsets": offsets}
+            run = Supervised(handle=None, workload_type=workload.type, scheduled_at=details["scheduled_at"],
+                             restart_policy=workload.restart_policy,
+                             seq=max(saved.get("seq") or 0, details.get("log_next_seq") or 0),
+                             stop_requested=bool(details.get("stop_requested_at")))
             try:
                 handle = executor_for(workload.type).adopt(workload, self.context)
             except ExecutorError:
                 handle = None
             if handle is None:
-                workload_transition(workload_id=workload_id, to=S.LOST, expect=[S.RUNNING],
-                                    only_on=self.config.node_id,
-                                    reason="its process ended while the agent was down; exit code unknown")
+                self._report(workload_id, run, S.LOST,
+                             reason="its process ended while the agent was down; exit code unknown")
                 continue
+            run.handle, run.recorded = handle, handle.runtime()
             with self.lock:
-                self.handles[workload_id] = Supervised(handle, workload.type, recorded=handle.runtime())
-            workload_note(workload_id=workload_id, reason=f"re-adopted by the restarted agent on {self.config.node_id}")
-            logger.info("workload %s: re-adopted", workload_id)
+                self.handles[workload_id] = run
+            self._report(workload_id, run, S.RUNNING, runtime=run.recorded,
+                         reason=f"re-adopted by the restarted agent on {self.config.node_id}")
+            logger.info("workload %s: re-adopted by the restarted agent on %s", workload_id, self.config.node_id)
         self._reap_orphans()
         self._save_state()
+        self.flush(now=True)
+        self.start_work(answer["work"])
 
     def _reap_orphans(self) -> None:
         """What executors find on this node for work not supervised here now (e.g. containers)."""
@@ -94,30 +104,22 @@ class Reconciliation:
             except Exception:
                 logger.exception("node %s: %s could not reap orphans", self.config.node_id, type(executor).__name__)
 
-    def _kill_unknown_survivors(self) -> dict:
-        """Processes from the last run whose workloads are no longer running here.
-        Returns the last run's saved state."""
-        previous = self.state_file.load()
-        if not previous:
-            return {}
-        running_here = set(
-            str(pk) for pk in Workload.objects.filter(
-                pk__in=list(previous), status=S.RUNNING, node__node_id=self.config.node_id
-            ).values_list("pk", flat=True)
-        )
-        for workload_id, runtime in previous.items():
-            if workload_id in running_here:
+    def _kill_unknown_survivors(self, previous: dict, running: dict) -> None:
+        """Processes from the last run that the control plane no longer runs here (or whose run
+        it has since replaced)."""
+        for workload_id, saved in previous.items():
+            details = running.get(workload_id)
+            if details is not None and saved.get("scheduled_at") in (None, details["scheduled_at"]):
                 continue
-            stale = Workload(pk=workload_id, type=runtime.get("type", ""), runtime=runtime)
+            stale = Workload(pk=workload_id, type=saved.get("type", ""), runtime=saved)
             try:
                 handle = executor_for(stale.type).adopt(stale, self.context)
             except ExecutorError:
                 continue
             if handle:
-                logger.warning("workload %s: killing a survivor the database no longer runs here", workload_id)
+                logger.warning("workload %s: killing a survivor the control plane no longer runs here", workload_id)
                 handle.kill()
                 handle.cleanup()
-        return previous
 
     def _save_state(self) -> None:
         self.state_file.save(self._state_snapshot)
@@ -126,7 +128,8 @@ class Reconciliation:
         with self.lock:
             # list(): the fencing thread may pop entries without the lock (see fence_once).
             return {
-                workload_id: {**s.handle.runtime_now(), "log_offsets": s.handle.offsets(),
-                              "type": s.workload_type}
+                workload_id: {**s.handle.runtime_now(), "log_offsets": s.handle.offsets(), "type": s.workload_type,
+                              "scheduled_at": s.scheduled_at, "epoch": self.epoch, "seq": s.seq,
+                              "restart_policy": s.restart_policy}
                 for workload_id, s in list(self.handles.items())
             }

@@ -1,9 +1,11 @@
-"""Supervision: start work placed here, then each pass ship its output, enforce its limits and stop
-deadlines, and report how it ended.
+"""Supervision: start the work the control plane placed here, then each pass spool its output,
+enforce its limits and stop deadlines, report how it ended, and deliver the batch.
 
 A room of ``Agent`` (agent.py). It owns what is supervised (``handles``, ``starting``,
-``accepting``, all under ``lock``) and the executors' ``context``; it saves the state file
-(``_save_state``, reconcile.py) whenever what is supervised changed.
+``accepting``, all under ``lock``), the executors' ``context`` and the spool of reports and log
+chunks not delivered yet; it saves the state file (``_save_state``, reconcile.py) whenever what
+is supervised changed. What to run comes only from the control plane's answers (``start_work``):
+a doorbell only makes the agent ask (``start``).
 """
 
 import logging
@@ -11,82 +13,110 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from django.db import IntegrityError
-from django.db.models import Max
+from django.utils.dateparse import parse_datetime
 
 from ..executors.base import AgentContext, ExecutorError, Handle, executor_for
 from ..executors.limits import detect_limiter
-from ..models import ACTIVE, Workload, WorkloadLog, WorkloadStatus
-from ..selectors import workload_for_transition
-from ..services import (
-    workload_logs_append,
-    workload_record_runtime,
-    workload_restart_if_due,
-    workload_transition,
-)
+from ..models import Workload, WorkloadStatus
+from .client import ControlPlane, ControlPlaneError, Refused, Spool
 from .config import AgentSettings
 
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
+MAX_FLUSH_BACKOFF = 5.0
 
 
 @dataclass
 class Supervised:
     handle: Handle
     workload_type: str  # its kind: which executor re-adopts or kills it after an agent restart
-    # The next log chunk's number, read from the database when the first chunk is shipped (a
-    # restarted workload continues its numbering); not on the start path, which it delayed.
-    seq: int | None = None
+    scheduled_at: str  # the run, as the control plane named it: every report about it says so
+    restart_policy: str = "never"
+    seq: int = 0  # the next log chunk's number
+    stop_requested: bool = False
     stop_deadline: float | None = None
     kill_reason: str | None = None
-    # The runtime() the database was last given (for re-adopted work, what it was adopted from):
-    # set-up finished after the start was recorded (a process's cgroups) is stored by the
-    # supervisor, not by the start's thread beside the job's exit.
+    # The runtime() the control plane was last given (for re-adopted work, what it was adopted
+    # from): set-up finished after the start (a process's cgroups) is reported by the supervisor.
     recorded: dict = field(default_factory=dict)
 
     def runtime_news(self) -> dict | None:
-        """``runtime_now()`` if the database has not been given it yet, else None."""
+        """``runtime_now()`` if the control plane has not been given it yet, else None."""
         runtime = self.handle.runtime_now()
         return runtime if runtime != self.recorded else None
 
 
-class Supervision:
-    # How often the supervisor asks the database whether its work is still its own.
-    STATUS_CHECK_SECONDS = 2.0
+def workload_from(details: dict) -> Workload:
+    """An unsaved workload built from the control plane's start details: what executors read."""
+    requirements = details.get("requirements") or {}
+    return Workload(
+        id=details["id"], name=details.get("name", ""), type=details["type"], status=details.get("status", ""),
+        config=details.get("config") or {}, runtime=details.get("runtime") or {},
+        cpu_millicores=requirements.get("cpu_millicores", 0), gpu_count=requirements.get("gpu_count", 0),
+        memory_bytes=requirements.get("memory_bytes", 0), storage_bytes=requirements.get("storage_bytes", 0),
+        restart_policy=details.get("restart_policy", "never"), restart_count=details.get("restart_count", 0),
+        priority=details.get("priority", 0), agent_epoch=details.get("agent_epoch"),
+        scheduled_at=parse_datetime(details["scheduled_at"]) if details.get("scheduled_at") else None,
+        started_at=parse_datetime(details["started_at"]) if details.get("started_at") else None,
+        stop_requested_at=parse_datetime(details["stop_requested_at"]) if details.get("stop_requested_at") else None,
+    )
 
+
+class Supervision:
     config: AgentSettings
-    epoch: int | None  # membership's: the agent that starts work is recorded with it
+    client: ControlPlane
+    epoch: int | None  # membership's: every report carries it
 
     def __init__(self, *, wake) -> None:
         # Wakes the supervisor loop: work that was just started may already have exited.
         self.wake = wake
-        # Held for bookkeeping only, never across a database call or a start (see start()).
+        # Held for bookkeeping only, never across a request or a start (see start_work()).
         self.lock = threading.RLock()
         self.handles: dict[str, Supervised] = {}
         self.starting: set[str] = set()  # being started by a worker thread, not yet supervised
         self.accepting = True
+        self.spool = Spool(self.config.data_dir / "agent" / f"{self.config.node_id}.spool")
+        self._flush_after = 0.0  # after a failed delivery: not before then (bounded backoff)
+        self._flush_backoff = 0.25
+        self._look_due = False
         self.context = AgentContext(
             node_id=self.config.node_id,
             work_dir=self.config.work_dir,
             log_dir=self.config.log_dir / self.config.node_id,
             limiter=detect_limiter(node_id=self.config.node_id),
             capabilities=self.config.capabilities,
-            wake=lambda: self.wake(),  # the supervisor stores a process's limits once they are set up
+            wake=lambda: self.wake(),  # the supervisor reports a process's limits once they are set up
         )
-        self._last_status_check = 0.0
 
-    # --- called from the Celery worker ----------------------------------------------------
-    def start(self, workload_id: str) -> None:
-        """Start a scheduled workload here. Idempotent: the status transition decides.
+    # --- what to run: from the control plane only -------------------------------------------
+    def start(self, workload_id: str | None = None) -> None:
+        """The doorbell rang (a start message names a workload, but only says "look"): ask the
+        control plane what is placed here and start that. A forged or replayed message starts
+        nothing the control plane does not list."""
+        try:
+            work = self.client.work()["work"]
+        except (ControlPlaneError, Refused) as error:
+            logger.warning("node %s: could not fetch work (a heartbeat will ask again): %s", self.config.node_id, error)
+            return
+        if workload_id is not None and workload_id not in {str(details["id"]) for details in work}:
+            logger.info("workload %s: start ignored (not scheduled on %s)", workload_id, self.config.node_id)
+        self.start_work(work)
 
+    def start_work(self, work: list[dict]) -> None:
+        for details in work:
+            self._start_listed(details)
+
+    def _start_listed(self, details: dict) -> None:
+        """Start one listed workload here. Idempotent: what is supervised or starting is skipped.
         The lock guards only the bookkeeping: a slow start (an image pull) must not stall the
         supervisor's log shipping, exits and stop deadlines for everything else."""
+        workload_id = str(details["id"])
         with self.lock:
             if not self.accepting or workload_id in self.handles or workload_id in self.starting:
                 return
             self.starting.add(workload_id)
         try:
-            started = self._start(workload_id)
+            started = self._start(details)
             if started is not None:
                 with self.lock:
                     self.handles[workload_id] = started
@@ -96,37 +126,35 @@ class Supervision:
             with self.lock:
                 self.starting.discard(workload_id)
 
-    def _start(self, workload_id: str) -> Supervised | None:
-        """Start the workload and record it running; what to supervise, with the runtime recorded."""
-        workload = Workload.objects.select_related("node").filter(
-            pk=workload_id, status=S.SCHEDULED, node__node_id=self.config.node_id
-        ).first()
-        if workload is None:
-            logger.info("workload %s: start ignored (not scheduled on %s)", workload_id, self.config.node_id)
-            return None
+    def _start(self, details: dict) -> Supervised | None:
+        workload = workload_from(details)
+        workload_id = str(workload.pk)
+        run = Supervised(handle=None, workload_type=workload.type, scheduled_at=details["scheduled_at"],
+                         restart_policy=workload.restart_policy, seq=details.get("log_next_seq") or 0,
+                         stop_requested=bool(details.get("stop_requested_at")))
         try:
             handle = executor_for(workload.type).start(workload, self.context)
         except Exception as error:  # whatever went wrong, the workload must end saying so
             if not isinstance(error, ExecutorError):
                 logger.exception("workload %s: start failed", workload_id)
-            workload_transition(workload_id=workload_id, to=S.FAILED, expect=[S.SCHEDULED],
-                                only_on=self.config.node_id, reason=str(error) or type(error).__name__)
+            self._report(workload_id, run, S.FAILED, reason=str(error) or type(error).__name__)
+            self.flush(now=True)
             return None
-        recorded = handle.early_runtime()
-        try:
-            running = workload_transition(
-                workload=workload, to=S.RUNNING, expect=[S.SCHEDULED], only_on=self.config.node_id,
-                reason=f"started on {self.config.node_id}", runtime=recorded, agent_epoch=self.epoch,
-            )
-        except Exception:
-            running = False  # not recorded as running: a re-dispatch must not find a copy here
-            logger.exception("workload %s: could not record its start; killing it", workload_id)
-        if not running:
+        run.handle = handle
+        run.recorded = handle.early_runtime()
+        self._report(workload_id, run, S.RUNNING, reason=f"started on {self.config.node_id}", runtime=run.recorded)
+        results = self.flush(now=True)
+        answer = next((result for result in reversed(results or []) if str(result["workload_id"]) == workload_id),
+                      None)
+        if answer is not None and not answer["accepted"] and answer["status"] != S.RUNNING:
             # Stopped or re-placed while we were starting it: it must not run.
+            logger.info("workload %s: its start was not accepted (%s); killing it", workload_id, answer["status"])
             handle.kill()
             handle.cleanup()
             return None
-        return Supervised(handle, workload.type, recorded=recorded)
+        # Not delivered (the control plane is out of reach): it runs, its report is spooled, and
+        # a heartbeat's ``kill`` ends it if the control plane no longer wants it here.
+        return run
 
     def stop(self, workload_id: str) -> None:
         """Begin a graceful stop: SIGTERM now, SIGKILL after the grace period (in ``supervise_once``)."""
@@ -134,58 +162,72 @@ class Supervision:
             supervised = self.handles.get(workload_id)
             if supervised is None or supervised.stop_deadline is not None:
                 return
+            supervised.stop_requested = True
             supervised.stop_deadline = time.monotonic() + self.config.stop_grace_seconds
             supervised.handle.terminate()
 
+    # --- reports and their delivery -------------------------------------------------------------
+    def _report(self, workload_id: str, run: Supervised, status: str, *, reason: str = "",
+                exit_code: int | None = None, runtime: dict | None = None) -> None:
+        report = {"workload_id": workload_id, "status": status, "reason": reason[:4000], "exit_code": exit_code,
+                  "epoch": self.epoch, "scheduled_at": run.scheduled_at}
+        if runtime is not None:
+            report["runtime"] = runtime
+        self.spool.add(reports=[report])
+
+    def flush(self, *, now: bool = False) -> list[dict] | None:
+        """Deliver what is spooled, in order; the reports' results, None if not delivered."""
+        if not len(self.spool):
+            return []
+        if not now and time.monotonic() < self._flush_after:
+            return None
+        results = self.spool.flush(self.client)
+        if results is None:
+            self._flush_after = time.monotonic() + self._flush_backoff
+            self._flush_backoff = min(self._flush_backoff * 2, MAX_FLUSH_BACKOFF)
+            return None
+        self._flush_after, self._flush_backoff = 0.0, 0.25
+        if any(result["accepted"] and result["status"] != S.RUNNING for result in results):
+            self._look_due = True  # an exit counted: its restart may be placed here again, start it at once
+        return results
+
     # --- the supervisor -------------------------------------------------------------------
     def supervise_once(self) -> bool:
-        """Ship new output, enforce limits and stop deadlines, report exits. Returns "did work"."""
+        """Spool new output, enforce limits and stop deadlines, report exits, deliver the batch.
+        Returns "did work"."""
         busy = False
         with self.lock:
             items = list(self.handles.items())
         for workload_id, supervised in items:
-            # One workload's failure (a deleted row, a vanished cgroup) must not stall the others.
+            # One workload's failure (a vanished cgroup) must not stall the others.
             try:
                 busy |= self._supervise_one(workload_id, supervised)
             except Exception:
                 logger.exception("workload %s: supervising failed; will retry", workload_id)
         if busy:
             self._save_state()
-        if time.monotonic() - self._last_status_check > self.STATUS_CHECK_SECONDS:
-            self._last_status_check = time.monotonic()
-            busy |= self.drop_stale()
+        self.flush()
+        if self._look_due and self.accepting:
+            self._look_due = False
+            self.start()
         return busy
 
     def _supervise_one(self, workload_id: str, supervised: Supervised) -> bool:
         exit_ = supervised.handle.poll()
-        try:
-            busy = self._ship_logs(workload_id, supervised, final=exit_ is not None)
-        except IntegrityError:
-            # The row is gone (deleted while running): nothing to report to, so just end it.
-            if Workload.objects.filter(pk=workload_id).exists():
-                raise
-            self._drop(workload_id, "its workload was deleted")
-            return True
+        busy = self._spool_logs(workload_id, supervised, final=exit_ is not None)
         if exit_ is None:
-            self._enforce(workload_id, supervised)  # first: a failing write must not skip a deadline
+            self._enforce(workload_id, supervised)
             return self._record_runtime(workload_id, supervised) or busy
         self._finish(workload_id, supervised, exit_)
         return True
 
-    def _ship_logs(self, workload_id: str, supervised: Supervised, *, final: bool) -> bool:
+    def _spool_logs(self, workload_id: str, supervised: Supervised, *, final: bool) -> bool:
         chunks = []
         for stream, text in supervised.handle.read_logs(final=final):
-            if supervised.seq is None:
-                supervised.seq = self._next_seq(workload_id)
-            chunks.append((supervised.seq, stream, text))
+            chunks.append({"workload_id": workload_id, "seq": supervised.seq, "stream": stream, "text": text})
             supervised.seq += 1
-        if chunks:
-            workload_logs_append(workload_id=workload_id, chunks=chunks)
+        self.spool.add(logs=chunks)
         return bool(chunks)
-
-    def _next_seq(self, workload_id: str) -> int:
-        last = WorkloadLog.objects.filter(workload_id=workload_id).aggregate(m=Max("seq"))["m"]
-        return 0 if last is None else last + 1
 
     def _drop(self, workload_id: str, why: str) -> Supervised | None:
         """Kill the local copy of a workload and forget it."""
@@ -195,15 +237,15 @@ class Supervision:
             logger.warning("workload %s: %s; killing the local copy", workload_id, why)
             supervised.handle.kill()
             supervised.handle.cleanup()
+            self._save_state()
         return supervised
 
     def _record_runtime(self, workload_id: str, supervised: Supervised) -> bool:
-        """Store set-up that finished after the start was recorded; whether there was any. The
-        supervisor never waits for it: a pass after it has finished stores it."""
+        """Report set-up that finished after the start was recorded; whether there was any."""
         runtime = supervised.runtime_news()
         if runtime is None:
             return False
-        workload_record_runtime(workload_id=workload_id, runtime=runtime, only_on=self.config.node_id)
+        self._report(workload_id, supervised, S.RUNNING, runtime=runtime)
         supervised.recorded = runtime
         return True
 
@@ -221,56 +263,17 @@ class Supervision:
                 supervised.handle.kill()
 
     def _finish(self, workload_id: str, supervised: Supervised, exit_) -> None:
-        workload = workload_for_transition(workload_id=workload_id)
         if supervised.kill_reason or exit_.oom:
             to, reason = S.FAILED, supervised.kill_reason or exit_.reason
-        elif workload and workload.stop_requested_at:
+        elif supervised.stop_requested:
             to, reason = S.STOPPED, f"stopped ({exit_.reason})"
         elif exit_.code == 0:
             to, reason = S.SUCCEEDED, exit_.reason
         else:
             to, reason = S.FAILED, exit_.reason
-        moved = workload is not None and workload_transition(
-            workload=workload, to=to, reason=reason, expect=[S.RUNNING], only_on=self.config.node_id,
-            exit_code=exit_.code, runtime=supervised.runtime_news(),  # a quick exit does not wait for its limits
-            restart=False,
-        )
+        # After its last output (spooled above): the control plane gets the lines, then the exit.
+        self._report(workload_id, supervised, to, reason=reason, exit_code=exit_.code,
+                     runtime=supervised.runtime_news())  # a quick exit does not wait for its limits
         supervised.handle.cleanup()
         with self.lock:
             self.handles.pop(workload_id, None)
-        if moved:
-            # Only now: a restart placed here again is started at once, not ignored as running.
-            workload_restart_if_due(workload=workload, ended=to)
-
-    def drop_stale(self, *, force: bool = False) -> bool:
-        """Kill local work the database no longer says runs here (lost, stopped, deleted).
-
-        ``force``: this node was declared offline, so all of its work counts as lost (it may
-        already run elsewhere); kill every local copy and record the loss if the control
-        loop has not yet (it may not: this node is about to rejoin)."""
-        with self.lock:
-            ids = list(self.handles)
-        if not ids:
-            return False
-        rows = Workload.objects.filter(pk__in=ids, status=S.RUNNING, node__node_id=self.config.node_id)
-        still_ours = set()
-        for pk, stop_requested_at in rows.values_list("pk", "stop_requested_at"):
-            still_ours.add(str(pk))
-            if stop_requested_at:
-                self.stop(str(pk))  # its stop message may have been lost; stop() is idempotent
-        if force:
-            still_ours = set()
-        dropped = False
-        for workload_id in ids:
-            if workload_id in still_ours:
-                continue
-            why = "this node was declared offline" if force else "no longer ours in the database"
-            if self._drop(workload_id, why):
-                dropped = True
-                if force:
-                    workload_transition(
-                        workload_id=workload_id, to=S.LOST, expect=ACTIVE, only_on=self.config.node_id,
-                        reason=f"node {self.config.node_id} was declared offline; its local copy was killed",
-                    )
-        self._save_state()
-        return dropped

@@ -75,12 +75,14 @@ class WorkSerializer(serializers.ModelSerializer):
     """What an agent needs to start (or re-adopt) a workload: what its executors read of it."""
 
     requirements = serializers.SerializerMethodField()
+    log_next_seq = serializers.IntegerField(read_only=True, default=0,
+                                            help_text="the number to give this run's first output chunk")
 
     class Meta:
         model = Workload
         fields = [
             "id", "name", "type", "status", "config", "requirements", "restart_policy", "restart_count",
-            "priority", "runtime", "agent_epoch", "scheduled_at", "started_at", "stop_requested_at",
+            "priority", "runtime", "agent_epoch", "scheduled_at", "started_at", "stop_requested_at", "log_next_seq",
         ]
         read_only_fields = fields
 
@@ -144,6 +146,24 @@ class LogsSerializer(NoUnknownFieldsMixin, serializers.Serializer):
         if size > MAX_LOG_TEXT:
             raise serializers.ValidationError(f"{size} characters of text; a batch holds at most {MAX_LOG_TEXT}")
         return chunks
+
+
+class DrainSerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    epoch = StrictIntegerField(min_value=1)
+    policy = serializers.ChoiceField(choices=["stop", "requeue"], default="stop",
+                                     help_text="stop: end running work as stopped; requeue: hand it back to be placed")
+
+
+class DrainAnswerSerializer(serializers.Serializer):
+    end = serializers.ListField(child=serializers.UUIDField(), help_text="running here: end these now")
+
+
+class LeaveSerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    epoch = StrictIntegerField(min_value=1)
+
+
+class LeaveAnswerSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=NodeStatus.choices)
 
 
 class LogsAnswerSerializer(serializers.Serializer):

@@ -11,4 +11,6 @@ urlpatterns = [
     re_path(r"^work/?$", views.WorkView.as_view(), name="node-work"),
     re_path(r"^reports/?$", views.ReportsView.as_view(), name="node-reports"),
     re_path(r"^logs/?$", views.LogsView.as_view(), name="node-logs"),
+    re_path(r"^drain/?$", views.DrainView.as_view(), name="node-drain"),
+    re_path(r"^leave/?$", views.LeaveView.as_view(), name="node-leave"),
 ]

@@ -17,16 +17,20 @@ from nodes.authentication import IsNode, NodeCredentialAuthentication
 from nodes.heartbeats import heartbeat_timing_now
 from nodes.services import node_join
 
-from ..membership import heartbeat_timing, node_heartbeat_record, node_register_own
+from ..membership import heartbeat_timing, node_drain_own, node_heartbeat_record, node_leave_own, node_register_own
 from ..models import WorkloadStatus
 from ..reports import workload_logs_store, workload_reports_apply
 from ..selectors import node_work
 from . import schema  # noqa: F401 - documents the node credential in the schema
 from .serializers import (
+    DrainAnswerSerializer,
+    DrainSerializer,
     HeartbeatAnswerSerializer,
     HeartbeatSerializer,
     JoinAnswerSerializer,
     JoinSerializer,
+    LeaveAnswerSerializer,
+    LeaveSerializer,
     LogsAnswerSerializer,
     LogsSerializer,
     RegisterAnswerSerializer,
@@ -131,3 +135,21 @@ class LogsView(NodeView):
     def post(self, request):
         stored = workload_logs_store(node=request.auth, chunks=self.body(LogsSerializer)["chunks"])
         return Response({"stored": stored})
+
+
+class DrainView(NodeView):
+    """The agent is shutting down: no new work here; hand back what has not started; say what to end."""
+
+    @extend_schema(tags=TAGS, request=DrainSerializer,
+                   responses={200: DrainAnswerSerializer, **REFUSED,
+                              409: OpenApiResponse(description="a stale epoch: another agent registered since")})
+    def post(self, request):
+        return Response({"end": node_drain_own(node=request.auth, **self.body(DrainSerializer))})
+
+
+class LeaveView(NodeView):
+    """The agent has stopped: the node goes offline now, not when liveness notices."""
+
+    @extend_schema(tags=TAGS, request=LeaveSerializer, responses={200: LeaveAnswerSerializer, **REFUSED})
+    def post(self, request):
+        return Response({"status": node_leave_own(node=request.auth, **self.body(LeaveSerializer))})

@@ -29,7 +29,7 @@ MiB = 1024**2
 IMAGE = "cnet-test/busybox:latest"
 BUILD_IMAGE = Path(__file__).resolve().parents[2] / "tests" / "containers" / "build_image.sh"
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(scope="session")
@@ -50,10 +50,10 @@ def docker_client():
 
 
 @pytest.fixture
-def make_agent(docker_client, tmp_path):
+def make_agent(docker_client, tmp_path, live_server):
     """Agents for one fresh node id; its containers are removed afterwards whatever happened."""
     node_id = f"ct-{uuid.uuid4().hex[:8]}"
-    with in_process_agents() as make_in_process:
+    with in_process_agents(live_server.url) as make_in_process:
 
         def make(*, data_dir: Path | None = None, grace: float = 2.0) -> Agent:
             (tmp_path / "work").mkdir(exist_ok=True)
@@ -240,7 +240,7 @@ def test_delete_removes_the_running_container(make_agent, docker_client):
     workload_delete(workload=Workload.objects.get(pk=workload.pk))
 
     def gone():
-        agent.supervise_once()  # notices the row is gone, kills and removes the container
+        agent.heartbeat_once()  # the answer's "kill" names it: the agent kills and removes the container
         return not docker_client.api.containers(all=True, filters={"name": name})
     wait_for(gone, timeout=20, message="container removed")
 

@@ -57,11 +57,11 @@ def plain_node() -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_is_submitted_through_the_api_placed_where_its_capability_is_and_run_by_an_agent(greeting, api):
+def test_it_is_submitted_through_the_api_placed_where_its_capability_is_and_run_by_an_agent(greeting, api, live_server):
     capabilities = load_agent_settings(None, Overrides()).capabilities  # what runagent reports: from the registry
     assert capabilities["greeter"] == {"available": True}
     origin = plain_node()
-    with in_process_agents() as make_agent:
+    with in_process_agents(live_server.url) as make_agent:
         agent = make_agent(f"greeter-{uuid.uuid4().hex[:6]}", parent=origin, capabilities=capabilities)
         agent.register()
         response = api.post("/api/workloads", {"name": "hi", "type": "greeting", "node": origin,
@@ -81,7 +81,7 @@ def test_it_is_submitted_through_the_api_placed_where_its_capability_is_and_run_
 
 
 @pytest.mark.django_db
-def test_without_a_node_that_has_its_capability_it_waits_saying_why(greeting, api):
+def test_without_a_node_that_has_its_capability_it_waits_saying_why(greeting, api, live_server):
     origin = plain_node()
     response = api.post("/api/workloads", {"name": "hi", "type": "greeting", "node": origin,
                                            "config": {"whom": "nobody"}}, format="json")
@@ -91,7 +91,7 @@ def test_without_a_node_that_has_its_capability_it_waits_saying_why(greeting, ap
 
 
 @pytest.mark.django_db
-def test_its_config_is_checked_by_its_own_serializer(greeting, api):
+def test_its_config_is_checked_by_its_own_serializer(greeting, api, live_server):
     response = api.post("/api/workloads", {"name": "hi", "type": "greeting", "config": {"whom": 5, "loud": True}},
                         format="json")
     assert response.status_code == 400
@@ -101,7 +101,7 @@ def test_its_config_is_checked_by_its_own_serializer(greeting, api):
 
 
 @pytest.mark.django_db
-def test_an_unknown_type_is_refused_naming_type_and_every_registered_kind(greeting, api):
+def test_an_unknown_type_is_refused_naming_type_and_every_registered_kind(greeting, api, live_server):
     response = api.post("/api/workloads", {"name": "x", "type": "vm", "config": {}}, format="json")
     assert response.status_code == 400
     assert response.json()["type"] == ["'vm' is not a workload type here; known: process, container, mlmodel, "

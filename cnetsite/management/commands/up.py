@@ -19,6 +19,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
+from nodes.services import join_token_create
+
 
 class Command(BaseCommand):
     help = "Run the control plane, control worker, beat and a local agent together."
@@ -55,7 +57,10 @@ class Command(BaseCommand):
         if not no_agent:
             # Like the seed's single node, the local agent advertises the address it is served on.
             where = ["--config", agent_config] if agent_config else ["--port", str(port)]
-            children["agent"] = [python, manage, "runagent", *where]
+            # It joins over loopback like any node: a one-use token, spent only if it holds no
+            # credential in the data folder yet (a later start reuses that one).
+            join = ["--server", f"http://127.0.0.1:{port}", "--join-token", join_token_create(ttl_seconds=3600, uses=1)]
+            children["agent"] = [python, manage, "runagent", *where, *join]
         supervise(children, self.stdout)
 
 

@@ -1,8 +1,10 @@
-"""``manage.py runagent --config config.yaml``: the agent of one node.
+"""``manage.py runagent --config config.yaml --server URL [--join-token TOKEN]``: the agent of one node.
 
-The main thread registers the node, reconciles, then loops: heartbeat, supervise.
-A Celery worker in a thread consumes only this node's queue (``node.<node_id>``);
-its tasks start or stop work and return at once.
+The agent opens no database: it talks to the control plane's node API (``--server``), with its
+node's credential (got once with ``--join-token`` and kept in its data folder). The main thread
+registers the node, reconciles, then loops: heartbeat, supervise. A Celery worker in a thread
+consumes only this node's queue (``node.<node_id>``): its messages are doorbells that make the
+agent ask the control plane what to run or stop.
 """
 
 import logging
@@ -15,10 +17,10 @@ import time
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 from django.core.management.base import BaseCommand, CommandError
-from django.db import close_old_connections
 
 from cnetsite.celery import app as celery_app
 from workloads.agent.agent import Agent
+from workloads.agent.client import ControlPlaneError, CredentialRefused
 from workloads.agent.config import ConfigError, Overrides, load_agent_settings
 from workloads.agent.runtime import set_current_agent
 from workloads.dispatch import node_queue
@@ -48,6 +50,10 @@ class Command(BaseCommand):
         parser.add_argument("--peer", action="append", dest="peers", help="node_id or address:port (repeat)")
         parser.add_argument("--heartbeat", type=float, help="seconds between heartbeats")
         parser.add_argument("--shutdown-policy", choices=["stop", "requeue"])
+        parser.add_argument("--server", help="the control plane's URL, e.g. http://10.0.0.1:8000")
+        parser.add_argument("--join-token", help="exchanged once for this node's credential (kept in the data folder)")
+        parser.add_argument("--credential-file", help="where the credential is kept (default: "
+                                                      "<data dir>/agent/<node_id>.credential)")
 
     def handle(self, *args, **options):
         overrides = Overrides(**{key: options.get(key) for key in Overrides.__dataclass_fields__})
@@ -66,19 +72,27 @@ class Command(BaseCommand):
 
         agent = Agent(config, wake=wakeup.wake)
         set_current_agent(agent)
-        agent.register()
-        agent.reconcile()
+        try:
+            if not join_and_register(agent, stop):
+                return
+            agent.reconcile()
+        except CredentialRefused as error:
+            raise CommandError(str(error)) from None
         worker, thread = start_worker(config.node_id)
         threading.Thread(target=fence_loop, args=(agent, stop), name="self-fence", daemon=True).start()
         self.stdout.write(f"agent {config.node_id} ready: queue {node_queue(config.node_id)}, "
                           f"limits via {agent.context.limiter.kind}")
         next_beat = 0.0
         while not stop.is_set():
-            close_old_connections()
             try:
                 if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + agent.heartbeat_seconds  # what the control plane asks
                     agent.heartbeat_once()
-                    next_beat = time.monotonic() + config.heartbeat_seconds
+            except ControlPlaneError as error:
+                logger.warning("agent %s: heartbeat failed: %s", config.node_id, error)
+            except Exception:
+                logger.exception("agent %s: heartbeat failed; continuing", config.node_id)
+            try:
                 agent.supervise_once()
             except Exception:
                 logger.exception("agent %s: loop step failed; continuing", config.node_id)
@@ -89,8 +103,27 @@ class Command(BaseCommand):
         agent.shutdown()
 
 
+def join_and_register(agent: Agent, stop: threading.Event) -> bool:
+    """Join (once) and register, waiting for a control plane that is not up yet with a bounded
+    backoff. A refused credential or join token is fatal: it will not get better by waiting."""
+    delay = 0.25
+    while not stop.is_set():
+        try:
+            agent.client.ensure_credential()
+            agent.register()
+            return True
+        except CredentialRefused:
+            raise
+        except ControlPlaneError as error:
+            logger.warning("agent %s: control plane %s not reachable yet: %s", agent.config.node_id,
+                           agent.config.server, error)
+        stop.wait(delay)
+        delay = min(delay * 2, 5.0)
+    return False
+
+
 def fence_loop(agent: Agent, stop: threading.Event) -> None:
-    """Self-fencing beside the main loop, which may hang on a dead database connection."""
+    """Self-fencing beside the main loop, which may hang on a dead connection."""
     while not stop.wait(SUPERVISE_SECONDS):
         try:
             agent.fence_once()

@@ -10,10 +10,11 @@ from workloads.services import workload_submit
 
 
 @pytest.fixture
-def make_agent():
+def make_agent(live_server):
     """``make_agent(node_id, **options)``: an in-process agent, by default for a 1-CPU, 1 GiB node
-    that runs processes (``tests.helpers.in_process_agents``); cleaned up after the test."""
-    with in_process_agents() as make:
+    that runs processes (``tests.helpers.in_process_agents``), talking HTTP to a live control
+    plane on the test database; cleaned up after the test."""
+    with in_process_agents(live_server.url) as make:
         yield make
 
 

@@ -6,7 +6,6 @@ import uuid
 
 import psutil
 import pytest
-from django.conf import settings
 
 from nodes.resources import Resources
 from tests.helpers import wait_for
@@ -17,9 +16,10 @@ S = WorkloadStatus
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_silent_agent_kills_its_work_and_reports_it_lost_once_back_in_touch(make_agent):
+def test_a_silent_agent_kills_its_work_and_reports_it_lost_once_back_in_touch(make_agent, settings):
+    settings.CNET_HEARTBEAT_SECONDS = 2  # what the control plane answers is what the agent obeys
     node_id = f"fence-{uuid.uuid4().hex[:6]}"
-    agent = make_agent(node_id, heartbeat_seconds=2)
+    agent = make_agent(node_id)
     agent.register()
     assert agent.fence_after == settings.CNET_OFFLINE_AFTER_SECONDS - 2
     workload = workload_submit(owner=None, name="fenced", type="process", node=node_id,

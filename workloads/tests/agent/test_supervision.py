@@ -5,14 +5,11 @@ import threading
 
 import pytest
 
-from cnetsite.celery import app as celery_app
 from nodes.resources import Resources
 from tests.helpers import supervise_until_done, wait_for
-from workloads.agent.runtime import set_current_agent
 from workloads.executors.limits import CgroupLimiter
 from workloads.models import Workload, WorkloadLog, WorkloadStatus
 from workloads.services import workload_submit
-from workloads.tasks import start_workload  # noqa: F401 - registered, so an eager doorbell runs it
 
 
 @pytest.mark.django_db(transaction=True)
@@ -101,18 +98,11 @@ def test_starts_saving_state_at_once_leave_every_started_workload_in_the_state_f
 
 @pytest.mark.django_db(transaction=True)
 def test_a_workload_restarted_onto_the_same_node_is_started_there_at_once(agent_with_work):
-    # The restart's start message can arrive while the agent still records the exit that set it
-    # off; it must find the run that ended gone, or it is ignored until the redispatch loop.
-    # Eager tasks deliver each message at once, inside that recording: the worst timing.
+    # The report of an exit answers that its restart was placed again: the agent asks for its
+    # work in the same pass, not a doorbell or a heartbeat later.
     agent, workload = agent_with_work("again", "false", restart_policy="on-failure", max_restarts=2)
-    celery_app.conf.task_always_eager = True
-    set_current_agent(agent)
-    try:
-        agent.start(str(workload.pk))
-        ended = supervise_until_done(agent, workload)
-    finally:
-        set_current_agent(None)
-        celery_app.conf.task_always_eager = False
+    agent.start(str(workload.pk))
+    ended = supervise_until_done(agent, workload, timeout=4)  # a heartbeat would be 5 s away
     assert (ended.status, ended.restart_count) == (WorkloadStatus.FAILED, 2)
     assert ended.reason == "exited with code 1"
     agent.shutdown()

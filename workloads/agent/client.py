@@ -1,0 +1,227 @@
+"""The agent's one conversation with the control plane: the node API over HTTP.
+
+Everything the agent says to the control plane goes through ``ControlPlane``: the base URL, the
+node's credential (kept in the data folder, mode 0600, got once with a join token), one keep-alive
+``requests.Session``, timeouts, and retries with bounded exponential backoff. ``Spool`` keeps the
+reports and log chunks not delivered yet on disk, in order, and sends them in batches: every chunk
+first, then every report, so a run's output always arrives before its exit. No database here.
+"""
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+logger = logging.getLogger(__name__)
+
+HOW_TO_JOIN = ("get a join token (manage.py create_join_token, or the console's node list) and start the agent "
+               "with --join-token TOKEN (or server.join_token in its YAML)")
+MAX_CHUNKS = 1000  # what one POST /api/node/logs takes (workloads/nodeapi/serializers.py)
+MAX_LOG_TEXT = 1024 * 1024
+MAX_REPORTS = 1000
+
+
+class ControlPlaneError(Exception):
+    """The control plane could not be reached (or kept failing) after the retries."""
+
+
+class CredentialRefused(ControlPlaneError):
+    """The node's credential is unknown or revoked (401), or there is none and no join token."""
+
+
+class Refused(Exception):
+    """The control plane answered a 4xx other than 401: the request itself is wrong."""
+
+    def __init__(self, status: int, body):
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class ControlPlane:
+    def __init__(self, server: str, *, node_id: str, data_dir: Path, join_token: str | None = None,
+                 credential: str | None = None, credential_path: Path | None = None,
+                 connect_timeout: float = 3.0, read_timeout: float = 15.0, attempts: int = 4, backoff: float = 0.2,
+                 max_backoff: float = 3.0) -> None:
+        server = server if "://" in server else f"http://{server}"
+        self.base = server.rstrip("/") + "/api/node/"
+        self.node_id = node_id
+        self.credential_path = Path(credential_path or Path(data_dir) / "agent" / f"{node_id}.credential")
+        self.join_token = join_token
+        self.credential = credential
+        self.timeout = (connect_timeout, read_timeout)
+        self.attempts, self.backoff, self.max_backoff = attempts, backoff, max_backoff
+        self.session = requests.Session()  # one keep-alive connection pool for every call
+        self._lock = threading.Lock()  # a Session is not meant to be shared by threads at once
+
+    # --- the credential -------------------------------------------------------------------
+    def ensure_credential(self) -> str:
+        """The node's credential: given, or read from the data folder, or got once with the join
+        token (and then kept there, mode 0600, for every later start)."""
+        if self.credential:
+            return self.credential
+        try:
+            self.credential = self.credential_path.read_text().strip() or None
+        except FileNotFoundError:
+            pass
+        if self.credential:
+            return self.credential
+        if not self.join_token:
+            raise CredentialRefused(f"node {self.node_id} has no credential in {self.credential_path}: {HOW_TO_JOIN}")
+        try:
+            answer = self._call("POST", "join", {"join_token": self.join_token, "node_id": self.node_id},
+                                authenticated=False)
+        except Refused as error:
+            raise CredentialRefused(f"node {self.node_id} could not join: {error.body}") from None
+        self._save_credential(answer["credential"])
+        self.credential = answer["credential"]
+        logger.info("node %s: joined the control plane; credential kept in %s", self.node_id, self.credential_path)
+        return self.credential
+
+    def _save_credential(self, credential: str) -> None:
+        self.credential_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.credential_path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, credential.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.credential_path)
+
+    # --- the calls ------------------------------------------------------------------------
+    def register(self, fields: dict) -> dict:
+        return self._call("POST", "register", fields)
+
+    def heartbeat(self, *, epoch: int, usage: dict, running: list[str], attempts: int | None = None) -> dict:
+        return self._call("POST", "heartbeat", {"epoch": epoch, "usage": usage, "running": running},
+                          attempts=attempts)
+
+    def work(self) -> dict:
+        return self._call("GET", "work")
+
+    def reports(self, reports: list[dict]) -> list[dict]:
+        return self._call("POST", "reports", {"reports": reports})["results"]
+
+    def logs(self, chunks: list[dict]) -> int:
+        return self._call("POST", "logs", {"chunks": chunks})["stored"]
+
+    def drain(self, *, epoch: int, policy: str) -> dict:
+        return self._call("POST", "drain", {"epoch": epoch, "policy": policy})
+
+    def leave(self, *, epoch: int) -> dict:
+        return self._call("POST", "leave", {"epoch": epoch})
+
+    def _call(self, method: str, path: str, body: dict | None = None, *, authenticated: bool = True,
+              attempts: int | None = None):
+        headers = {"Authorization": f"Node {self.ensure_credential()}"} if authenticated else {}
+        attempts = attempts or self.attempts
+        delay = self.backoff
+        last: Exception | None = None
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(min(delay, self.max_backoff) * (0.5 + random.random() / 2))  # backoff, jittered
+                delay *= 2
+            try:
+                with self._lock:
+                    response = self.session.request(method, self.base + path, json=body, headers=headers,
+                                                    timeout=self.timeout)
+            except requests.RequestException as error:
+                last = error
+                continue
+            if response.status_code >= 500:
+                last = ControlPlaneError(f"{method} {path}: {response.status_code}")
+                continue
+            if response.status_code == 401:
+                raise CredentialRefused(f"the control plane refused node {self.node_id}'s credential "
+                                        f"({self.credential_path}): {HOW_TO_JOIN}; delete that file first")
+            if response.status_code >= 400:
+                try:
+                    detail = response.json()
+                except ValueError:
+                    detail = response.text
+                raise Refused(response.status_code, detail)
+            return response.json()
+        raise ControlPlaneError(f"{method} {self.base}{path}: {last}") from last
+
+
+class Spool:
+    """Reports and log chunks not delivered yet, in the order they happened, on disk (JSON lines)
+    so an agent restart loses none. ``flush`` sends them in batches (chunks, then reports) and
+    forgets what was delivered."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._send_lock = threading.Lock()
+        self.entries: list[dict] = []
+        try:
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    self.entries.append(json.loads(line))
+        except (FileNotFoundError, ValueError):
+            pass
+
+    def add(self, *, logs: list[dict] = (), reports: list[dict] = ()) -> None:
+        new = [{"logs": chunk} for chunk in logs] + [{"report": report} for report in reports]
+        if not new:
+            return
+        with self._lock:
+            self.entries.extend(new)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as file:
+                file.write("".join(json.dumps(entry) + "\n" for entry in new))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def flush(self, client: ControlPlane) -> list[dict] | None:
+        """Deliver everything spooled; the reports' results, or None when something could not be
+        delivered (it stays, and goes with the next flush)."""
+        with self._send_lock:
+            with self._lock:
+                pending = list(self.entries)
+            if not pending:
+                return []
+            chunks = [entry["logs"] for entry in pending if "logs" in entry]
+            reports = [entry["report"] for entry in pending if "report" in entry]
+            results: list[dict] = []
+            try:
+                for batch in _batches(chunks, MAX_CHUNKS, lambda chunk: len(chunk["text"]), MAX_LOG_TEXT // 2):
+                    client.logs(batch)
+                for batch in _batches(reports, MAX_REPORTS, lambda _: 0, 1):
+                    results.extend(client.reports(batch))
+            except ControlPlaneError as error:
+                logger.warning("node %s: %d spooled items not delivered yet: %s", client.node_id, len(pending), error)
+                return None
+            except Refused as error:  # a bad batch must not block the spool forever
+                logger.error("node %s: the control plane refused spooled items; dropping them: %s",
+                             client.node_id, error)
+            self._forget(pending)
+            return results
+
+    def _forget(self, delivered: list[dict]) -> None:
+        with self._lock:
+            self.entries = self.entries[len(delivered):]
+            tmp = self.path.with_suffix(".tmp")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text("".join(json.dumps(entry) + "\n" for entry in self.entries))
+            tmp.replace(self.path)
+
+
+def _batches(items: list, most: int, size, most_size: int):
+    batch, used = [], 0
+    for item in items:
+        if batch and (len(batch) >= most or used + size(item) > most_size):
+            yield batch
+            batch, used = [], 0
+        batch.append(item)
+        used += size(item)
+    if batch:
+        yield batch
