@@ -1,10 +1,13 @@
-"""A real cluster on one machine: a control worker, celery beat and four agents.
+"""A real cluster on one machine: the control plane (gunicorn, a control worker, celery beat)
+and four agents.
 
 Needs Postgres (``DATABASE_URL``) and Redis (``CELERY_BROKER_URL``); skipped otherwise.
 The agents are the shipped ``configs/config_*.yaml`` started through ``bin/cnet-agent``,
-with small capacities given as flags (flags win over the file). Everything runs in a
-database of its own (``cnet_h3_e2e_<random>``, created, migrated and dropped here) which
-this test process uses too, so tests see what the agents write the moment it commits.
+with small capacities given as flags (flags win over the file). They hold no database: their
+``DATABASE_URL`` names a port where nothing listens, and they join the control plane's node API
+over HTTP with one join token, keeping their credentials in the data folder. The control plane
+runs in a database of its own (``cnet_h3_e2e_<random>``, created, migrated and dropped here)
+which this test process reads too, so tests see what the control plane writes the moment it commits.
 
 Every child runs in its own session; teardown kills each group and every workload process
 that carries this cluster's data folder in its environment, even when a test failed.
@@ -27,11 +30,14 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from nodes.models import Node, NodeStatus
-from tests.helpers import database_url, kill_group, wait_for
+from nodes.services import join_token_create
+from tests.helpers import database_url, free_port, kill_group, wait_for
 from workloads.models import ACTIVE, Workload
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024**2
+# Agents are pointed here for a database: nothing listens, so any use of it would fail loudly.
+UNREACHABLE_DATABASE = "postgres://nobody@127.0.0.1:9/unreachable"
 # Small declared capacities: parent < child < peers, so placement spills predictably.
 AGENTS = {
     "parent": ["--cpu", "1", "--memory", str(512 * MiB)],
@@ -74,6 +80,9 @@ class Cluster:
         self.env = env
         self.data_dir = data_dir
         self.procs: dict[str, subprocess.Popen] = {}
+        self.port = free_port()
+        self.server = f"http://127.0.0.1:{self.port}"
+        self.join_token = ""
 
     # --- processes -----------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], **env) -> subprocess.Popen:
@@ -89,6 +98,9 @@ class Cluster:
 
     def start_control(self) -> None:
         celery = [sys.executable, "-m", "celery", "-A", "cnetsite"]
+        self._spawn("web", [sys.executable, "-m", "gunicorn", "cnetsite.wsgi:application",
+                            "--bind", f"127.0.0.1:{self.port}", "--workers", "2", "--threads", "4",
+                            "--graceful-timeout", "5"])
         self._spawn("control", [*celery, "worker", "-Q", "control", "--pool", "solo", "--concurrency", "1",
                                 "--hostname", "control-e2e@%h", "--without-mingle", "--without-gossip",
                                 "--without-heartbeat", "--loglevel", "INFO"])
@@ -99,7 +111,9 @@ class Cluster:
         """Start the agent of ``node_id`` and wait until it has registered; returns its epoch."""
         before = Node.objects.filter(node_id=node_id).values_list("agent_epoch", flat=True).first() or 0
         self._spawn(node_id, [str(REPO / "bin" / "cnet-agent"), "-config",
-                              str(REPO / "configs" / f"config_{node_id}.yaml"), *AGENTS[node_id], *extra])
+                              str(REPO / "configs" / f"config_{node_id}.yaml"), *AGENTS[node_id],
+                              "--server", self.server, "--join-token", self.join_token, *extra],
+                    DATABASE_URL=UNREACHABLE_DATABASE)
         return wait_for(
             lambda: Node.objects.filter(node_id=node_id, agent_epoch__gt=before, status=NodeStatus.READY)
             .values_list("agent_epoch", flat=True).first(),
@@ -182,6 +196,8 @@ def cluster(django_db_blocker, tmp_path_factory):
         connection.close()
         connection.settings_dict["NAME"] = name
         with django_db_blocker.unblock():
+            # One token for the four first joins; a restarted agent uses the credential it kept.
+            cluster.join_token = join_token_create(ttl_seconds=3600, uses=len(AGENTS))
             cluster.start_control()
             for node_id in AGENTS:
                 cluster.start_agent(node_id)
