@@ -1,15 +1,18 @@
 """A real multi-host cluster: one control-plane host and three agent hosts, each a Linux network
 namespace on a private bridge (see netlab.py).
 
-    cp      10.231.0.1   Postgres :18801, Redis :18802, gunicorn :18800, control worker, beat
+    cp      10.231.0.1   gunicorn :18800, Redis :18802, control worker, beat;
+                         Postgres :18801 on the host's own loopback only
     parent  10.231.0.11  agent h8-parent (1 cpu)   peers with h8-peer
     child   10.231.0.12  agent h8-child  (2 cpu)   child of h8-parent
     peer    10.231.0.13  agent h8-peer   (2 cpu)
 
-Every process reaches Postgres and Redis by address over that network, as across machines.
-The Postgres (initdb in the lab's folder) and the Redis are the lab's own, bound to the
-control-plane host's address, so a test can stop the broker or cut a host off without touching
-the machine's services. This test process talks to them (and to gunicorn) through Unix sockets
+Agent hosts reach the control plane's HTTP port and the broker by address over that network, as
+across machines, and have no route to Postgres at all: it listens on the control-plane host's
+loopback, which exists only inside that namespace. Agents join with one join token and keep
+their node's credential in their data folder. The Postgres (initdb in the lab's folder) and the
+Redis are the lab's own, so a test can stop the broker or cut a host off without touching the
+machine's services. This test process talks to them (and to gunicorn) through Unix sockets
 in the lab's folder: it stays in the machine's own namespace and needs no route into the lab.
 The timing settings are left at their defaults: that is what the failure tests measure.
 
@@ -36,10 +39,11 @@ from django.db import connections
 from rest_framework.authtoken.models import Token
 
 from nodes.models import Node, NodeStatus
+from nodes.services import join_token_create
 from tests.helpers import wait_for
 from workloads.models import ACTIVE, Workload, WorkloadStatus
 
-from .netlab import Lab, clean_leftovers, netns_available
+from .netlab import SUBNET, Lab, clean_leftovers, netns_available
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024**2
@@ -53,6 +57,9 @@ AGENTS = {
     "child": ("h8-child", ["--cpu", "2", "--memory", str(1024 * MiB), "--parent", "h8-parent"]),
     "peer": ("h8-peer", ["--cpu", "2", "--memory", str(1024 * MiB)]),
 }
+# What agents are given for a database: where Postgres listens on the control-plane host, which
+# they cannot reach. An agent that touched the database would fail at once.
+AGENT_DATABASE_URL = f"postgres://postgres@{SUBNET}.{HOSTS['cp']}:{PORTS['postgres']}/{DB_NAME}"
 MEASURED: list[str] = []  # figures the tests report, printed at the end of the run
 
 
@@ -123,6 +130,8 @@ class Cluster:
         self.shared = lab.root / "shared"  # every host sees the same filesystem: proof files go here
         self.shared.mkdir()
         self.api: Api | None = None
+        self.server = f"http://{lab.address('cp')}:{PORTS['web']}"
+        self.join_token = ""
 
     def host_env(self, host: str, **extra) -> dict:
         data = self.lab.root / "hosts" / host
@@ -138,10 +147,9 @@ class Cluster:
         subprocess.run([_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-N", "-E", "UTF8"],
                        user="postgres", group="postgres", extra_groups=[], check=True, capture_output=True,
                        timeout=120)
-        with open(data / "pg_hba.conf", "a") as hba:
-            hba.write(f"host all all {self.lab.address('cp').rsplit('.', 1)[0]}.0/24 trust\n")
         options = {
-            "listen_addresses": self.lab.address("cp"), "port": PORTS["postgres"],
+            # The control-plane host's loopback: no other host has a route to it.
+            "listen_addresses": "127.0.0.1", "port": PORTS["postgres"],
             "unix_socket_directories": str(self.pg_socket_dir),
             # A throwaway database: durability buys nothing here and costs the busy disk.
             "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
@@ -260,8 +268,8 @@ class Cluster:
         node_id, flags = AGENTS[host]
         self.lab.spawn(host, host, [
             sys.executable, "manage.py", "runagent", "--node-id", node_id, "--address", self.lab.address(host),
-            "--port", str(18810 + HOSTS[host]), *flags,
-        ], env=self.host_env(host, CNET_LOCAL_NODE_ID=node_id), cwd=REPO)
+            "--port", str(18810 + HOSTS[host]), *flags, "--server", self.server, "--join-token", self.join_token,
+        ], env=self.host_env(host, CNET_LOCAL_NODE_ID=node_id, DATABASE_URL=AGENT_DATABASE_URL), cwd=REPO)
 
     def wait_registered(self, host: str, *, after_epoch: int = 0) -> int:
         node_id = AGENTS[host][0]
@@ -273,6 +281,13 @@ class Cluster:
                                        ).values_list("agent_epoch", flat=True).first()
 
         return wait_for(registered, timeout=60, every=0.1, message=f"agent {node_id} registered")
+
+    def connects(self, host: str, address: str, port: int) -> bool:
+        """Whether a TCP connection from ``host`` to ``address:port`` is accepted."""
+        probe = (f"import socket; socket.create_connection(({address!r}, {port}), timeout=2)")
+        out = subprocess.run(["ip", "netns", "exec", self.lab.ns(host), sys.executable, "-c", probe],
+                             capture_output=True, timeout=30)
+        return out.returncode == 0
 
     def workload_pids(self, workload_id=None) -> dict[int, str]:
         """Live workload processes in the lab: pid -> the host (namespace) it runs on."""
@@ -299,7 +314,8 @@ def _child_env(lab: Lab) -> dict:
     cp = lab.address("cp")
     return {
         **env,
-        "DATABASE_URL": f"postgres://postgres@{cp}:{PORTS['postgres']}/{DB_NAME}",
+        # Reachable from the control-plane host only (see AGENT_DATABASE_URL for agents).
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:{PORTS['postgres']}/{DB_NAME}",
         "CELERY_BROKER_URL": f"redis://{cp}:{PORTS['redis']}/8",
         "DJANGO_SETTINGS_MODULE": "cnetsite.settings",
         "SECRET_KEY": "cluster-test-only-" + os.urandom(8).hex(),
@@ -331,6 +347,7 @@ def cluster(django_db_blocker):
             user, _ = get_user_model().objects.get_or_create(
                 username="h8", defaults={"is_staff": True, "is_superuser": True})
             cluster.api = Api(cluster.web_socket, Token.objects.get_or_create(user=user)[0].key)
+            cluster.join_token = join_token_create(ttl_seconds=3600, uses=len(AGENTS))
             cluster.start_control_plane()
             for host in AGENTS:
                 cluster.start_agent(host)

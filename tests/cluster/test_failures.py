@@ -16,7 +16,7 @@ from nodes.models import Node, NodeStatus
 from tests.helpers import node_status, wait_for, wait_status, workload_row
 from workloads.models import WorkloadEvent, WorkloadStatus
 
-from .conftest import AGENTS, MEASURED, MiB
+from .conftest import AGENTS, MEASURED, PORTS, MiB
 
 S = WorkloadStatus
 WRITER = """\
@@ -80,13 +80,18 @@ def pid_alive(pid: int) -> bool:
 
 
 # --- the cluster itself -----------------------------------------------------------------------
-def test_every_host_reaches_the_database_and_the_broker_by_address(cluster):
+def test_agent_hosts_reach_only_the_control_planes_http_port_and_the_broker(cluster):
     with connection.cursor() as cursor:
         cursor.execute("SELECT DISTINCT host(client_addr) FROM pg_stat_activity WHERE datname = %s "
                        "AND client_addr IS NOT NULL", ["cnet_h8"])
         db_clients = {addr for (addr,) in cursor.fetchall()}
+    assert db_clients == {"127.0.0.1"}, "only the control-plane host's own processes use the database"
+    for host in AGENTS:
+        assert cluster.connects(host, cluster.lab.address("cp"), PORTS["web"])
+        assert cluster.connects(host, cluster.lab.address("cp"), PORTS["redis"])
+        assert not cluster.connects(host, cluster.lab.address("cp"), PORTS["postgres"])
+        assert not cluster.connects(host, "127.0.0.1", PORTS["postgres"])
     agents = {cluster.lab.address(host) for host in AGENTS}
-    assert agents | {cluster.lab.address("cp")} <= db_clients
     import redis
 
     broker = redis.Redis(unix_socket_path=str(cluster.lab.root / "redis.sock"))
@@ -153,7 +158,10 @@ def test_cut_off_host_is_replaced_elsewhere_and_never_runs_alongside_its_replace
 
 
 # --- the broker stopped for 15 s ----------------------------------------------------------------
-def test_broker_outage_accepts_submissions_runs_them_after_and_leaves_running_work_alone(cluster):
+def test_broker_outage_only_slows_starts_to_the_next_heartbeat_and_leaves_running_work_alone(cluster):
+    """The broker only rings doorbells: agents also ask for their work and their stops on every
+    heartbeat, over HTTP, so with the broker down work is accepted, started, stopped and
+    recorded, each at most one heartbeat later than with it."""
     proof = cluster.shared / "broker.txt"
     steady = submit(cluster, name="steady", code=WRITER, args=[proof], cpu=0.5)
     pid = wait_status(steady, S.RUNNING).runtime["pid"]
@@ -167,37 +175,34 @@ def test_broker_outage_accepts_submissions_runs_them_after_and_leaves_running_wo
         started = time.monotonic()
         during.append(submit(cluster, name=f"during-{i}", code=COUNTER, args=[2]))
         post_seconds.append(time.monotonic() - started)
-    for workload_id in during:  # accepted: recorded, placed, waiting for its doorbell
-        assert workload_row(workload_id).status in (S.PENDING, S.SCHEDULED)
-    time.sleep(max(0.0, stopped_at + 15 - time.time()))  # the outage itself, not synchronisation
-    assert all(workload_row(workload_id).status in (S.PENDING, S.SCHEDULED) for workload_id in during)
-    assert pid_alive(pid) and workload_row(steady).status == S.RUNNING
-    assert len(logs(cluster, steady)) > logs_before + 30, "logs kept reaching the database"
-    cluster.lab.restart("redis")
-    cluster.wait_redis()
-    back_at = time.time()
-
     ran_after = []
     for workload_id in during:
-        workload = wait_status(workload_id, S.SUCCEEDED, S.FAILED, timeout=60)
+        workload = wait_status(workload_id, S.SUCCEEDED, S.FAILED, timeout=30)
         assert workload.status == S.SUCCEEDED and workload.exit_code == 0, workload.reason
-        assert workload.started_at.timestamp() > back_at
-        ran_after.append(workload.started_at.timestamp() - back_at)
+        ran_after.append(workload.started_at.timestamp() - stopped_at)
         assert logs(cluster, workload_id) == ["line 0", "line 1"]
         assert [to for _from, to, _node, _why in transitions(workload_id)].count(S.RUNNING) == 1
-
-    # Running work never noticed: same process, no pause in its output, and it still obeys a stop,
-    # which travels through the broker that came back.
-    assert workload_row(steady).status == S.RUNNING and workload_row(steady).runtime["pid"] == pid
-    assert largest_gap(proof_lines(proof), stopped_at, back_at) < 1.0
+    time.sleep(max(0.0, stopped_at + 15 - time.time()))  # the outage itself, not synchronisation
+    assert not cluster.lab.alive("redis")
+    assert pid_alive(pid) and workload_row(steady).status == S.RUNNING
+    assert len(logs(cluster, steady)) > logs_before + 30, "logs kept reaching the database"
+    # A stop asked during the outage reaches its agent with the next heartbeat's answer.
     status, _data = cluster.api.post(f"/api/workloads/{steady}/stop")
     assert status in (200, 202)
     wait_status(steady, S.STOPPED, timeout=30)
     assert not pid_alive(pid)
+    stopped = time.time()
+    assert largest_gap(proof_lines(proof), stopped_at, stopped - 2) < 1.0
+    cluster.lab.restart("redis")
+    cluster.wait_redis()
+
+    # With the broker back, doorbells ring again: the next submission runs as usual.
+    after = submit(cluster, name="after", code=COUNTER, args=[1])
+    assert wait_status(after, S.SUCCEEDED, S.FAILED, timeout=30).status == S.SUCCEEDED
     MEASURED.append(
-        f"broker stopped 15s: {len(during)} submissions during the outage answered 201 in "
-        f"{max(post_seconds):.2f}s at most and ran {min(ran_after):.1f}-{max(ran_after):.1f}s after it returned; "
-        f"running work's output never paused over {largest_gap(proof_lines(proof), stopped_at, back_at):.2f}s")
+        f"broker stopped {stopped - stopped_at:.0f}s: {len(during)} submissions during the outage answered 201 in "
+        f"{max(post_seconds):.2f}s at most and started {min(ran_after):.1f}-{max(ran_after):.1f}s after it began "
+        f"(by heartbeat); running work's output never paused; a stop during it took effect")
 
 
 # --- the control plane killed and restarted --------------------------------------------------
@@ -216,8 +221,9 @@ def test_control_plane_killed_mid_flight_work_goes_on_and_is_recorded(cluster):
     cluster.restart_control_plane()
     back_at = time.time()
 
-    status, data = cluster.api.get(f"/api/workloads/{job}")
-    assert status == 200 and (data["status"], data["exit_code"]) == (S.SUCCEEDED, 0), data
+    # Its exit and output waited in its agent's spool and arrive now, once.
+    finished = wait_status(job, S.SUCCEEDED, S.FAILED, timeout=30)
+    assert (finished.status, finished.exit_code) == (S.SUCCEEDED, 0), finished.reason
     assert logs(cluster, job) == [f"line {i}" for i in range(25)]
     assert workload_row(steady).status == S.RUNNING and workload_row(steady).runtime["pid"] == steady_pid
     assert largest_gap(proof_lines(proof), killed_at, back_at) < 1.0
