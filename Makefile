@@ -6,10 +6,13 @@ STAMP := $(VENV)/.requirements-installed
 
 .PHONY: run test lint bench
 
-$(STAMP): requirements.txt
+# The pinned requirements, then the project itself (.venv/bin/cnet, from pyproject.toml): without
+# build isolation, so offline, with the setuptools requirements.txt pins.
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # The control plane, control worker, beat and a local agent on http://127.0.0.1:8080.

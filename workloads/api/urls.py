@@ -1,7 +1,11 @@
+from django.urls import re_path
+
 from core.routers import OptionalSlashRouter
 
+from .plan import WorkloadPlanView
 from .views import WorkloadViewSet
 
 router = OptionalSlashRouter()
 router.register("workloads", WorkloadViewSet, basename="workload")
-urlpatterns = router.urls
+# Before the router's routes: its detail route would take "plan" for an id.
+urlpatterns = [re_path(r"^workloads/plan/?$", WorkloadPlanView.as_view(), name="workload-plan"), *router.urls]

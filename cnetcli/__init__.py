@@ -1,0 +1,1 @@
+"""``cnet``: the command line for CNET Agent. It talks only to the REST API (no Django here)."""

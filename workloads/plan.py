@@ -1,0 +1,75 @@
+"""The dry run of a submission (``POST /api/workloads/plan``): where it would go now, or where it
+would stand in the queue and when room is expected, or why it never could; nothing is written.
+
+The placement itself is ``scheduler.plan``'s; what it needs to know of workloads (the queue, the
+work holding resources and its time limits) is read here."""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from nodes.resources import Resources
+from nodes.services import node_resolve
+from scheduler.plan import Release, expected_room, never_fits, place_dry_run
+from scheduler.strategies import strategy_get
+
+from .kinds import kind_capability
+from .models import ACTIVE, Workload, WorkloadStatus
+
+PLACED, WAITS, NEVER = "placed", "waits", "never"
+UNKNOWN = "unknown"
+# Issue 16 adds time limits; until then no running work has one, so no start can be estimated.
+TIME_LIMIT_FIELD = "max_runtime_seconds"
+
+
+def workload_plan(*, type: str, requirements: Resources, node: str | None = None, strategy: str | None = None,
+                  priority: int = 0, **_rest) -> dict:
+    """What a submission of this body would meet now. It checks the rules a submission checks (the
+    strategy and node exist) and decides with the same placement code; the rest of the body (name,
+    config, restart policy…) does not change where it goes."""
+    strategy_name = strategy or settings.CNET_DEFAULT_STRATEGY
+    ranked_by = strategy_get(strategy_name)
+    local = node_resolve(node).node_id if node else settings.CNET_LOCAL_NODE_ID
+    capability = kind_capability(type)
+    decision = place_dry_run(requirements=requirements, local_node_id=local, strategy=ranked_by,
+                             capability=capability)
+    answer = {
+        "outcome": PLACED, "node": decision.node.node_id if decision.placed else None,
+        "summary": decision.summary(), "reasons": decision.reasons, "strategy": strategy_name,
+        "submitted_node": local, "queue": None, "estimated_start": None, "never_fits": None,
+    }
+    if decision.placed:
+        return answer
+    short = never_fits(requirements)
+    if short is not None:
+        return answer | {"outcome": NEVER, "never_fits": short}
+    room = expected_room(requirements=requirements, node_ids=[reason["node"] for reason in decision.reasons],
+                         capability=capability, releases_on=_releases_on)
+    return answer | {"outcome": WAITS, "queue": _queue_place(priority),
+                     "estimated_start": max(room, timezone.now()).isoformat() if room else UNKNOWN}
+
+
+def _queue_place(priority: int) -> dict:
+    """Where a new request of this priority joins the pending queue (highest priority first, then
+    oldest): behind every pending one of its priority and above."""
+    pending = Workload.objects.filter(status=WorkloadStatus.PENDING, priority__gte=priority)
+    same = pending.filter(priority=priority).count()
+    return {"priority": priority, "position": same + 1, "ahead": pending.count()}
+
+
+def _releases_on(node_pks: list[int]) -> list[Release]:
+    has_limits = any(field.name == TIME_LIMIT_FIELD for field in Workload._meta.get_fields())
+    fields = ["node_id", "started_at", "scheduled_at", "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes"]
+    rows = Workload.objects.filter(node_id__in=node_pks, status__in=ACTIVE).values(
+        *fields, *([TIME_LIMIT_FIELD] if has_limits else []))
+    return [
+        Release(
+            node_pk=row["node_id"],
+            resources=Resources(cpu=row["cpu_millicores"], gpu=row["gpu_count"], memory=row["memory_bytes"],
+                                storage=row["storage_bytes"]),
+            by=(row["started_at"] or row["scheduled_at"]) + timedelta(seconds=row[TIME_LIMIT_FIELD])
+            if row.get(TIME_LIMIT_FIELD) and (row["started_at"] or row["scheduled_at"]) else None,
+        )
+        for row in rows
+    ]
