@@ -30,6 +30,44 @@ class RestartPolicy(models.TextChoices):
     ALWAYS = "always", "Always"
 
 
+def _one_of_both(first: str, second: str, *, both: bool = False) -> Q:
+    """Exactly one of two columns is set (or, ``both``: both or neither)."""
+    if both:
+        return Q(**{f"{first}__isnull": True, f"{second}__isnull": True}) | Q(
+            **{f"{first}__isnull": False, f"{second}__isnull": False})
+    return Q(**{f"{first}__isnull": True, f"{second}__isnull": False}) | Q(
+        **{f"{first}__isnull": False, f"{second}__isnull": True})
+
+
+# How many instances one array may have (``"count"`` in a submission).
+ARRAY_MAX_COUNT = 100_000
+
+
+class WorkloadArray(models.Model):
+    """N instances of one workload submitted together (``"count": N``); each instance is a
+    ``Workload`` with ``array`` and ``array_index`` set. Its status is its instances' counts."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=255)
+    type = models.CharField(max_length=16)
+    count = models.PositiveIntegerField()
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="workload_arrays"
+    )
+    # Its dependencies not met yet; its instances are placed only at 0 (each instance holds the same number).
+    dependencies_waiting = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(count__gte=1, count__lte=ARRAY_MAX_COUNT), name="array_count_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}[{self.count}] ({self.id})"
+
+
 class Workload(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=255)
@@ -69,6 +107,15 @@ class Workload(models.Model):
     # The agent epoch that started it; a restarted agent can tell its own survivors.
     agent_epoch = models.PositiveIntegerField(null=True, blank=True)
 
+    array = models.ForeignKey(WorkloadArray, null=True, blank=True, on_delete=models.CASCADE,
+                              related_name="instances")
+    array_index = models.PositiveIntegerField(null=True, blank=True)
+    # Its dependencies not met yet: a pending workload is placed only at 0. A counter on the row
+    # (not a count of rows) so that two dependencies met at once serialize on this row's lock.
+    dependencies_waiting = models.PositiveIntegerField(default=0)
+    # Some dependency names it (or its array): only then does its end look for dependents.
+    has_dependents = models.BooleanField(default=False)
+
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     scheduled_at = models.DateTimeField(null=True, blank=True)
     # When the start was last sent again (the first is sent as it is scheduled).
@@ -91,6 +138,14 @@ class Workload(models.Model):
             models.Index(fields=["node", "status"], name="workload_node_status"),
             # List filters: /api/workloads?status=&type=
             models.Index(fields=["status", "type"], name="workload_status_type"),
+            # An array's counts by status, its pending instances to place, ?array=&status=.
+            models.Index(fields=["array", "status"], name="workload_array_status"),
+        ]
+        constraints = [
+            # One instance per index; also the index of ?array= listed in index order.
+            models.UniqueConstraint(fields=["array", "array_index"], name="workload_array_index_once"),
+            models.CheckConstraint(condition=_one_of_both("array", "array_index", both=True),
+                                   name="workload_array_index_with_array"),
         ]
 
     def __str__(self) -> str:
@@ -158,3 +213,74 @@ class WorkloadLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workload_id}#{self.seq}"
+
+
+class DependencyCondition(models.TextChoices):
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    ENDED = "ended", "Ended"
+
+
+class DependencyState(models.TextChoices):
+    WAITING = "waiting", "Waiting"
+    MET = "met", "Met"
+    NEVER = "never", "Can never hold"
+
+
+class WorkloadDependency(models.Model):
+    """A workload (or every instance of an array) waits until ``on_workload`` (or every instance
+    of ``on_array``) ended as ``condition`` says. Settled once: waiting → met | never."""
+
+    workload = models.ForeignKey(Workload, null=True, blank=True, on_delete=models.CASCADE,
+                                 related_name="dependencies")
+    array = models.ForeignKey(WorkloadArray, null=True, blank=True, on_delete=models.CASCADE,
+                              related_name="dependencies")
+    on_workload = models.ForeignKey(Workload, null=True, blank=True, on_delete=models.CASCADE,
+                                    related_name="dependents")
+    on_array = models.ForeignKey(WorkloadArray, null=True, blank=True, on_delete=models.CASCADE,
+                                 related_name="dependents")
+    condition = models.CharField(max_length=16, choices=DependencyCondition.choices)
+    state = models.CharField(max_length=16, choices=DependencyState.choices, default=DependencyState.WAITING)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # An end's question: "what waits on workload W / array A".
+            models.Index(fields=["on_workload", "state"], name="dependency_on_workload"),
+            models.Index(fields=["on_array", "state"], name="dependency_on_array"),
+            # A dependent's own list (its detail, its graph).
+            models.Index(fields=["workload"], name="dependency_workload"),
+            models.Index(fields=["array"], name="dependency_array"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=_one_of_both("workload", "array"), name="dependency_one_dependent"),
+            models.CheckConstraint(condition=_one_of_both("on_workload", "on_array"), name="dependency_one_target"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workload_id or self.array_id} after {self.on_workload_id or self.on_array_id} {self.condition}"
+
+    @property
+    def target_id(self):
+        return self.on_workload_id or self.on_array_id
+
+
+class WorkloadArrayEvent(models.Model):
+    """What one placement pass did for an array: how many instances it placed where, and per node
+    why (one row per batch, not one per instance per node)."""
+
+    array = models.ForeignKey(WorkloadArray, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(auto_now_add=True)
+    reason = models.TextField(blank=True)
+    placed = models.PositiveIntegerField(default=0)
+    # [{"node": ..., "fits": bool, "reason": ..., "instances": n}, ...]
+    details = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["array", "id"], name="array_event_array")]
+
+    def __str__(self) -> str:
+        return f"{self.array_id}: {self.reason}"
+

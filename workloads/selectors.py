@@ -1,14 +1,25 @@
-from django.db.models import Count, F, Max, OuterRef, QuerySet, Subquery, Sum, Value, Window
+from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery, Sum, Value, Window
 from django.db.models.functions import Coalesce, Length, Replace
 
 from core.errors import InvalidRequest
 
-from .models import ACTIVE, EventKind, Workload, WorkloadEvent, WorkloadLog, WorkloadStatus
+from .models import (
+    ACTIVE,
+    TERMINAL,
+    EventKind,
+    Workload,
+    WorkloadArray,
+    WorkloadDependency,
+    WorkloadEvent,
+    WorkloadLog,
+    WorkloadStatus,
+)
 
-# What a transition reads of a workload: its state, its claim, and its restart policy.
+# What a transition reads of a workload: its state, its claim, its restart policy, and whether
+# its end is awaited (by its own dependents or its array's).
 TRANSITION_FIELDS = (
     "status", "node_id", "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes",
-    "restart_policy", "restart_count", "max_restarts", "stop_requested_at",
+    "restart_policy", "restart_count", "max_restarts", "stop_requested_at", "array_id", "has_dependents",
 )
 
 
@@ -26,6 +37,78 @@ def workload_list(*, user) -> QuerySet[Workload]:
     if user.is_staff:
         return workloads
     return workloads.filter(owner=user)
+
+
+def workload_array_list(*, user) -> QuerySet[WorkloadArray]:
+    """Arrays a user may see: all for staff, their own otherwise."""
+    arrays = WorkloadArray.objects.select_related("owner")
+    return arrays if user.is_staff else arrays.filter(owner=user)
+
+
+def workload_array_counts(*, array_ids: list) -> dict:
+    """Each array's instances by status (every status named, and ``total``), in one query on the
+    ``workload_array_status`` index."""
+    counts = {pk: dict.fromkeys(WorkloadStatus.values, 0) for pk in array_ids}
+    rows = (Workload.objects.filter(array_id__in=array_ids).order_by().values("array_id", "status")
+            .annotate(n=Count("pk")).values_list("array_id", "status", "n"))
+    for array_id, status, n in rows:
+        counts[array_id][status] = n
+    for by_status in counts.values():
+        by_status["total"] = sum(by_status.values())
+        by_status["ended"] = sum(by_status[status] for status in TERMINAL)
+    return counts
+
+
+def dependency_list(*, workload_ids=(), array_ids=()) -> list[WorkloadDependency]:
+    """The dependencies of some workloads and arrays (what each waits on), targets named."""
+    return list(WorkloadDependency.objects.filter(Q(workload_id__in=workload_ids) | Q(array_id__in=array_ids))
+                .select_related("on_workload", "on_array").order_by("id"))
+
+
+def workload_dependencies(*, workload: Workload) -> dict:
+    """What a workload waits on (an array instance: its array's dependencies), and who waits on it
+    (or on its array), each ``{"workload": id, "kind", "name", "condition", "state"}``."""
+    on = dependency_list(workload_ids=[workload.pk], array_ids=[workload.array_id] if workload.array_id else [])
+    waiting = (WorkloadDependency.objects.filter(Q(on_workload=workload) | Q(on_array_id=workload.array_id)
+                                                 if workload.array_id else Q(on_workload=workload))
+               .select_related("workload", "array").order_by("id"))
+    dependents = [{"workload": str(d.workload_id or d.array_id), "kind": "array" if d.array_id else "workload",
+                   "name": (d.array or d.workload).name, "condition": d.condition, "state": d.state}
+                  for d in waiting]
+    return {"depends_on": on, "dependents": dependents}
+
+
+# A dependency graph drawn in the console stops growing at this many workloads and arrays.
+GRAPH_LIMIT = 200
+
+
+def dependency_graph(*, workload_id=None, array_id=None) -> dict:
+    """The workloads and arrays linked by dependencies to one of them (either way, transitively),
+    at most ``GRAPH_LIMIT``: ``{"nodes": {("w"|"a", pk): object}, "edges": [(from, to, dependency)]}``,
+    an edge from the one that waits to the one it waits on. One query per step outwards."""
+    start = ("a", array_id) if array_id else ("w", workload_id)
+    seen = {start}
+    frontier = {start}
+    edges: dict[int, tuple] = {}
+    while frontier and len(seen) < GRAPH_LIMIT:
+        w_ids = [pk for kind, pk in frontier if kind == "w"]
+        a_ids = [pk for kind, pk in frontier if kind == "a"]
+        linked = WorkloadDependency.objects.filter(
+            Q(workload_id__in=w_ids) | Q(array_id__in=a_ids) | Q(on_workload_id__in=w_ids) | Q(on_array_id__in=a_ids)
+        )[:GRAPH_LIMIT]
+        frontier = set()
+        for dependency in linked:
+            waiting = ("a", dependency.array_id) if dependency.array_id else ("w", dependency.workload_id)
+            target = ("a", dependency.on_array_id) if dependency.on_array_id else ("w", dependency.on_workload_id)
+            edges[dependency.pk] = (waiting, target, dependency)
+            for end in (waiting, target):
+                if end not in seen and len(seen) < GRAPH_LIMIT:
+                    seen.add(end)
+                    frontier.add(end)
+    workloads = Workload.objects.in_bulk([pk for kind, pk in seen if kind == "w"])
+    arrays = WorkloadArray.objects.in_bulk([pk for kind, pk in seen if kind == "a"])
+    nodes = {("w", pk): w for pk, w in workloads.items()} | {("a", pk): a for pk, a in arrays.items()}
+    return {"nodes": nodes, "edges": [edge for edge in edges.values() if edge[0] in nodes and edge[1] in nodes]}
 
 
 def workload_log_tail(*, workload: Workload, lines: int | None) -> list[str]:

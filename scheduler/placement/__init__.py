@@ -6,12 +6,16 @@ What it reads, and how, is in ``reads``: one statement in the common case, then 
 import logging
 from dataclasses import dataclass, field
 
-from nodes.models import NodeStatus
 from nodes.resources import NAMES, Resources, human
 from nodes.services import node_allocate
 
 from ..strategies import TIER_DESCENDANT, TIER_NAMES, TIER_PEER, TIER_PEER_DESCENDANT, NodeSnapshot, Strategy
+from .batch import BatchDecision, instances_fitting, place_batch
 from .reads import EXPLAIN_LIMIT, Origin, candidates, first_read, read, tier_until_fit, untried
+from .reasons import shortfall as _shortfall
+from .reasons import why_not as _why_not
+
+__all__ = ["BatchDecision", "Decision", "instances_fitting", "place", "place_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,17 +164,3 @@ def _explain(origin: Origin, tried: set[int], requirements: Resources, capabilit
     """Why each node in scope that was not tried cannot take the request now (nearest first)."""
     fits_reason = "fits, but was taken by a racing placement"
     return [_why_not(node, requirements, capability, fits_reason) for node in read(untried(origin, tried), capability)]
-
-
-def _shortfall(node: NodeSnapshot, requirements: Resources, capability: str | None) -> str:
-    """Why the node cannot take the request now; empty when it can."""
-    if node.status != NodeStatus.READY:
-        return f"node is {node.status}"
-    if capability and not node.capabilities.get(capability, {}).get("available"):
-        return f"cannot run {capability} workloads"
-    return "; ".join(requirements.shortfalls(node.free))
-
-
-def _why_not(node: NodeSnapshot, requirements: Resources, capability: str | None, fits_reason: str) -> dict:
-    why = _shortfall(node, requirements, capability)
-    return {"node": node.node_id, "fits": not why, "reason": why or fits_reason}

@@ -82,6 +82,18 @@ def _first_query(origin: Origin, requirements: Resources, strategy: Strategy, ca
     return candidates(origin, requirements, strategy, set(), capability)
 
 
+def origin_read(local_node_id: str, capability: str | None) -> Origin:
+    """The origin alone: a batch reads its nodes by a statement of its own."""
+    return _origin(local_node_id, capability)
+
+
+def node_reread(node_pk: int, capability: str | None) -> NodeSnapshot | None:
+    """One node as it is now (after a lost race), its tier unknown (read as a descendant)."""
+    columns, rows = _run(*_sql(Node.objects.filter(pk=node_pk).annotate(tier=Value(TIER_DESCENDANT))
+                               .values(*SNAPSHOT_FIELDS)))
+    return columns.snapshots(rows, capability)[0] if rows else None
+
+
 def _origin(local_node_id: str, capability: str | None) -> Origin:
     """The local node's row and its peers', in one round trip."""
     columns, rows = _run(_origin_sql(), [local_node_id, local_node_id])
@@ -139,6 +151,18 @@ def candidates(origin: Origin, requirements: Resources, strategy: Strategy, trie
         return _sql(fitting.order_by(*strategy.db_order(requirements)).values(*SNAPSHOT_FIELDS)[:PREFETCH])
 
     return Query(("candidates", type(strategy), requirements, origin.key, frozenset(tried), capability, tier), build)
+
+
+def batch_candidates(origin: Origin, requirements: Resources, strategy: Strategy, tried: set[int],
+                     capability: str | None, *, limit: int) -> Query:
+    """Up to ``limit`` fitting, ready (and capable) nodes in scope not yet tried, in the strategy's
+    ``db_order`` over all of them (no sample: a batch fills many nodes, not the best one)."""
+    def build():
+        fitting = scope(origin).filter(_fitting(requirements, capability)).exclude(pk__in=tried)
+        return _sql(fitting.order_by(*strategy.db_order(requirements)).values(*SNAPSHOT_FIELDS)[:limit])
+
+    # Not compiled once: ``tried`` differs from round to round (see ``read``).
+    return Query((), build)
 
 
 def _best_of_sample(fitting, strategy: Strategy, requirements: Resources) -> tuple[str, tuple]:
@@ -272,7 +296,9 @@ def _compiled(key: tuple, build: Callable[[], tuple[str, tuple]]) -> tuple[str, 
 
 
 def read(query: Query, capability: str | None) -> list[NodeSnapshot]:
-    columns, rows = _run(*_compiled(query.key, query.build))
+    """A query's nodes; compiled once per key, except a query with no key (built for one use)."""
+    statement = _compiled(query.key, query.build) if query.key else literal_statement(*query.build())
+    columns, rows = _run(*statement)
     return columns.snapshots(rows, capability)
 
 

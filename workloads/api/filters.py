@@ -9,7 +9,9 @@ class WorkloadFilter(django_filters.FilterSet):
     type = django_filters.ChoiceFilter(choices=kind_choices)  # read per request: every registered kind
     node = django_filters.CharFilter(field_name="node__node_id")
     name = django_filters.CharFilter(lookup_expr="icontains")
+    array = django_filters.UUIDFilter(field_name="array_id")
+    array_index = django_filters.NumberFilter(field_name="array_index")
 
     class Meta:
         model = Workload
-        fields = ["status", "type", "node", "name"]
+        fields = ["status", "type", "node", "name", "array", "array_index"]

@@ -9,7 +9,18 @@ from nodes.api.fields import BytesField, CoresField
 from nodes.resources import Resources
 
 from ..kinds import kind_choices, kind_get
-from ..models import RestartPolicy, Workload, WorkloadEvent
+from ..models import (
+    ARRAY_MAX_COUNT,
+    DependencyCondition,
+    RestartPolicy,
+    Workload,
+    WorkloadArray,
+    WorkloadArrayEvent,
+    WorkloadDependency,
+    WorkloadEvent,
+    WorkloadStatus,
+)
+from ..selectors import dependency_list, workload_array_counts
 
 MAX_GPUS = 4096
 DEFAULT_CPU_MILLICORES = 100
@@ -43,6 +54,19 @@ class KindField(serializers.ChoiceField):
         return super().to_internal_value(data)
 
 
+# Dependencies one submission may name, and items one graph request may hold.
+MAX_DEPENDENCIES = 100
+MAX_GRAPH_ITEMS = 500
+
+
+class DependencySerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    """``{"workload": <workload or array id, or a key in the same request>, "condition": ...}``."""
+
+    workload = StrictCharField(max_length=64)
+    condition = serializers.ChoiceField(choices=DependencyCondition.choices, required=False,
+                                        default=DependencyCondition.SUCCEEDED)
+
+
 class WorkloadSubmitSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     name = StrictCharField(max_length=255)
     type = KindField()
@@ -53,6 +77,9 @@ class WorkloadSubmitSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     priority = StrictIntegerField(required=False, default=0, min_value=-1000, max_value=1000)
     restart_policy = serializers.ChoiceField(choices=RestartPolicy.choices, required=False, default="never")
     max_restarts = StrictIntegerField(required=False, default=3, min_value=0, max_value=100)
+    # An array: this many instances, named <name>-<index> (index from 0).
+    count = StrictIntegerField(required=False, min_value=1, max_value=ARRAY_MAX_COUNT)
+    depends_on = DependencySerializer(many=True, required=False, max_length=MAX_DEPENDENCIES)
 
     def validate(self, attrs):
         config = kind_get(attrs["type"]).config_serializer(data=attrs["config"])
@@ -64,6 +91,38 @@ class WorkloadSubmitSerializer(NoUnknownFieldsMixin, serializers.Serializer):
         attrs["config"] = config.validated_data
         attrs["requirements"] = requirements.to_resources()
         return attrs
+
+
+class GraphItemSerializer(WorkloadSubmitSerializer):
+    """One workload (or array) of a graph request; ``key`` is how the others name it."""
+
+    key = serializers.RegexField(r"^[A-Za-z0-9_.-]{1,64}$", required=False)
+
+
+class WorkloadGraphSerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    """``{"workloads": [item, ...]}``: several submissions that may depend on each other by key."""
+
+    workloads = GraphItemSerializer(many=True, min_length=1, max_length=MAX_GRAPH_ITEMS)
+
+
+class DependencyOutSerializer(serializers.ModelSerializer):
+    workload = serializers.SerializerMethodField()
+    kind = serializers.SerializerMethodField()
+    name = serializers.SerializerMethodField()
+
+    class Meta:
+        model = WorkloadDependency
+        fields = ["workload", "kind", "name", "condition", "state"]
+        read_only_fields = fields
+
+    def get_workload(self, dependency) -> str:
+        return str(dependency.target_id)
+
+    def get_kind(self, dependency) -> str:
+        return "array" if dependency.on_array_id else "workload"
+
+    def get_name(self, dependency) -> str:
+        return (dependency.on_array or dependency.on_workload).name
 
 
 class WorkloadSerializer(serializers.ModelSerializer):
@@ -78,12 +137,79 @@ class WorkloadSerializer(serializers.ModelSerializer):
             "id", "name", "type", "status", "requirements", "config", "node", "submitted_node",
             "strategy", "priority", "owner", "restart_policy", "max_restarts", "restart_count",
             "exit_code", "reason", "runtime", "created_at", "scheduled_at", "started_at",
-            "finished_at", "stop_requested_at",
+            "finished_at", "stop_requested_at", "array", "array_index",
         ]
         read_only_fields = fields
 
     def get_requirements(self, workload: Workload) -> dict:
         return workload.requirements.to_api()
+
+
+class WorkloadDependenciesSerializer(serializers.Serializer):
+    """What a workload waits on (an array instance: its array's dependencies) and what waits on it."""
+
+    depends_on = DependencyOutSerializer(many=True)
+    dependents = serializers.ListField(child=serializers.DictField())
+
+
+class WorkloadArraySerializer(serializers.ModelSerializer):
+    """An array: its instances' counts by status (``counts`` in the context, by array id, else read)."""
+
+    owner = serializers.CharField(source="owner.username", default=None, read_only=True)
+    counts = serializers.SerializerMethodField()
+    status = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField()
+    depends_on = serializers.SerializerMethodField()
+    workloads = serializers.SerializerMethodField()
+
+    class Meta:
+        model = WorkloadArray
+        fields = ["id", "name", "type", "count", "owner", "status", "progress", "counts", "depends_on",
+                  "workloads", "created_at"]
+        read_only_fields = fields
+
+    def _counts(self, array: WorkloadArray) -> dict:
+        known = self.context.setdefault("counts", {})
+        if array.pk not in known:
+            known |= workload_array_counts(array_ids=[array.pk])
+        return known[array.pk]
+
+    def get_counts(self, array: WorkloadArray) -> dict:
+        return self._counts(array)
+
+    def get_status(self, array: WorkloadArray) -> str:
+        return array_status(self._counts(array))
+
+    def get_progress(self, array: WorkloadArray) -> float:
+        counts = self._counts(array)
+        return round(counts["ended"] / counts["total"], 4) if counts["total"] else 1.0
+
+    def get_depends_on(self, array: WorkloadArray) -> list[dict]:
+        return DependencyOutSerializer(dependency_list(array_ids=[array.pk]), many=True).data
+
+    def get_workloads(self, array: WorkloadArray) -> str:
+        return f"/api/workloads?array={array.pk}"
+
+
+def array_status(counts: dict) -> str:
+    """One word for an array: the furthest any instance got until all ended, then how they ended."""
+    S = WorkloadStatus
+    if counts["ended"] < counts["total"]:
+        for status in (S.RUNNING, S.SCHEDULED):
+            if counts[status]:
+                return status
+        return S.PENDING
+    for status in (S.FAILED, S.LOST, S.STOPPED):
+        if counts[status]:
+            return S.FAILED if status == S.LOST else status
+    return S.SUCCEEDED
+
+
+class WorkloadArrayEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WorkloadArrayEvent
+        fields = ["created_at", "reason", "placed", "details"]
+        read_only_fields = fields
 
 
 class WorkloadEventSerializer(serializers.ModelSerializer):

@@ -3,12 +3,31 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from ..selectors import workload_list, workload_log_tail
-from ..services import workload_delete, workload_stop, workload_submit
+from ..models import WorkloadArray
+from ..selectors import (
+    workload_array_counts,
+    workload_array_list,
+    workload_dependencies,
+    workload_list,
+    workload_log_tail,
+)
+from ..services import (
+    workload_array_delete,
+    workload_array_stop,
+    workload_array_submit,
+    workload_delete,
+    workload_stop,
+    workload_submit,
+    workloads_submit_graph,
+)
 from .filters import WorkloadFilter
 from .serializers import (
     LogQuerySerializer,
+    WorkloadArrayEventSerializer,
+    WorkloadArraySerializer,
+    WorkloadDependenciesSerializer,
     WorkloadEventSerializer,
+    WorkloadGraphSerializer,
     WorkloadLogsSerializer,
     WorkloadSerializer,
     WorkloadSubmitSerializer,
@@ -30,10 +49,24 @@ class WorkloadViewSet(
 
     @extend_schema(request=WorkloadSubmitSerializer, responses={201: WorkloadSerializer})
     def create(self, request):
+        """One workload (the seed's body); with ``count``, an array; ``{"workloads": [...]}``, a graph."""
+        if isinstance(request.data, dict) and "workloads" in request.data:
+            return self._create_graph(request)
         submission = WorkloadSubmitSerializer(data=request.data)
         submission.is_valid(raise_exception=True)
+        if "count" in submission.validated_data:
+            array = workload_array_submit(owner=request.user, **submission.validated_data)
+            return Response(WorkloadArraySerializer(array).data, status=status.HTTP_201_CREATED)
         workload = workload_submit(owner=request.user, **submission.validated_data)
         return Response(WorkloadSerializer(workload).data, status=status.HTTP_201_CREATED)
+
+    def _create_graph(self, request):
+        graph = WorkloadGraphSerializer(data=request.data)
+        graph.is_valid(raise_exception=True)
+        items = graph.validated_data["workloads"]
+        recorded = workloads_submit_graph(owner=request.user, items=items)
+        answers = [_graph_answer(item, result) for item, result in zip(items, recorded, strict=True)]
+        return Response({"workloads": answers}, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance):
         workload_delete(workload=instance)
@@ -59,3 +92,58 @@ class WorkloadViewSet(
     def events(self, request, pk=None):
         workload = self.get_object()
         return Response(WorkloadEventSerializer(workload.events.all(), many=True).data)
+
+    @extend_schema(responses=WorkloadDependenciesSerializer)
+    @action(detail=True, methods=["get"], pagination_class=None, filterset_class=None)
+    def dependencies(self, request, pk=None):
+        workload = self.get_object()
+        return Response(WorkloadDependenciesSerializer(workload_dependencies(workload=workload)).data)
+
+
+def _graph_answer(item: dict, recorded) -> dict:
+    if isinstance(recorded, WorkloadArray):
+        answer = {"kind": "array", **WorkloadArraySerializer(recorded).data}
+    else:
+        answer = {"kind": "workload", **WorkloadSerializer(recorded).data}
+    return {"key": item.get("key"), **answer}
+
+
+class WorkloadArrayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
+                           viewsets.GenericViewSet):
+    """Arrays (``"count": N`` at submit): their instances' counts by status, stop and delete of the
+    whole array. One instance is a workload: ``/api/workloads?array=<id>``, and its own endpoints."""
+
+    serializer_class = WorkloadArraySerializer
+    filterset_class = None
+    ordering_fields = ["created_at", "name", "count"]
+    ordering = ["-created_at"]
+
+    def get_queryset(self):
+        return workload_array_list(user=self.request.user)
+
+    def get_serializer_context(self):
+        # The page's counts in one query, not one per array.
+        context = super().get_serializer_context()
+        page = getattr(self, "_page", None)
+        if page is not None:
+            context["counts"] = workload_array_counts(array_ids=[array.pk for array in page])
+        return context
+
+    def paginate_queryset(self, queryset):
+        self._page = super().paginate_queryset(queryset)
+        return self._page
+
+    def perform_destroy(self, instance):
+        workload_array_delete(array=instance)
+
+    @extend_schema(request=None, responses=WorkloadArraySerializer)
+    @action(detail=True, methods=["post"])
+    def stop(self, request, pk=None):
+        array = workload_array_stop(array=self.get_object())
+        return Response(WorkloadArraySerializer(array).data)
+
+    @extend_schema(responses=WorkloadArrayEventSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=None)
+    def events(self, request, pk=None):
+        array = self.get_object()
+        return Response(WorkloadArrayEventSerializer(array.events.all(), many=True).data)

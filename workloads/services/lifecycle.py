@@ -1,4 +1,5 @@
-"""Writes on workloads: submit, place, the one state machine, stop, delete, logs."""
+"""Writes on workloads: place (one or an array's batch), the one state machine, what an end
+settles for its dependents, stop, delete, logs."""
 
 import logging
 import time
@@ -6,31 +7,38 @@ from collections.abc import Iterable, Sequence
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from core.db import atomic_retried
-from core.errors import InvalidRequest, StateConflict
+from core.errors import StateConflict
 from core.instruments import observe_placement
 from nodes.models import Node, NodeStatus
-from nodes.resources import Resources, human
-from nodes.selectors import node_could_ever_hold, node_find, node_largest, node_largest_free
-from nodes.services import node_release, node_resolve
+from nodes.resources import Resources
+from nodes.selectors import node_largest_free
+from nodes.services import node_release
 from scheduler.placement import place
 from scheduler.strategies import strategy_get
 
-from .dispatch import dispatch_start, dispatch_stop, request_pending_placement
-from .kinds import kind_capability
-from .models import (
+from ..dispatch import dispatch_start, dispatch_stop, request_pending_placement
+from ..kinds import kind_capability
+from ..models import (
     ACTIVE,
     TERMINAL,
+    DependencyState,
     EventKind,
     RestartPolicy,
     Workload,
+    WorkloadArray,
+    WorkloadArrayEvent,
+    WorkloadDependency,
     WorkloadEvent,
     WorkloadLog,
     WorkloadStatus,
 )
-from .selectors import TRANSITION_FIELDS
+from ..selectors import TRANSITION_FIELDS, dependency_list
+from .batches import ARRAY_PENDING_BATCH, slices, workload_array_place, workloads_end_many
+from .dependencies import CONDITION_WORDS, Target, dependencies_waiting_on, waiting_reason
 
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
@@ -151,17 +159,98 @@ def _requirements(row: dict) -> Resources:
 
 
 def _restart_if_due(*, workload_id, row: dict, ended: str) -> None:
-    if row["stop_requested_at"] or row["restart_policy"] not in RESTARTS_ON.get(ended, ()):
-        return
-    if row["restart_count"] >= row["max_restarts"]:
+    if not row["stop_requested_at"] and row["restart_policy"] in RESTARTS_ON.get(ended, ()):
+        if row["restart_count"] < row["max_restarts"]:
+            if workload_transition(
+                workload_id=workload_id, to=S.PENDING, expect=[ended],
+                reason=f"restarting ({row['restart_policy']}) after {ended}, attempt {row['restart_count'] + 1}",
+                restart_count=row["restart_count"] + 1,
+            ):
+                workload_place(workload_id=workload_id)
+            return
         workload_note(workload_id=workload_id, reason=f"not restarted: {row['max_restarts']} restarts used")
-        return
-    if workload_transition(
-        workload_id=workload_id, to=S.PENDING, expect=[ended],
-        reason=f"restarting ({row['restart_policy']}) after {ended}, attempt {row['restart_count'] + 1}",
-        restart_count=row["restart_count"] + 1,
-    ):
-        workload_place(workload_id=workload_id)
+    if ended in TERMINAL and row["has_dependents"]:
+        dependents_settle(ended=[(workload_id, row["array_id"], ended)])
+
+
+def dependents_settle(*, ended: Sequence[tuple]) -> None:
+    """Settle what waits on workloads that ended for good (``(workload_id, array_id, status)``):
+    a dependency that now holds counts down its dependent, placed once none is left; one that
+    never can fails its dependent, whose own dependents are settled in turn."""
+    todo = list(ended)
+    while todo:
+        workload_id, array_id, status = todo.pop()
+        with transaction.atomic():
+            decided = dependencies_waiting_on(workload_id=workload_id) if workload_id else []
+            if array_id:
+                decided += dependencies_waiting_on(array_id=array_id, ended=status)
+            for dependency, state in decided:
+                todo += _dependency_settle(dependency=dependency, state=state)
+
+
+def _dependency_settle(*, dependency: WorkloadDependency, state: str) -> list[tuple]:
+    """Apply one dependency's verdict, once (the conditional UPDATE of its state). Returns the
+    dependents that ended because of it, for their own dependents."""
+    if not WorkloadDependency.objects.filter(pk=dependency.pk, state=DependencyState.WAITING).update(state=state):
+        return []
+    target = Target(dependency.condition, workload=dependency.on_workload, array=dependency.on_array)
+    if dependency.array_id:
+        return _array_dependency_settle(dependency=dependency, target=target, state=state)
+    dependent = dependency.workload_id
+    if state == DependencyState.NEVER:
+        reason = f"dependency {target.label} ended otherwise, so it can never {CONDITION_WORDS[target.condition]}"
+        row = Workload.objects.filter(pk=dependent).values("array_id", "has_dependents").first()
+        if row and workload_transition(workload_id=dependent, to=S.FAILED, expect=[S.PENDING], reason=reason,
+                                       restart=False) and row["has_dependents"]:
+            return [(dependent, row["array_id"], S.FAILED)]
+        return []
+    Workload.objects.filter(pk=dependent, dependencies_waiting__gt=0).update(
+        dependencies_waiting=F("dependencies_waiting") - 1)
+    left = Workload.objects.filter(pk=dependent).values_list("dependencies_waiting", flat=True).first()
+    workload_note(workload_id=dependent, reason=f"dependency met: {target.label} did {target.condition}")
+    if left == 0:
+        workload_place(workload_id=dependent)
+    elif left:
+        Workload.objects.filter(pk=dependent).update(reason=_still_waiting(workload_id=dependent))
+    return []
+
+
+def _array_dependency_settle(*, dependency: WorkloadDependency, target: Target, state: str) -> list[tuple]:
+    array_id = dependency.array_id
+    if state == DependencyState.NEVER:
+        reason = f"dependency {target.label} ended otherwise, so it can never {CONDITION_WORDS[target.condition]}"
+        ended = workloads_end_many(instances=Workload.objects.filter(array_id=array_id), to=S.FAILED,
+                                   reason=reason, states=[S.PENDING])
+        return ended_together(array_id=array_id, ids=ended, status=S.FAILED)
+    WorkloadArray.objects.filter(pk=array_id, dependencies_waiting__gt=0).update(
+        dependencies_waiting=F("dependencies_waiting") - 1)
+    Workload.objects.filter(array_id=array_id, dependencies_waiting__gt=0).update(
+        dependencies_waiting=F("dependencies_waiting") - 1)
+    left = WorkloadArray.objects.filter(pk=array_id).values_list("dependencies_waiting", flat=True).first()
+    WorkloadArrayEvent.objects.create(array_id=array_id,
+                                      reason=f"dependency met: {target.label} did {target.condition}")
+    if left == 0:
+        workload_array_place(array_id=array_id)
+    elif left:
+        Workload.objects.filter(array_id=array_id, status=S.PENDING).update(reason=_still_waiting(array_id=array_id))
+    return []
+
+
+def ended_together(*, array_id, ids: list, status: str) -> list[tuple]:
+    """What ``dependents_settle`` is to look at after an array's instances ``ids`` ended at once:
+    the array, once, and those instances that a dependency names on their own."""
+    named = set()
+    for part in slices(ids):
+        named.update(WorkloadDependency.objects.filter(on_workload_id__in=part, state=DependencyState.WAITING)
+                     .values_list("on_workload_id", flat=True))
+    return [(pk, None, status) for pk in named] + [(None, array_id, status)]
+
+
+def _still_waiting(*, workload_id=None, array_id=None) -> str:
+    waiting = [dependency for dependency in dependency_list(workload_ids=[workload_id] if workload_id else [],
+                                                            array_ids=[array_id] if array_id else [])
+               if dependency.state == DependencyState.WAITING]
+    return waiting_reason([Target(d.condition, workload=d.on_workload, array=d.on_array) for d in waiting])
 
 
 def workload_requeue(*, workload_id, reason: str) -> bool:
@@ -196,63 +285,17 @@ def workload_mark_redispatched(*, workload_id) -> None:
     Workload.objects.filter(pk=workload_id, status=S.SCHEDULED).update(dispatched_at=timezone.now())
 
 
-def workload_submit(*, owner, name: str, type: str, config: dict, requirements: Resources,
-                    node: str | None = None, strategy: str | None = None, priority: int = 0,
-                    restart_policy: str = RestartPolicy.NEVER, max_restarts: int = 3) -> Workload:
-    """Validate business rules, record the workload, and try to place it at once.
-
-    Shape was checked by the serializer; here: the strategy exists, the node exists, and
-    some registered node could hold the request when empty (else it would wait forever).
-    """
-    strategy_name = strategy or settings.CNET_DEFAULT_STRATEGY
-    strategy_get(strategy_name)
-    submitted_at = _submitted_node(node)
-
-    def record_and_place() -> Workload:
-        workload = Workload.objects.create(
-            owner=owner, name=name, type=type, config=config, strategy=strategy_name,
-            priority=priority, submitted_node=submitted_at, restart_policy=restart_policy,
-            max_restarts=max_restarts, cpu_millicores=requirements.cpu, gpu_count=requirements.gpu,
-            memory_bytes=requirements.memory, storage_bytes=requirements.storage,
-        )
-        submitted = WorkloadEvent(
-            workload=workload, kind=EventKind.TRANSITION, to_status=S.PENDING,
-            node_id=submitted_at.node_id if submitted_at else "", reason="submitted",
-        )
-        # Only a request that fits nowhere now is checked against empty nodes: one that no
-        # node could ever hold would wait forever, so it is refused and nothing is kept.
-        if not _place(workload, earlier_events=[submitted]) and not node_could_ever_hold(requirements=requirements):
-            raise InvalidRequest(_never_fits_message(requirements), field="requirements")
-        return workload
-
-    return atomic_retried(record_and_place)
-
-
-def _submitted_node(node: str | None) -> Node | None:
-    """The node a submission names (refused if none is), else the local node if registered."""
-    return node_resolve(node) if node else node_find(settings.CNET_LOCAL_NODE_ID)
-
-
-def _never_fits_message(requirements: Resources) -> str:
-    largest = node_largest()
-    if largest is None:
-        return "no node is registered yet, so nothing can hold this request"
-    cap = Resources(**largest.capacity())
-    have = ", ".join(human(n, getattr(cap, n)) for n in ("cpu", "gpu", "memory", "storage"))
-    short = "; ".join(requirements.shortfalls(cap))
-    return f"no registered node could ever hold this; the largest, {largest.node_id}, has {have} ({short})"
-
-
 def workload_place(*, workload_id) -> bool:
     """Try to place one pending workload; record the decision either way."""
     def read_and_place() -> bool:
-        workload = Workload.objects.select_related("submitted_node").filter(pk=workload_id, status=S.PENDING).first()
-        return workload is not None and _place(workload)
+        workload = (Workload.objects.select_related("submitted_node")
+                    .filter(pk=workload_id, status=S.PENDING, dependencies_waiting=0).first())
+        return workload is not None and workload_place_loaded(workload)
 
     return atomic_retried(read_and_place)
 
 
-def _place(workload: Workload, *, earlier_events: Sequence[WorkloadEvent] = ()) -> bool:
+def workload_place_loaded(workload: Workload, *, earlier_events: Sequence[WorkloadEvent] = ()) -> bool:
     """Place a pending workload the caller has just read (the transition re-checks its status);
     the caller's copy is brought up to date. ``earlier_events`` (a submission's own) are written
     in the same INSERT as the placement's."""
@@ -296,17 +339,27 @@ def workloads_place_pending(*, limit: int = 200) -> int:
     """Place pending workloads, highest priority first, then oldest. Returns how many were placed.
 
     Only requests that fit the largest free slot of some ready node are tried, so a backlog
-    of big requests never hides a small one that would fit now."""
+    of big requests never hides a small one that would fit now. Workloads still waiting for
+    dependencies are not tried. An array instance met in that order places its array's pending
+    instances in one batch (up to ``ARRAY_PENDING_BATCH``)."""
     room = node_largest_free()
-    ids = list(
+    rows = list(
         Workload.objects.filter(
-            status=S.PENDING, cpu_millicores__lte=room.cpu, gpu_count__lte=room.gpu,
+            status=S.PENDING, dependencies_waiting=0, cpu_millicores__lte=room.cpu, gpu_count__lte=room.gpu,
             memory_bytes__lte=room.memory, storage_bytes__lte=room.storage,
         )
         .order_by("-priority", "created_at")
-        .values_list("pk", flat=True)[:limit]
+        .values_list("pk", "array_id")[:limit]
     )
-    return sum(workload_place(workload_id=workload_id) for workload_id in ids)
+    placed = 0
+    arrays_tried: set = set()
+    for workload_id, array_id in rows:
+        if array_id is None:
+            placed += workload_place(workload_id=workload_id)
+        elif array_id not in arrays_tried:
+            arrays_tried.add(array_id)
+            placed += workload_array_place(array_id=array_id, limit=ARRAY_PENDING_BATCH)
+    return placed
 
 
 def workload_stop(*, workload: Workload, reason: str = "stopped by user") -> Workload:
@@ -336,7 +389,7 @@ def workload_delete(*, workload: Workload) -> None:
     """Delete a workload; a live one is stopped first (its resources released, its process told
     to end), so nothing runs on unrecorded and nothing stays allocated to a deleted row."""
     while True:
-        row = Workload.objects.filter(pk=workload.pk).values("status", "node__node_id").first()
+        row = Workload.objects.filter(pk=workload.pk).values("status", "node__node_id", "array_id").first()
         if row is None:
             return
         if row["status"] in TERMINAL and Workload.objects.filter(pk=workload.pk, status=row["status"]).delete()[0]:
@@ -344,8 +397,11 @@ def workload_delete(*, workload: Workload) -> None:
         if row["status"] not in TERMINAL and workload_transition(
             workload_id=workload.pk, to=S.STOPPED, reason="deleted by user", expect=[row["status"]],
             restart=False,
-        ) and row["status"] in ACTIVE and row["node__node_id"]:
-            dispatch_stop(workload_id=workload.pk, node_id=row["node__node_id"])
+        ):
+            if row["status"] in ACTIVE and row["node__node_id"]:
+                dispatch_stop(workload_id=workload.pk, node_id=row["node__node_id"])
+            # What waits on it learns it stopped before its dependency rows go with it.
+            dependents_settle(ended=[(workload.pk, row["array_id"], S.STOPPED)])
         # Lost a race (it moved meanwhile): read it again.
 
 
