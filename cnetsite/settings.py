@@ -292,3 +292,28 @@ APPEND_SLASH = False
 CNET_METRICS_PUBLIC = env_bool("CNET_METRICS_PUBLIC", False)
 # Dispatch latency (submit → running) covers workloads first started within this window.
 CNET_METRICS_DISPATCH_WINDOW_SECONDS = env_float("CNET_METRICS_DISPATCH_WINDOW_SECONDS", 300.0)
+
+# --- Workload containment (issue 15, workloads/executors/) ------------------------------------
+# The data folder holds the secret key, the admin password, the SQLite file and the agents'
+# credentials: owner only, whoever created it (a workload runs as another uid and must not enter).
+if DATA_DIR.stat().st_uid == os.geteuid():
+    DATA_DIR.chmod(0o700)
+# An agent running as root runs each workload as its own uid from this range (leased to one
+# running workload at a time), with no supplementary groups; false runs them as the agent's user.
+CNET_WORKLOAD_ISOLATION = env_bool("CNET_WORKLOAD_ISOLATION", True)
+CNET_WORKLOAD_UID_RANGE = env_str("CNET_WORKLOAD_UID_RANGE", "200000-299999")
+# Staff's mapping of owners to named system accounts, "username=account,…": their workloads run
+# as that account (with its groups) instead of a uid of the range.
+CNET_WORKLOAD_ACCOUNTS = env_list("CNET_WORKLOAD_ACCOUNTS")
+# Each workload's own working folder (an overlay of CNET_WORK_DIR; see docs/architecture.md).
+# Outside the data folder (which workloads may not enter), on a filesystem overlayfs accepts as
+# an upper layer (ext4, xfs; not overlayfs itself).
+CNET_WORKSPACE_DIR = Path(env_str("CNET_WORKSPACE_DIR", "/var/lib/cnet/workspaces"))
+# Processes and threads a workload may have at once, unless it asks (its config.pids).
+CNET_WORKLOAD_PIDS_LIMIT = env_int("CNET_WORKLOAD_PIDS_LIMIT", 4096)
+# Containers: named volumes allowed to everyone (a volume named "<username>-…" is its user's own),
+# networks a container may join, and the capabilities kept of the engine's set (all others dropped).
+CNET_CONTAINER_VOLUMES = env_list("CNET_CONTAINER_VOLUMES")
+CNET_CONTAINER_NETWORKS = env_list("CNET_CONTAINER_NETWORKS", "bridge,none")
+CNET_CONTAINER_CAPABILITIES = env_list("CNET_CONTAINER_CAPABILITIES",
+                                       "CHOWN,DAC_OVERRIDE,FOWNER,SETGID,SETUID,NET_BIND_SERVICE")

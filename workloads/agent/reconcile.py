@@ -76,7 +76,8 @@ class Reconciliation:
                              seq=max(saved.get("seq") or 0, details.get("log_next_seq") or 0),
                              stop_requested=bool(details.get("stop_requested_at")))
             try:
-                handle = executor_for(workload.type).adopt(workload, self.context)
+                handle = executor_for(workload.type).adopt(
+                    workload, self.context.for_workload(workload_id, owner=details.get("owner")))
             except ExecutorError:
                 handle = None
             if handle is None:
@@ -113,7 +114,7 @@ class Reconciliation:
                 continue
             stale = Workload(pk=workload_id, type=saved.get("type", ""), runtime=saved)
             try:
-                handle = executor_for(stale.type).adopt(stale, self.context)
+                handle = executor_for(stale.type).adopt(stale, self.context.for_workload(workload_id))
             except ExecutorError:
                 continue
             if handle:

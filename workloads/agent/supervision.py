@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from django.utils.dateparse import parse_datetime
 
 from ..executors.base import AgentContext, ExecutorError, Handle, executor_for
+from ..executors.identity import isolation_at_start
 from ..executors.limits import detect_limiter
 from ..models import Workload, WorkloadStatus
 from .client import ControlPlane, ControlPlaneError, Refused, Spool
@@ -86,6 +87,11 @@ class Supervision:
             limiter=detect_limiter(node_id=self.config.node_id),
             capabilities=self.config.capabilities,
             wake=lambda: self.wake(),  # the supervisor reports a process's limits once they are set up
+            # Issue 15: leases of uids and GPUs, ports bound to the node's address, and whether
+            # workloads run as their own uids (logged once here when they cannot).
+            data_dir=self.config.data_dir,
+            address=self.config.address,
+            isolation=isolation_at_start(node_id=self.config.node_id, data_dir=self.config.data_dir),
         )
 
     # --- what to run: from the control plane only -------------------------------------------
@@ -132,9 +138,11 @@ class Supervision:
         run = Supervised(handle=None, workload_type=workload.type, scheduled_at=details["scheduled_at"],
                          restart_policy=workload.restart_policy, seq=details.get("log_next_seq") or 0,
                          stop_requested=bool(details.get("stop_requested_at")))
+        scope = self.context.for_workload(workload_id, owner=details.get("owner"))  # its uid, workspace, GPUs
         try:
-            handle = executor_for(workload.type).start(workload, self.context)
+            handle = executor_for(workload.type).start(workload, scope)
         except Exception as error:  # whatever went wrong, the workload must end saying so
+            scope.release()
             if not isinstance(error, ExecutorError):
                 logger.exception("workload %s: start failed", workload_id)
             self._report(workload_id, run, S.FAILED, reason=str(error) or type(error).__name__)

@@ -5,6 +5,7 @@ the first time this process needs it, so only agents ever import one.
 """
 
 import functools
+import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -15,7 +16,12 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from ..kinds import UnknownKind, kind_get, kinds
+from .identity import OFF, Identity, IdentityError, Isolation
+from .leases import Leases, LeaseUnavailable
 from .limits import CgroupLimiter
+from .workspace import Workspace
+
+logger = logging.getLogger(__name__)
 
 # A workload's env is merged over the agent's, minus the agent's own configuration and
 # anything that looks like a credential: a user's `env` command must not print the
@@ -37,6 +43,105 @@ class AgentContext:
     capabilities: dict = field(default_factory=dict)
     # Tells the supervisor a handle has news for it (set-up beside the start has finished).
     wake: Callable[[], None] = lambda: None
+    # The agent's data folder: leases of uids and GPUs live in agent/leases/ (default: beside log_dir).
+    data_dir: Path | None = None
+    # The node's address: where a container's published ports are bound.
+    address: str = "127.0.0.1"
+    isolation: Isolation = OFF
+
+    def leases(self, what: str) -> Leases:
+        return Leases((self.data_dir or self.log_dir.parent) / "agent" / "leases" / self.node_id / what)
+
+    def for_workload(self, workload_id: str, *, owner: str | None = None) -> "WorkloadContext":
+        """What one workload is given on this node: its identity, workspace and GPUs. The agent
+        makes one per start and adoption; ``release()`` gives it all back."""
+        return WorkloadContext(self, workload_id=str(workload_id), owner=owner)
+
+
+class WorkloadContext:
+    """The agent's context as one workload sees it (every attribute of ``AgentContext``), with
+    ``work_dir`` its own workspace and ``identity`` the uid it runs as, both made the first time
+    an executor asks (a container needs neither), and the GPUs it was assigned by device id."""
+
+    def __init__(self, agent: AgentContext, *, workload_id: str, owner: str | None):
+        self.agent = agent
+        self.workload_id = workload_id
+        self.owner = owner
+        self._identity: Identity | None = None
+        self._work_dir: Path | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.agent, name)
+
+    @property
+    def identity(self) -> Identity | None:
+        """Who it runs as; None: the agent's own user (isolation off)."""
+        if self._identity is None and self.agent.isolation.enabled:
+            try:
+                self._identity = self.agent.isolation.identity(
+                    workload_id=self.workload_id, owner=self.owner, leases=self.agent.leases("uids"))
+            except IdentityError as error:
+                raise ExecutorError(str(error)) from error
+        return self._identity
+
+    @property
+    def work_dir(self) -> Path:
+        """The agent's work folder as this workload sees it: its own workspace when it has a uid."""
+        if self._work_dir is None:
+            identity = self.identity
+            if identity is None:
+                self._work_dir = self.agent.work_dir
+            else:
+                try:
+                    self._work_dir = self._workspace().prepare(lower=self.agent.work_dir, identity=identity,
+                                                               hidden=self._hidden())
+                except OSError as error:
+                    raise ExecutorError(f"its workspace could not be set up: {error}") from error
+        return self._work_dir
+
+    def _workspace(self) -> Workspace:
+        return Workspace(root=self.agent.isolation.workspace_root, node_id=self.agent.node_id,
+                         workload_id=self.workload_id)
+
+    def _hidden(self) -> list[Path]:
+        """What must not show in a workspace although it lies in the work folder."""
+        folders = [Path(settings.DATA_DIR), self.agent.log_dir, self.agent.isolation.workspace_root]
+        return [*folders, *([self.agent.data_dir] if self.agent.data_dir else [])]
+
+    def gpu_ids(self, count: int) -> list[str]:
+        """``count`` of the node's GPUs, by device id, leased to this workload alone."""
+        if not count:
+            return []
+        inventory = [gpu_device_id(gpu) for gpu in self.agent.capabilities.get("gpus") or []]
+        try:
+            return self.agent.leases("gpus").take(self.workload_id, inventory, count=count)
+        except LeaseUnavailable:
+            held = self.agent.leases("gpus").owners()
+            raise ExecutorError(f"needs {count} GPU(s); node {self.agent.node_id} has {len(inventory)}, "
+                                f"{len(held)} of them assigned to other workloads") from None
+
+    def release(self) -> None:
+        """Give back its workspace, uid and GPUs (it has ended, or never started)."""
+        if self.agent.isolation.enabled:
+            try:
+                self._workspace().remove()
+            except OSError as error:
+                logger.warning("workload %s: workspace not removed: %s", self.workload_id, error)
+        self.agent.leases("uids").release(self.workload_id)
+        self.agent.leases("gpus").release(self.workload_id)
+
+
+def workload_context(context: "AgentContext | WorkloadContext", workload_id: str) -> WorkloadContext:
+    """The workload's own context: the one the agent made, or one made here (unit tests pass the
+    agent's)."""
+    if isinstance(context, WorkloadContext):
+        return context
+    return context.for_workload(workload_id)
+
+
+def gpu_device_id(gpu: dict) -> str:
+    """The id CUDA_VISIBLE_DEVICES and the engine's device_ids take: its index, else its uuid."""
+    return str(gpu["index"]) if gpu.get("index") is not None else str(gpu.get("uuid") or gpu.get("id"))
 
 
 @dataclass
@@ -111,12 +216,16 @@ class Executor(ABC):
         return []
 
 
-def workload_env(workload, context: AgentContext, **extra: str) -> dict[str, str]:
-    """A workload's environment: the agent's (less what is withheld), the user's ``env``, then ours."""
+def workload_env(workload, context: AgentContext | WorkloadContext, **extra: str) -> dict[str, str]:
+    """A workload's environment: the agent's (less what is withheld), the user's ``env``, then ours:
+    ``CUDA_VISIBLE_DEVICES`` names the GPUs assigned to it (none: empty, on a node that has some)."""
     passthrough = set(settings.CNET_WORKLOAD_ENV_PASSTHROUGH)
     inherited = {name: value for name, value in os.environ.items() if name in passthrough or not _withheld(name)}
-    return {**inherited, **workload.config.get("env", {}),
-            "CNET_WORKLOAD_ID": str(workload.pk), "CNET_NODE_ID": context.node_id, **extra}
+    ours = {"CNET_WORKLOAD_ID": str(workload.pk), "CNET_NODE_ID": context.node_id}
+    if workload.gpu_count or context.capabilities.get("gpus"):
+        gpus = workload_context(context, str(workload.pk)).gpu_ids(workload.gpu_count)
+        ours["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    return {**inherited, **workload.config.get("env", {}), **ours, **extra}
 
 
 def _withheld(name: str) -> bool:

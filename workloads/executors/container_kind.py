@@ -10,10 +10,11 @@ from rest_framework import serializers
 
 from core.fields import NoUnknownFieldsMixin, StrictCharField, StringListField, StringMapField
 
-from ..container_policy import mount_allowed, network_allowed, privileged_allowed
+from ..container_policy import is_host_path, mount_allowed, network_allowed, privileged_allowed, volume_allowed
 from ..forms import COMMAND_LINE, ENV, WORKING_DIR, filled, number_value
 from ..kinds import Kind
 from .container.engine import detect_container_engine
+from .process_kind import pids_field
 
 
 class PortsField(serializers.Field):
@@ -77,6 +78,7 @@ class ContainerConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     )
     privileged = serializers.BooleanField(required=False, default=False)
     network_mode = StrictCharField(required=False, max_length=64)
+    pids = pids_field()
 
     def validate_command(self, value):
         if isinstance(value, str):
@@ -96,11 +98,17 @@ class ContainerConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
         return value
 
     def validate_volumes(self, volumes: list[dict]) -> list[dict]:
+        """``context["owner"]``: the submitter's username, whose own volumes are ``<username>-…``."""
         for volume in volumes:
-            if not mount_allowed(volume["source"]):
+            source = volume["source"]
+            if is_host_path(source):
+                if not mount_allowed(source):
+                    raise serializers.ValidationError(
+                        f"host bind mount {source!r} is not allowed on this cluster; use a named volume")
+            elif not volume_allowed(source, owner=self.context.get("owner")):
                 raise serializers.ValidationError(
-                    f"host bind mount {volume['source']!r} is not allowed on this cluster; use a named volume"
-                )
+                    f"volume {source!r} is not on this cluster's allowlist and not yours (name yours "
+                    f"\"<username>-…\")")
         return volumes
 
 

@@ -1,4 +1,5 @@
-"""Local processes: argv (never a shell), own process group, output to files, limits after spawn."""
+"""Local processes: argv (never a shell), own session, output to files, their own uid, workspace and
+cgroups (``identity``, ``workspace``, ``limits``); ended whole, whatever they started."""
 
 import errno
 import logging
@@ -7,27 +8,47 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
-from .base import AgentContext, Executor, ExecutorError, Exit, Handle, LogTail, workload_env
-from .limits import Limits
+from .base import (
+    AgentContext,
+    Executor,
+    ExecutorError,
+    Exit,
+    Handle,
+    LogTail,
+    WorkloadContext,
+    workload_context,
+    workload_env,
+)
+from .identity import Identity
+from .limits import KILL_DEADLINE_SECONDS, Limits, subfolder_names
+from .workspace import node_workspaces
 
 logger = logging.getLogger(__name__)
 
 
+# Run by the child, as the workload's uid, before it execs the workload: it writes its own pid into
+# each of its cgroups' cgroup.procs (argv up to "--"), so everything the workload runs is inside them.
+JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"'
+
+
 class ProcessHandle(Handle):
     def __init__(self, *, workload_id: str, pid: int, create_time: float, log_dir: Path,
-                 limiter, runtime_extra: dict, popen: subprocess.Popen | None = None,
-                 offsets: dict | None = None):
+                 limiter, runtime_extra: dict, scope: WorkloadContext, identity: Identity | None = None,
+                 popen: subprocess.Popen | None = None, offsets: dict | None = None):
         self.workload_id = workload_id
         self.pid = pid
         self.create_time = create_time
         self.popen = popen
         self.limiter = limiter
         self.extra = runtime_extra
+        self.scope = scope  # what the workload was given here, released by cleanup()
+        self.identity = identity
         self._confined = threading.Event()  # its limits are in place (or it needs none set up here)
         self._confined.set()
         offsets = offsets or {}
@@ -41,7 +62,8 @@ class ProcessHandle(Handle):
 
     def early_runtime(self) -> dict:
         return {"pid": self.pid, "pgid": self.pid, "create_time": self.create_time,
-                "log_files": {s: str(t.path) for s, t in self.tails.items()}, **self.extra}
+                "log_files": {s: str(t.path) for s, t in self.tails.items()},
+                **(self.identity.runtime() if self.identity else {}), **self.extra}
 
     def confine(self, limits: Limits, *, then: Callable[[], None]) -> None:
         """Put the process under its limits, in a thread, and call ``then`` once they are in place:
@@ -95,7 +117,7 @@ class ProcessHandle(Handle):
             code = self.popen.poll()
             if code is None:
                 return None
-            self._kill_group(signal.SIGKILL)  # leftovers of the group die with the leader
+            self.kill()  # nothing outlives the leader: what it left in its cgroups or under its uid dies with it
             return self._exit(code)
         # Re-adopted after an agent restart: not our child, so no exit code to wait for,
         # unless it is still a zombie (its new parent has not reaped it yet): then /proc says.
@@ -114,17 +136,20 @@ class ProcessHandle(Handle):
         return Exit(code, "exited with code 0" if code == 0 else f"exited with code {code}")
 
     def terminate(self) -> None:
-        self._kill_group(signal.SIGTERM)
+        """SIGTERM to every process of the workload, not only its leader's group."""
+        _kill_group(self.pid, signal.SIGTERM)
+        self.limiter.signal_all(self._limits(), signal.SIGTERM)
+        if self.identity and self.identity.exclusive:
+            for proc in processes_of(self.identity.uid):
+                _signal(proc.pid, signal.SIGTERM)
 
     def kill(self) -> None:
-        self._kill_group(signal.SIGKILL)
-
-    def _kill_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except OSError as error:
-            if error.errno != errno.ESRCH:
-                raise
+        """SIGKILL every process of the workload: its group, its cgroups (``setsid`` and
+        double-forked children are still in them) and, with a uid of its own, that uid's."""
+        _kill_group(self.pid, signal.SIGKILL)
+        self.limiter.kill_all(self._limits())
+        if self.identity and self.identity.exclusive:
+            kill_uid(self.identity.uid)
 
     def read_logs(self, *, final=False):
         return [(stream, text) for stream, tail in self.tails.items() if (text := tail.read(final=final))]
@@ -140,19 +165,27 @@ class ProcessHandle(Handle):
         return total
 
     def cleanup(self) -> None:
-        self.limiter.cleanup(self._limits())
+        runtime = self._limits()
+        self.limiter.kill_all(runtime)  # a child forked while the leader was reaped
+        self.limiter.cleanup(runtime)
+        self.scope.release()
 
 
 class ProcessExecutor(Executor):
-    def start(self, workload, context: AgentContext) -> ProcessHandle:
+    def start(self, workload, context: AgentContext | WorkloadContext) -> ProcessHandle:
         config = workload.config
-        env = workload_env(workload, context)
-        argv = [resolve_command(config["command"], env.get("PATH")), *config.get("args", [])]
-        cwd = working_dir(context.work_dir, config.get("working_dir"))
-        return spawn(workload_id=str(workload.pk), argv=argv, env=env, cwd=cwd, context=context,
-                     limits=Limits.of(workload))
+        scope = workload_context(context, str(workload.pk))
+        try:
+            env = workload_env(workload, scope)
+            argv = [resolve_command(config["command"], env.get("PATH")), *config.get("args", [])]
+            cwd = working_dir(scope.work_dir, config.get("working_dir"))
+            return spawn(workload_id=str(workload.pk), argv=argv, env=env, cwd=cwd, context=scope,
+                         limits=Limits.of(workload))
+        except ExecutorError:
+            scope.release()
+            raise
 
-    def adopt(self, workload, context: AgentContext) -> ProcessHandle | None:
+    def adopt(self, workload, context: AgentContext | WorkloadContext) -> ProcessHandle | None:
         runtime = workload.runtime or {}
         pid, create_time = runtime.get("pid"), runtime.get("create_time")
         if not pid or not _alive(pid, create_time):
@@ -160,31 +193,116 @@ class ProcessExecutor(Executor):
         extra = {k: v for k, v in runtime.items() if k in {"cgroups", "limits"}}
         return ProcessHandle(workload_id=str(workload.pk), pid=pid, create_time=create_time,
                              log_dir=context.log_dir, limiter=context.limiter, runtime_extra=extra,
-                             offsets=runtime.get("log_offsets"))
+                             scope=workload_context(context, str(workload.pk)),
+                             identity=Identity.from_runtime(runtime), offsets=runtime.get("log_offsets"))
+
+    def reap_orphans(self, *, known: set[str], context: AgentContext) -> list[str]:
+        """End what is left on this node of workloads that do not run here any more (an agent
+        restart found their leader gone, or them no longer wanted): their cgroups' processes, their
+        uid's, their workspaces and their leases of uids and GPUs. For every kind: uids, GPUs and
+        workspaces are handed out by the agent's context, whichever executor asked."""
+        uids, gpus = context.leases("uids"), context.leases("gpus")
+        leftovers = context.limiter.workloads_with_cgroups() | uids.stale(known) | gpus.stale(known)
+        if context.isolation.enabled:
+            leftovers |= subfolder_names(node_workspaces(context.isolation.workspace_root, context.node_id))
+        reaped = []
+        for workload_id in sorted(leftovers - known - {"probe"}):
+            runtime = {"cgroups": [str(path) for path in context.limiter.folders(workload_id) if path.exists()]}
+            context.limiter.kill_all(runtime)
+            for uid in uids.held_by(workload_id):
+                kill_uid(int(uid))
+            context.limiter.cleanup(runtime)
+            context.for_workload(workload_id).release()
+            logger.warning("workload %s: ended what it left on %s (cgroups, uid, workspace, GPUs)",
+                           workload_id, context.node_id)
+            reaped.append(workload_id)
+        return reaped
 
 
-def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: AgentContext,
+def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: AgentContext | WorkloadContext,
           limits: Limits) -> ProcessHandle:
-    """Start argv in its own session with output to the workload's log files, then limit it
-    (``ProcessHandle.confine``)."""
+    """Start argv in its own session, as the workload's identity, inside its cgroups, with output
+    to the workload's log files. Where the child cannot join its cgroups itself (cgroup v2, see
+    ``limits``), the agent moves it after the spawn (``ProcessHandle.confine``)."""
+    scope = workload_context(context, workload_id)
+    identity = scope.identity
     context.log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        confinement = context.limiter.prepare(workload_id=workload_id, limits=limits,
+                                              uid=identity.uid if identity else None)
+    except OSError as error:
+        logger.warning("workload %s: cgroups not prepared (%s); watchdog only", workload_id, error)
+        confinement = {"join": []}
+    join = confinement.pop("join")
+    launch = launcher(argv, join=join, identity=identity, pids=limits.pids)
     # "wb": a restarted workload begins new files; its earlier runs' output is in the database.
     with open(log_path(context.log_dir, workload_id, "stdout"), "wb") as out, \
             open(log_path(context.log_dir, workload_id, "stderr"), "wb") as err:
         try:
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                                     cwd=cwd, start_new_session=True, close_fds=True)
+            popen = subprocess.Popen(launch, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                                     cwd=cwd, start_new_session=True, close_fds=True,
+                                     **(identity.popen_kwargs() if identity else {}))
         except OSError as error:
+            context.limiter.cleanup(confinement)
             raise ExecutorError(f"could not start {argv[0]!r}: {error.strerror or error}") from error
     handle = ProcessHandle(workload_id=workload_id, pid=popen.pid, create_time=0.0, log_dir=context.log_dir,
-                           limiter=context.limiter, runtime_extra={}, popen=popen)
-    handle.confine(limits, then=context.wake)
+                           limiter=context.limiter, runtime_extra=confinement, scope=scope, identity=identity,
+                           popen=popen)
+    if not join:
+        handle.confine(limits, then=context.wake)
     try:
         handle.create_time = psutil.Process(popen.pid).create_time()
     except psutil.Error:
         pass  # already gone; poll() will report its exit
     logger.info("workload %s: started pid %s: %s", workload_id, popen.pid, argv)
     return handle
+
+
+def launcher(argv: list[str], *, join: list[str], identity: Identity | None, pids: int) -> list[str]:
+    """What runs before the workload, as the workload, and execs it: the cgroup join; where the
+    child cannot join (v2), a process-count rlimit for an exclusive uid (every process of that uid
+    is the workload's); no-new-privileges when it runs as a uid of its own (setuid programs then
+    give it nothing)."""
+    prefix = ["/bin/sh", "-c", JOIN_CGROUPS, "cnet-join", *join, "--"] if join else []
+    if identity is not None:
+        if not join and identity.exclusive and pids and (prlimit := shutil.which("prlimit")):
+            prefix += [prlimit, f"--nproc={pids}", "--"]
+        if setpriv := shutil.which("setpriv"):
+            prefix += [setpriv, "--no-new-privs", "--"]
+    return [*prefix, *argv]
+
+
+def processes_of(uid: int) -> list[psutil.Process]:
+    """The live processes of a uid (a zombie is dead already; its parent reaps it)."""
+    return [proc for proc in psutil.process_iter(["uids", "status"])
+            if proc.info["uids"] and proc.info["uids"].real == uid and proc.info["status"] != psutil.STATUS_ZOMBIE]
+
+
+def kill_uid(uid: int) -> None:
+    """SIGKILL every process of a uid, again until there is none (it may fork meanwhile)."""
+    deadline = time.monotonic() + KILL_DEADLINE_SECONDS
+    while (procs := processes_of(uid)) and time.monotonic() < deadline:
+        for proc in procs:
+            _signal(proc.pid, signal.SIGKILL)
+        psutil.wait_procs(procs, timeout=0.05)
+    if procs:
+        logger.error("uid %s: processes %s survive SIGKILL", uid, [proc.pid for proc in procs][:10])
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError as error:
+        if error.errno != errno.ESRCH:
+            raise
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except OSError as error:
+        if error.errno not in (errno.ESRCH, errno.EPERM):  # gone, or its number is another's now
+            raise
 
 
 def resolve_command(command: str, path: str | None) -> str:

@@ -5,10 +5,23 @@ Every node can run one, so it needs no capability. Its executor is ``process.Pro
 
 from rest_framework import serializers
 
-from core.fields import NoUnknownFieldsMixin, RelativePathField, StrictCharField, StringListField, StringMapField
+from core.fields import (
+    NoUnknownFieldsMixin,
+    RelativePathField,
+    StrictCharField,
+    StrictIntegerField,
+    StringListField,
+    StringMapField,
+)
 
 from ..forms import COMMAND_LINE, ENV, WORKING_DIR, argv_config, filled
 from ..kinds import Kind
+
+
+def pids_field() -> StrictIntegerField:
+    """``config.pids``: the most processes and threads it may have at once (a fork bomb stops
+    there); default CNET_WORKLOAD_PIDS_LIMIT. Enforced by its cgroup (``executors.limits``)."""
+    return StrictIntegerField(required=False, min_value=1, max_value=4_194_304)
 
 
 class ProcessConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
@@ -16,6 +29,7 @@ class ProcessConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     args = StringListField(required=False, default=list)
     env = StringMapField(required=False, default=dict)
     working_dir = RelativePathField(required=False, max_length=4096)
+    pids = pids_field()
 
 
 def form_config(values: dict) -> dict:

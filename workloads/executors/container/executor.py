@@ -2,9 +2,18 @@
 
 import logging
 import re
+import socket
 
-from ...container_policy import mount_allowed, network_allowed, privileged_allowed
-from ..base import AgentContext, Executor, ExecutorError
+from ...container_policy import (
+    capabilities_kept,
+    is_host_path,
+    mount_allowed,
+    network_allowed,
+    privileged_allowed,
+    volume_allowed,
+)
+from ..base import AgentContext, Executor, ExecutorError, WorkloadContext, workload_context
+from ..limits import Limits
 from .engine import engine, engine_cpus, ensure_image, remove_container
 from .handle import STREAMS, ContainerHandle
 
@@ -24,11 +33,19 @@ def container_name(node_id: str, workload_id: str) -> str:
 
 
 class ContainerExecutor(Executor):
-    def start(self, workload, context: AgentContext) -> ContainerHandle:
+    def start(self, workload, context: AgentContext | WorkloadContext) -> ContainerHandle:
+        scope = workload_context(context, str(workload.pk))
+        try:
+            return self._start(workload, scope)
+        except ExecutorError:
+            scope.release()
+            raise
+
+    def _start(self, workload, context: WorkloadContext) -> ContainerHandle:
         import docker.errors
 
         config = workload.config or {}
-        refuse_unsafe(config)
+        refuse_unsafe(config, owner=context.owner)
         client = engine()
         workload_id = str(workload.pk)
         image = config.get("image") or ""
@@ -57,17 +74,20 @@ class ContainerExecutor(Executor):
                 labels={LABEL_WORKLOAD: workload_id, LABEL_NODE: context.node_id},
                 environment={**(config.get("env") or {}),
                              "CNET_WORKLOAD_ID": workload_id, "CNET_NODE_ID": context.node_id},
-                ports=config.get("ports") or None,
+                ports=bound_ports(config.get("ports"), context.address),
                 working_dir=config.get("working_dir") or None,
                 volumes=volumes or None,
                 privileged=bool(config.get("privileged")),
                 network_mode=config.get("network_mode") or None,
                 security_opt=["no-new-privileges"],
+                cap_drop=["ALL"],
+                cap_add=capabilities_kept() or None,
+                pids_limit=Limits.of(workload).pids or None,
                 init=True,  # PID 1 forwards SIGTERM, so a graceful stop can be graceful
                 stdin_open=False,
                 tty=False,
                 detach=True,
-                **host,
+                **{key: value for key, value in host.items() if key != "gpus"},
             )
         except docker.errors.ImageNotFound as error:
             raise ExecutorError(f"image not found: {image!r} ({error.explanation})") from error
@@ -79,8 +99,9 @@ class ContainerExecutor(Executor):
             remove_container(client, name)
             raise ExecutorError(f"container for image {image!r} could not start: {error.explanation}") from error
         ports = published_ports(container) if config.get("ports") else {}
+        extra = {**({"ports": ports} if ports else {}), **({"gpus": host["gpus"]} if host.get("gpus") else {})}
         handle = ContainerHandle.fresh(workload_id=workload_id, container_id=container.id, name=name, image=image,
-                                       log_dir=context.log_dir, extra={"ports": ports} if ports else {})
+                                       log_dir=context.log_dir, extra=extra, scope=context)
         handle.follow()
         logger.info("workload %s: started container %s (%s) from %s", workload_id, name, container.id[:12], image)
         return handle
@@ -103,7 +124,7 @@ class ContainerExecutor(Executor):
         offsets = runtime.get("log_offsets") or shipped_offsets(workload_id, since=workload.started_at)
         return ContainerHandle(workload_id=workload_id, container_id=attrs["Id"], name=attrs["Name"].lstrip("/"),
                                image=attrs.get("Config", {}).get("Image", ""), log_dir=context.log_dir,
-                               offsets=offsets)
+                               offsets=offsets, scope=workload_context(context, workload_id))
 
     def reap_orphans(self, *, known: set[str], context: AgentContext) -> list[str]:
         """Remove this node's containers whose workloads are not running here any more."""
@@ -122,8 +143,9 @@ class ContainerExecutor(Executor):
         return reaped
 
 
-def host_limits(workload, client, context: AgentContext) -> dict:
-    """The engine's memory, CPU and GPU settings for the workload's request (none: unlimited)."""
+def host_limits(workload, client, context: WorkloadContext) -> dict:
+    """The engine's memory, CPU and GPU settings for the workload's request (none: unlimited).
+    GPUs by device id, leased to this workload alone (``gpus``: which)."""
     from docker.types import DeviceRequest
 
     host = {}
@@ -137,11 +159,20 @@ def host_limits(workload, client, context: AgentContext) -> dict:
         ceiling = engine_cpus(client) * 1_000_000_000
         host["nano_cpus"] = min(max(workload.cpu_millicores * 1_000_000, MIN_NANO_CPUS), ceiling)
     if workload.gpu_count:
-        gpus = context.capabilities.get("gpus") or []
-        if len(gpus) < workload.gpu_count:
-            raise ExecutorError(f"needs {workload.gpu_count} GPU(s); node {context.node_id} has {len(gpus)}")
-        host["device_requests"] = [DeviceRequest(count=workload.gpu_count, capabilities=[["gpu"]])]
+        host["gpus"] = context.gpu_ids(workload.gpu_count)
+        host["device_requests"] = [DeviceRequest(device_ids=host["gpus"], capabilities=[["gpu"]])]
     return host
+
+
+def bound_ports(ports: dict | None, address: str) -> dict | None:
+    """Published ports bound to the node's address only, not every interface of the host."""
+    if not ports:
+        return None
+    try:
+        ip = socket.gethostbyname(address)
+    except OSError as error:
+        raise ExecutorError(f"the node's address {address!r} does not resolve: {error}") from error
+    return {container: (ip, host) if host else (ip,) for container, host in ports.items()}
 
 
 def published_ports(container) -> dict:
@@ -153,17 +184,20 @@ def published_ports(container) -> dict:
     }
 
 
-def refuse_unsafe(config: dict) -> None:
-    """The API refuses these with 400; refuse again here for rows written some other way."""
+def refuse_unsafe(config: dict, *, owner: str | None) -> None:
+    """The API refuses these with 400; refuse again here for rows written some other way. Whose
+    a named volume is can be told only where the agent was sent the owner."""
     if not privileged_allowed(bool(config.get("privileged"))):
         raise ExecutorError("privileged containers are not allowed on this cluster")
     network = config.get("network_mode") or ""
-    if not network_allowed(network):
+    if network and not network_allowed(network):
         raise ExecutorError(f"network_mode {network!r} is not allowed on this cluster")
     for volume in config.get("volumes") or []:
         source = str(volume.get("source", ""))
-        if not mount_allowed(source):
+        if is_host_path(source) and not mount_allowed(source):
             raise ExecutorError(f"host bind mount {source!r} is not allowed on this cluster")
+        if not is_host_path(source) and owner and not volume_allowed(source, owner=owner):
+            raise ExecutorError(f"volume {source!r} is neither on the allowlist nor {owner}'s")
 
 
 def shipped_offsets(workload_id: str, *, since) -> dict:

@@ -57,8 +57,9 @@ class LogFollower(threading.Thread):
 class ContainerHandle(Handle):
 
     def __init__(self, *, workload_id: str, container_id: str, name: str, image: str, log_dir: Path,
-                 offsets: dict | None = None, extra: dict | None = None):
+                 scope, offsets: dict | None = None, extra: dict | None = None):
         self.workload_id = workload_id
+        self.scope = scope  # its GPUs, given back by cleanup()
         self.container_id = container_id
         self.name = name
         self.image = image
@@ -173,6 +174,7 @@ class ContainerHandle(Handle):
         except Exception as error:
             logger.warning("workload %s: could not remove container %s: %s", self.workload_id, self.name, error)
             return
+        self.scope.release()
         for follower in self.followers.values():
             follower.join(timeout=5)
         logger.info("workload %s: removed container %s", self.workload_id, self.name)

@@ -1,0 +1,111 @@
+"""A workload's own working folder: the agent's work folder as it sees it, its writes its own.
+
+When workloads run as their own uids, each gets ``<CNET_WORKSPACE_DIR>/<node>/<workload>/``:
+an overlay whose lower layer is the agent's work folder (read through, so ``working_dir: "."``
+and ``examples/ml_models/…`` name the same files as before) and whose upper layer is the
+workload's (``upper/``, owned by its uid, 0700). The view (``view/``) is mounted where the agent
+can read it too, so an artifact written at ``model_path`` is found there by the agent.
+
+- What it writes lands in its upper layer, never in the work folder, and goes with the workspace
+  once the workload has ended (like a container's filesystem): artifacts are kept by the
+  registry, output by the database.
+- The view's top and the folders directly in it are the workload's own (owned by its uid in the
+  view only), so ``models/x.joblib`` can be written even where ``models/`` exists; deeper
+  folders of the work folder keep their owners and modes.
+- The agent's data folder, its log folder, the control plane's data folder and the workspaces
+  themselves are hidden from the view (overlay whiteouts) where they lie inside the work folder;
+  what is left is guarded by the files' own modes.
+"""
+
+import ctypes
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from .identity import Identity
+
+logger = logging.getLogger(__name__)
+
+MNT_DETACH = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _mount(source: str, target: str, fstype: str, options: str) -> None:
+    if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0, options.encode()) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"mount {fstype} on {target}: {os.strerror(error)}")
+
+
+def _unmount(target: str) -> None:
+    if _libc.umount2(target.encode(), MNT_DETACH) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"umount {target}: {os.strerror(error)}")
+
+
+def node_workspaces(root: Path, node_id: str) -> Path:
+    return root / node_id.replace("/", "_")
+
+
+class Workspace:
+    def __init__(self, *, root: Path, node_id: str, workload_id: str):
+        self.base = node_workspaces(root, node_id) / workload_id
+        self.upper = self.base / "upper"
+        self.work = self.base / "work"
+        self.view = self.base / "view"
+
+    def prepare(self, *, lower: Path, identity: Identity, hidden: list[Path]) -> Path:
+        """Mount the view (once: a re-adopted workload finds it mounted) and return it."""
+        if self.view.is_mount():
+            return self.view
+        lower = lower.resolve()
+        if any(char in str(lower) for char in ",:\\"):
+            raise OSError(f"the work folder {lower} has a character overlayfs options cannot carry")
+        self.remove()  # what a start that crashed half-way left
+        self.base.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.base.mkdir(mode=0o711)
+        for folder in (self.upper, self.work, self.view):
+            folder.mkdir(mode=0o700)
+        for path in _outermost(hidden):
+            _whiteout(self.upper, lower, path)
+        os.chown(self.upper, identity.uid, identity.gid)
+        _mount("overlay", str(self.view), "overlay",
+               f"lowerdir={lower},upperdir={self.upper},workdir={self.work}")
+        for entry in os.scandir(self.view):
+            if entry.is_dir(follow_symlinks=False):
+                os.chown(entry.path, identity.uid, identity.gid, follow_symlinks=False)
+        return self.view
+
+    def remove(self) -> None:
+        if self.view.is_mount():
+            _unmount(str(self.view))
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _outermost(paths: list[Path]) -> list[Path]:
+    """The paths not inside another of them: hiding a folder hides what it holds."""
+    resolved = sorted({path.resolve() for path in paths}, key=lambda path: len(path.parts))
+    kept: list[Path] = []
+    for path in resolved:
+        if not any(path == outer or outer in path.parents for outer in kept):
+            kept.append(path)
+    return kept
+
+
+def _whiteout(upper: Path, lower: Path, hidden: Path) -> None:
+    """Hide ``hidden`` from the view when it lies inside ``lower``: a 0/0 character device in the
+    upper layer at its place, or at its first folder that does not exist yet (so it stays hidden
+    once made). Folders on the way are made as the lower layer has them."""
+    if hidden == lower or lower not in hidden.parents:
+        return
+    place = upper
+    for part in hidden.relative_to(lower).parts:
+        place = place / part
+        original = lower / place.relative_to(upper)
+        if place.relative_to(upper) == hidden.relative_to(lower) or not original.exists():
+            os.mknod(place, 0o600 | 0o020000, os.makedev(0, 0))  # S_IFCHR
+            return
+        if not place.exists():
+            stat = original.stat()
+            place.mkdir(mode=stat.st_mode & 0o7777)
+            os.chown(place, stat.st_uid, stat.st_gid)

@@ -1,0 +1,74 @@
+"""Issue 15, point 1: each workload runs as an unprivileged uid of its own, in a workspace of its
+own, and reads none of the agent's or the control plane's secrets. Through the API, as a user
+without staff rights, on a real agent (root here) with real processes."""
+
+import os
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from workloads.executors.identity import uid_range
+
+from .conftest import ADMIN_PASSWORD, SECRET_KEY, needs_root, output, run_to_end, submit
+
+pytestmark = [pytest.mark.django_db(transaction=True), needs_root]
+
+
+def test_the_secrets_probe_prints_no_secret_and_a_uid_that_is_not_root(user_api, make_site_agent):
+    agent = make_site_agent()
+    agent_environ = f"/proc/{os.getpid()}/environ"
+    probe = (f"id -u; id -G; cat var/secret_key var/admin_password; cat {settings.DATA_DIR}/secret_key; "
+             f"cat {settings.DATA_DIR}/test.sqlite3 | head -c 64; cat {agent_environ} | head -c 64; ls var")
+    workload = submit(user_api, agent.config.node_id, "sh", "-c", probe)
+    row = run_to_end(agent, workload["id"])
+    logs = output(user_api, workload["id"])
+
+    uid, groups = (int(line) for line in logs.splitlines()[:2])
+    assert uid != 0 and uid in uid_range(settings.CNET_WORKLOAD_UID_RANGE)
+    assert groups == uid  # its own group only: no supplementary groups
+    assert SECRET_KEY not in logs and ADMIN_PASSWORD not in logs
+    assert settings.SECRET_KEY not in logs
+    assert "DJANGO_SETTINGS_MODULE" not in logs and "SQLite" not in logs
+    assert row.runtime["uid"] == uid
+    agent.shutdown()
+
+
+def test_two_running_workloads_have_different_uids_and_cannot_signal_each_other(user_api, make_site_agent):
+    agent = make_site_agent(cpu=2)
+    first = submit(user_api, agent.config.node_id, "sleep", "30")
+    agent.start(first["id"])
+    victim = agent.handles[first["id"]].handle
+    second = submit(user_api, agent.config.node_id, "sh", "-c", f"id -u; kill -9 {victim.pid}; echo kill=$?")
+    row = run_to_end(agent, second["id"])
+
+    logs = output(user_api, second["id"])
+    assert int(logs.splitlines()[0]) != victim.identity.uid
+    assert "kill=1" in logs  # not permitted
+    assert victim.poll() is None
+    assert row.status == "succeeded"
+    agent.shutdown()
+
+
+def test_a_workload_reads_the_files_it_names_and_writes_only_into_its_own_workspace(user_api, make_site_agent,
+                                                                                    site):
+    agent = make_site_agent()
+    script = ("cat examples/hello.txt; echo artifact > models/out.txt; cat models/out.txt; pwd; "
+              "touch examples/ml/x; echo t=$?")
+    workload = submit(user_api, agent.config.node_id, "sh", "-c", script, working_dir=".")
+    row = run_to_end(agent, workload["id"])
+
+    logs = output(user_api, workload["id"])
+    assert "read through the workspace" in logs and "artifact" in logs
+    assert "t=1" in logs  # folders deeper than the top's own keep their owner: read-only to it
+    assert str(site) not in logs  # it runs in its workspace, not in the work folder itself
+    assert not (site / "models" / "out.txt").exists()  # its writes are its own, never the work folder's
+    assert row.status == "succeeded"
+    assert not Path(logs.splitlines()[2]).exists()  # the workspace went with it
+    agent.shutdown()
+
+
+def test_the_data_folder_is_private(make_site_agent, site):
+    make_site_agent()
+    assert (site / "var").stat().st_mode & 0o777 == 0o700
+    assert Path(settings.DATA_DIR).stat().st_mode & 0o777 == 0o700
