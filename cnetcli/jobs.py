@@ -1,7 +1,8 @@
 """Submit bodies from ``cnet run`` / ``cnet plan`` options and job files.
 
 A job file holds the API's own fields (``POST /api/workloads``), as YAML or JSON: one workload
-(a mapping), several (a list, or YAML documents separated by ``---``)."""
+(a mapping), or several (a list, YAML documents separated by ``---``, or the API's
+``{"workloads": [...]}``), which may name each other in ``depends_on`` by their ``key``."""
 
 import json
 from pathlib import Path
@@ -26,6 +27,8 @@ def read_job_file(path: str) -> list[dict]:
         raise CliError(f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {error}") from None
     workloads = []
     for document in documents:
+        if isinstance(document, dict) and isinstance(document.get("workloads"), list):
+            document = document["workloads"]  # the API's own body for several: {"workloads": [...]}
         workloads.extend(document if isinstance(document, list) else [document])
     if not workloads or not all(isinstance(workload, dict) for workload in workloads):
         raise CliError(f"{path}: expected a workload (a mapping of the API's fields) or a list of them")

@@ -24,10 +24,11 @@ TIME_LIMIT_FIELD = "max_runtime_seconds"
 
 
 def workload_plan(*, type: str, requirements: Resources, node: str | None = None, strategy: str | None = None,
-                  priority: int = 0, **_rest) -> dict:
+                  priority: int = 0, depends_on: list | None = None, **_rest) -> dict:
     """What a submission of this body would meet now. It checks the rules a submission checks (the
     strategy and node exist) and decides with the same placement code; the rest of the body (name,
-    config, restart policy…) does not change where it goes."""
+    config, restart policy…) does not change where it goes. One with dependencies waits for them
+    first: its reasons say where it would go if they held now."""
     strategy_name = strategy or settings.CNET_DEFAULT_STRATEGY
     ranked_by = strategy_get(strategy_name)
     local = node_resolve(node).node_id if node else settings.CNET_LOCAL_NODE_ID
@@ -39,6 +40,9 @@ def workload_plan(*, type: str, requirements: Resources, node: str | None = None
         "summary": decision.summary(), "reasons": decision.reasons, "strategy": strategy_name,
         "submitted_node": local, "queue": None, "estimated_start": None, "never_fits": None,
     }
+    if depends_on:
+        return answer | {"outcome": WAITS, "node": None, "estimated_start": UNKNOWN,
+                         "summary": f"waits for its dependencies first; then, as things stand: {decision.summary()}"}
     if decision.placed:
         return answer
     short = never_fits(requirements)

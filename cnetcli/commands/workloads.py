@@ -9,7 +9,7 @@ from rich.text import Text
 from ..client import CliError
 from ..context import api
 from ..jobs import bodies, dependency
-from ..output import age, emit, new_table, output_format, output_option, status_text
+from ..output import STATUS_STYLES, age, emit, new_table, output_format, output_option, status_text
 from ..sizes import Size, human_bytes
 from .watching import watch
 
@@ -51,16 +51,30 @@ def workload_options(command):
 @workload_options
 @click.option("--follow", is_flag=True, help="stream its output until it ends; exit with its exit code")
 def run(job_file, command, follow, **options):
-    """Submit work: cnet run [OPTIONS] -- CMD ARGS…, or cnet run -f job.yaml. Prints the new id."""
-    submitted = [api().post("/workloads", body) for body in bodies(job_file, command, options)]
+    """Submit work: cnet run [OPTIONS] -- CMD ARGS…, or cnet run -f job.yaml. Prints the new id
+    (an array's id for --count; one per workload of a file, in its order)."""
+    submitted = _submit(bodies(job_file, command, options))
     if output_format() == "table":
-        for workload in submitted:
-            click.echo(workload["id"])
+        for answer in submitted:
+            click.echo(answer["id"])
     else:
         emit(submitted[0] if len(submitted) == 1 else submitted)
     if follow:
-        codes = [follow_logs(workload["id"], printed=0) for workload in submitted]
+        codes = [follow_array(answer["id"]) if _is_array(answer) else follow_logs(answer["id"], printed=0)
+                 for answer in submitted]
         raise SystemExit(next((code for code in reversed(codes) if code), 0))
+
+
+def _submit(requested: list[dict]) -> list[dict]:
+    """One request either way: a body of its own, or several as the API's ``{"workloads": [...]}``,
+    whose items may depend on each other by ``key``."""
+    if len(requested) == 1:
+        return [api().post("/workloads", requested[0])]
+    return api().post("/workloads", {"workloads": requested})["workloads"]
+
+
+def _is_array(answer: dict) -> bool:
+    return answer.get("kind") == "array" or "counts" in answer
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
@@ -68,14 +82,16 @@ def run(job_file, command, follow, **options):
 def plan(job_file, command, **options):
     """Where a submission would go now, and why (nothing is submitted). Exit 0: it would be placed
     now; 2: it would wait; 1: no node could ever hold it."""
-    plans = [api().post("/workloads/plan", body) for body in bodies(job_file, command, options)]
+    # Each on its own: ``key`` only names an item for the others of a file.
+    plans = [api().post("/workloads/plan", {k: v for k, v in body.items() if k != "key"})
+             for body in bodies(job_file, command, options)]
     emit(plans[0] if len(plans) == 1 else plans, lambda _data: Group(*(_plan_view(p) for p in plans)))
     outcomes = {p["outcome"] for p in plans}
     raise SystemExit(1 if "never" in outcomes else 2 if "waits" in outcomes else 0)
 
 
 def _plan_view(plan: dict):
-    lines = [Text.assemble(status_text(plan["outcome"]), " ", _plan_headline(plan))]
+    lines = [Text(_plan_headline(plan), style=STATUS_STYLES[plan["outcome"]])]
     table = new_table("NODE", "FITS", "REASON")
     for reason in plan["reasons"]:
         chosen = reason["node"] == plan["node"]
@@ -95,6 +111,8 @@ def _plan_headline(plan: dict) -> str:
         return (f"no node could ever hold it: the largest, {short['node']}, has {short.get('capacity_human')}"
                 f" ({'; '.join(short['short'])})")
     queue = plan["queue"]
+    if queue is None:  # it waits for its dependencies, not for room
+        return f"would wait: {plan['summary']}"
     return (f"would wait: #{queue['position']} among pending work of priority {queue['priority']}"
             f" ({queue['ahead']} pending ahead or level); estimated start: {plan['estimated_start']}")
 
@@ -118,18 +136,34 @@ def follow_logs(workload_id: str, *, printed: int) -> int:
     return 0 if workload["status"] == "succeeded" else 1
 
 
+def follow_array(array_id: str) -> int:
+    """Wait for every instance of an array to end, saying how many have; 0 when all succeeded."""
+    ended = None
+    while True:
+        array = api().get(f"/arrays/{array_id}")
+        counts = array["counts"]
+        if counts["ended"] != ended:
+            ended = counts["ended"]
+            click.echo(f"array {array_id}: {ended} of {counts['total']} ended", err=True)
+        if ended >= counts["total"]:
+            return 0 if array["status"] == "succeeded" else 1
+        time.sleep(POLL_SECONDS)
+
+
 @click.command()
 @click.option("--status", multiple=True, metavar="STATUS", help="pending, scheduled, running, …; repeatable")
 @click.option("--type", "type_", metavar="TYPE")
 @click.option("--node", metavar="ID")
 @click.option("--name", help="part of the name")
+@click.option("--array", metavar="ID", help="the instances of one array")
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--watch", "-w", "watching", is_flag=True, help="refresh every 2 s until Ctrl-C")
 @output_option
-def ps(status, type_, node, name, limit, watching):
+def ps(status, type_, node, name, array, limit, watching):
     """List workloads, newest first."""
     def listed():
-        return api().get("/workloads", status=list(status), type=type_, node=node, name=name, limit=limit)
+        return api().get("/workloads", status=list(status), type=type_, node=node, name=name, array=array,
+                        limit=limit)
 
     watch(listed, _ps_table) if watching else emit(listed(), _ps_table)
 

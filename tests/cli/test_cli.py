@@ -3,7 +3,6 @@ plane whose agent really runs the work."""
 
 import json
 import stat
-import sys
 
 import pytest
 import yaml
@@ -12,7 +11,6 @@ from tests.helpers import wait_status
 from workloads.models import Workload, WorkloadStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
-PY = sys.executable
 
 
 def submitted(result) -> str:
@@ -22,7 +20,7 @@ def submitted(result) -> str:
 
 def test_run_follow_streams_the_output_and_exits_with_the_workloads_exit_code(cnet, agent):
     result = cnet("run", "--follow", "--cpu", "0.1", "--memory", "64Mi", "--",
-                  PY, "-c", "print('hello from cnet'); raise SystemExit(3)")
+                  "sh", "-c", "echo hello from cnet; exit 3")
     assert result.returncode == 3, result.stderr
     workload_id, output = result.stdout.split("\n", 1)
     assert output.strip() == "hello from cnet"
@@ -32,8 +30,8 @@ def test_run_follow_streams_the_output_and_exits_with_the_workloads_exit_code(cn
 
 
 def test_logs_follow_returns_when_the_workload_ends_and_tail_shows_the_last_lines(cnet, agent):
-    code = "import time\nfor i in range(3):\n    print('line', i, flush=True); time.sleep(0.2)"
-    workload_id = submitted(cnet("run", "--name", "counter", "--", PY, "-c", code))
+    workload_id = submitted(cnet("run", "--name", "counter", "--",
+                                 "sh", "-c", "for i in 0 1 2; do echo line $i; sleep 0.2; done"))
     followed = cnet("logs", "-f", workload_id)
     assert followed.returncode == 0, followed.stderr
     assert followed.stdout.splitlines() == ["line 0", "line 1", "line 2"]
@@ -78,6 +76,37 @@ def test_a_job_file_of_several_workloads_is_submitted_in_file_order(cnet, agent,
     for workload in result.json():
         wait_status(workload["id"], WorkloadStatus.SUCCEEDED)
     assert cnet("run", "-f", str(job), "--cpu", "1").returncode == 2  # options are for a file of one
+
+
+def test_a_job_file_with_a_dependency_is_one_request_and_the_dependent_runs_after(cnet, agent, tmp_path):
+    job = tmp_path / "pipeline.yaml"
+    job.write_text(yaml.safe_dump({"workloads": [
+        {"key": "build", "name": "build", "type": "process", "requirements": {"cpu": 0.1},
+         "config": {"command": "echo", "args": ["built"]}},
+        {"key": "test", "name": "test", "type": "process", "requirements": {"cpu": 0.1},
+         "depends_on": [{"workload": "build", "condition": "succeeded"}],
+         "config": {"command": "echo", "args": ["tested"]}},
+    ]}))
+    planned = cnet("plan", "-f", str(job))
+    assert planned.returncode == 2, planned.stderr  # the dependent waits for the other
+    assert "would be placed on" in planned.stdout and "waits for its dependencies first" in planned.stdout
+
+    result = cnet("run", "-f", str(job), "--follow")
+    assert result.returncode == 0, result.stderr
+    build_id, test_id, *output = result.stdout.splitlines()
+    assert output == ["built", "tested"]
+    build, test = Workload.objects.get(pk=build_id), Workload.objects.get(pk=test_id)
+    assert (build.status, test.status) == ("succeeded", "succeeded") and test.started_at >= build.finished_at
+
+
+def test_an_array_runs_each_instance_and_follow_waits_for_all(cnet, agent):
+    result = cnet("run", "--count", "3", "--cpu", "0.1", "--follow", "--", "echo", "{index}")
+    assert result.returncode == 0, result.stderr
+    array_id = result.stdout.split()[0]
+    assert "array " + array_id + ": 3 of 3 ended" in result.stderr
+    instances = cnet("ps", "--array", array_id, "-o", "json").json()
+    assert sorted(w["name"] for w in instances) == ["echo-0", "echo-1", "echo-2"]
+    assert {w["status"] for w in instances} == {"succeeded"}
 
 
 def test_ps_show_stop_and_rm(cnet, agent, node_id):

@@ -40,7 +40,9 @@ class Command(BaseCommand):
         self.stdout.write(f"  Web UI:   {url}/admin/   user {username!r}, password {password!r}")
         self.stdout.write(f"  API docs: {url}/api/docs/")
         self.stdout.write(f"  API token: {token}")
-        self.stdout.write(f'  Try:      curl -H "Authorization: Token {token}" {url}/api/nodes\n')
+        self.stdout.write(f'  Try:      curl -H "Authorization: Token {token}" {url}/api/nodes')
+        self.stdout.write(f"  Or:       .venv/bin/cnet login --server {url} --token {token}")
+        self.stdout.write("            .venv/bin/cnet nodes;  .venv/bin/cnet run --follow -- echo hello\n")
 
         python = sys.executable
         manage = str(Path(settings.BASE_DIR) / "manage.py")

@@ -82,6 +82,16 @@ def test_a_request_no_node_could_ever_hold_names_the_largest_node_and_what_it_la
     assert refused.status_code == 400 and "peer" in refused.json()["detail"]
 
 
+def test_a_request_with_dependencies_waits_for_them_and_says_where_it_would_go_then(api, tree):
+    first = submit_process(name="first", cpu=1)
+    response = api.post("/api/workloads/plan", body(depends_on=[{"workload": str(first.pk)}]), format="json")
+    assert response.status_code == 200, response.content
+    plan = response.json()
+    assert (plan["outcome"], plan["node"], plan["estimated_start"]) == ("waits", None, "unknown")
+    assert plan["summary"].startswith("waits for its dependencies first; then, as things stand: placed on")
+    assert plan["reasons"][-1]["fits"]
+
+
 @pytest.mark.parametrize(("change", "field"), [
     ({"requirements": {"cpu": -1}}, "requirements.cpu"),
     ({"strategy": "nearest_moon"}, "strategy"),
