@@ -237,6 +237,52 @@ def test_control_plane_killed_mid_flight_work_goes_on_and_is_recorded(cluster):
                     f"running work's output never paused")
 
 
+def test_control_plane_down_for_a_minute_fences_only_replaceable_work_and_never_runs_two_copies(cluster):
+    """60 s without a control plane: past its fence time each agent kills the local copies of work
+    that would be replaced elsewhere (on-failure), keeps the rest (never) running and spooling,
+    and once the control plane is back the never-workload's output and exit arrive once, in
+    order, and the on-failure one runs again, with no moment of two copies."""
+    proof = cluster.shared / "outage.txt"
+    keep = submit(cluster, name="keeps-running", code=COUNTER, args=[200], cpu=0.5, restart_policy="never")
+    fenced = submit(cluster, name="fenced", code=WRITER, args=[proof], cpu=1.5, restart_policy="on-failure")
+    keep_pid = wait_status(keep, S.RUNNING).runtime["pid"]
+    fenced_pid = wait_status(fenced, S.RUNNING).runtime["pid"]
+    wait_for(lambda: len(proof_lines(proof)) >= 3, timeout=10, message="the writer writes")
+
+    killed_at = time.time()
+    cluster.kill_control_plane()
+    wait_for(lambda: not pid_alive(fenced_pid), timeout=60, message="its agent fenced the on-failure copy")
+    fenced_at = time.time()
+    assert pid_alive(keep_pid), "restart_policy never: kept running through the outage"
+    # It prints for 40 s: it goes on past the fence time and exits while the control plane is down.
+    wait_for(lambda: not pid_alive(keep_pid), timeout=60, message="the never-workload ended")
+    time.sleep(max(0.0, killed_at + 60 - time.time()))  # the outage itself, not synchronisation
+    cluster.restart_control_plane()
+    back_at = time.time()
+
+    # Nothing was marked lost for the outage itself: every node got a fresh deadline.
+    wait_for(lambda: Node.objects.filter(status=NodeStatus.READY).count() == len(AGENTS), timeout=30,
+             message="all nodes ready after the outage")
+    rerun = wait_for(lambda: (row := workload_row(fenced)).status == S.RUNNING and row.restart_count == 1 and row,
+                     timeout=60, message="the fenced workload runs again")
+    new_first = wait_for(lambda: next((stamp for _node, stamp in proof_lines(proof) if stamp > back_at), None),
+                         timeout=20, message="the rerun writes")
+    old_last = max(stamp for _node, stamp in proof_lines(proof) if stamp < back_at)
+    assert old_last < fenced_at <= back_at < new_first, "two copies ran at once"
+    lost = [reason for _from, to, _node, reason in transitions(fenced) if to == S.LOST]
+    assert len(lost) == 1 and "self-fencing" in lost[0], transitions(fenced)
+    assert rerun.runtime["pid"] != fenced_pid
+
+    done = wait_status(keep, S.SUCCEEDED, S.FAILED, timeout=60)
+    assert (done.status, done.exit_code, done.restart_count) == (S.SUCCEEDED, 0, 0), done.reason
+    assert logs(cluster, keep) == [f"line {i}" for i in range(200)], "every line once, in order"
+    assert [to for _from, to, _node, _why in transitions(keep)] == [S.PENDING, S.SCHEDULED, S.RUNNING, S.SUCCEEDED]
+    MEASURED.append(f"control plane down {back_at - killed_at:.0f}s: the on-failure copy was fenced "
+                    f"{fenced_at - killed_at:.1f}s in and ran again {new_first - back_at:.1f}s after the return "
+                    f"({new_first - old_last:.1f}s after its last line); the never-workload ran on and its "
+                    f"200 lines and exit arrived once")
+
+
 # --- an agent killed and restarted -----------------------------------------------------------
 def test_agent_killed_and_restarted_readopts_its_work_across_the_network(cluster):
     proof = cluster.shared / "agent.txt"
