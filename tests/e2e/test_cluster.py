@@ -7,6 +7,7 @@ Capacities (conftest.AGENTS): parent 1 cpu / 512 MiB, child 2 cpu / 1 GiB, peer1
 import signal
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import psutil
@@ -14,14 +15,16 @@ import pytest
 import redis
 from django.conf import settings
 from django.db import connections, transaction
+from django.utils import timezone
 
-from nodes.models import NodeStatus
-from tests.helpers import node_status, wait_for, wait_status, workload_row
+from nodes.models import Node, NodeStatus
+from nodes.services import join_token_create
+from tests.helpers import free_port, kill_group, node_status, wait_for, wait_status, workload_row
 from workloads.dispatch import dispatch_start, node_queue
 from workloads.models import Workload, WorkloadEvent, WorkloadStatus
 from workloads.tasks import start_workload as start_workload_task
 
-from .conftest import MiB
+from .conftest import REPO, UNREACHABLE_DATABASE, MiB
 
 S = WorkloadStatus
 PY = sys.executable
@@ -284,3 +287,35 @@ def test_sigterm_right_after_a_delete_still_takes_the_node_offline(api, cluster)
     cluster.signal("peer2", signal.SIGTERM)  # the agent may still hold the deleted workload
     assert cluster.procs["peer2"].wait(timeout=20) == 0
     assert node_status("peer2") == NodeStatus.OFFLINE and not pid_alive(workload.runtime["pid"])
+
+
+# --- an agent whose clock is a minute off ---------------------------------------------------
+@pytest.mark.parametrize("offset", [60, -60], ids=["ahead", "behind"])
+def test_agent_with_a_clock_a_minute_off_stays_ready_and_still_goes_offline_on_time(cluster, offset):
+    """Heartbeat times, liveness and deadlines are the control plane's: an agent's own clock
+    can be a minute off either way without the node looking dead (behind) or immortal (ahead)."""
+    node_id = f"skew-{'ahead' if offset > 0 else 'behind'}"
+    cluster._spawn(node_id, [sys.executable, str(REPO / "tests" / "e2e" / "skewed_agent.py"), str(offset),
+                             "--node-id", node_id, "--address", "127.0.0.1", "--port", str(free_port()),
+                             "--cpu", "0.5", "--memory", str(256 * MiB), "--server", cluster.server,
+                             "--join-token", join_token_create(ttl_seconds=600, uses=1)],
+                   DATABASE_URL=UNREACHABLE_DATABASE)
+    try:
+        wait_for(lambda: Node.objects.filter(node_id=node_id, status=NodeStatus.READY).exists(), timeout=30,
+                 message=f"{node_id} ready")
+        offline_after = float(cluster.env["CNET_OFFLINE_AFTER_SECONDS"])
+        watch_until = time.monotonic() + 2 * offline_after  # long enough to be declared dead twice over
+        while time.monotonic() < watch_until:
+            assert node_status(node_id) == NodeStatus.READY, f"{node_id} left ready with a healthy agent"
+            time.sleep(0.2)  # sampling the status over a window, not waiting for an event
+
+        deadline = Node.objects.get(node_id=node_id).offline_at
+        cluster.kill(node_id)
+        killed_at = timezone.now()
+        assert deadline - killed_at <= timedelta(seconds=offline_after), "its deadline is the control plane's"
+        tick = float(cluster.env["CNET_CONTROL_TICK_SECONDS"])
+        wait_for(lambda: node_status(node_id) == NodeStatus.OFFLINE,
+                 timeout=(deadline - killed_at).total_seconds() + 3 * tick + 2, message=f"{node_id} offline on time")
+    finally:
+        kill_group(cluster.procs[node_id])
+        Node.objects.filter(node_id=node_id).delete()
