@@ -47,6 +47,20 @@ class Agent(Membership, Supervision, Reconciliation):
             logger.warning("node %s: could not ask the control plane (the next beat will): %s",
                            self.config.node_id, error)
 
+    def abandon(self, why: str) -> None:
+        """The control plane refuses this node's credential (staff revoked it): the node is
+        offline there and its work handled as lost, so it may already run elsewhere. Every local
+        copy is killed now, and nothing more is sent."""
+        with self.lock:
+            self.accepting = False
+            abandoned = list(self.handles.items())
+            self.handles.clear()
+        for workload_id, supervised in abandoned:
+            logger.error("workload %s: killed, its node is no longer in the cluster: %s", workload_id, why)
+            supervised.handle.kill()
+            supervised.handle.poll()  # reaps it
+            supervised.handle.cleanup()
+
     def begin_shutdown(self) -> None:
         """Stop taking work: starts are ignored, placement stops choosing this node, work not
         started yet is handed back, and running work is marked to stop or handed back."""

@@ -88,6 +88,11 @@ class Command(BaseCommand):
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + agent.heartbeat_seconds  # what the control plane asks
                     agent.heartbeat_once()
+            except CredentialRefused as error:
+                agent.abandon(str(error))
+                worker_state.should_terminate = 0
+                thread.join(timeout=10)
+                raise CommandError(str(error)) from None
             except ControlPlaneError as error:
                 logger.warning("agent %s: heartbeat failed: %s", config.node_id, error)
             except Exception:

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 
+import psutil
 import pytest
 
 from nodes.resources import Resources
@@ -165,3 +166,27 @@ def test_a_silent_agent_fences_only_work_that_would_be_replaced_and_keeps_the_re
     assert lost.events.filter(to_status=S.LOST, reason__contains="self-fencing").count() == 1
     wait_for(lambda: Workload.objects.get(pk=kept.pk).status == S.RUNNING, timeout=2, message="kept runs")
     agent.shutdown()
+
+
+def test_a_revoked_agent_is_refused_kills_its_copies_and_its_work_is_handled_as_lost(make_agent):
+    from nodes.services import node_credential_revoke
+    from workloads.control import mark_lost_on_offline_nodes
+
+    node_id = f"revoked-{uuid.uuid4().hex[:6]}"
+    agent = make_agent(node_id)
+    agent.register()
+    workload = submit_here(node_id, "sleep", "60", restart_policy="on-failure")
+    agent.start(str(workload.pk))
+    pid = agent.handles[str(workload.pk)].handle.runtime()["pid"]
+
+    assert node_credential_revoke(node_id=node_id)
+    with pytest.raises(CredentialRefused, match="refused"):
+        agent.heartbeat_once()
+    agent.abandon("revoked")  # what runagent does with that error before it exits
+    assert not agent.handles
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+             timeout=5, message="its copy was killed")
+    assert mark_lost_on_offline_nodes() == 1
+    moved = Workload.objects.get(pk=workload.pk)
+    assert moved.events.filter(to_status=S.LOST, node_id=node_id).exists()
+    assert moved.status == S.PENDING and moved.restart_count == 1  # its policy sends it elsewhere
