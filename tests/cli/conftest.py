@@ -3,6 +3,7 @@
 
 import json
 import os
+import pty
 import subprocess
 import sys
 import threading
@@ -49,6 +50,24 @@ class Cli:
         done = subprocess.run([str(CNET), *args], env=self.env(**env), capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
         return Result(done.returncode, done.stdout, done.stderr)
+
+    def on_terminal(self, *args: str, timeout: float = 60) -> tuple[Result, str]:
+        """``cnet`` with its stderr on a terminal (a pseudo-terminal read back): what it shows there."""
+        terminal, child_end = pty.openpty()
+        try:
+            done = subprocess.run([str(CNET), *args], env=self.env(COLUMNS="120"), stdout=subprocess.PIPE,
+                                  stderr=child_end, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        finally:
+            os.close(child_end)
+        shown = b""
+        try:
+            while chunk := os.read(terminal, 65536):
+                shown += chunk
+        except OSError:  # EIO: everything written has been read
+            pass
+        finally:
+            os.close(terminal)
+        return Result(done.returncode, done.stdout, ""), shown.decode(errors="replace")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,7 +6,9 @@ import stat
 
 import pytest
 import yaml
+from django.contrib.auth import get_user_model
 
+from mlmodels.models import MLModel
 from tests.helpers import wait_status
 from workloads.models import Workload, WorkloadStatus
 
@@ -186,7 +188,32 @@ def test_a_missing_or_bad_token_says_how_to_log_in_and_login_keeps_the_token_mod
     assert cnet("ps", "-o", "json", CNET_TOKEN=None, CNET_SERVER=None).json() == []
 
 
-def test_models_list_and_shell_completion(cnet):
-    assert cnet("models", "list", "-o", "json").json() == []
+def test_models_versions_upload_with_progress_promote_and_list(cnet, tmp_path):
+    model = MLModel.objects.create(owner=get_user_model().objects.get(username="cli"), name="lr",
+                                   model_type="linear_regression", model_path="models/lr.joblib")
+    artifact = tmp_path / "lr.joblib"
+    artifact.write_bytes(b"x" * 300_000)
+    # On a terminal (stderr here), the upload shows its progress.
+    first, progress = cnet.on_terminal("models", "versions", str(model.pk), "--upload", str(artifact),
+                                       "--metrics", '{"r2": 0.9}')
+    assert first.returncode == 0, progress
+    assert first.stdout.startswith("version 1 (") and first.stdout.endswith(", 293.0 KiB) promoted\n")
+    assert "uploading lr.joblib" in progress
+    second = cnet("models", "versions", str(model.pk), "--upload", str(artifact), "-o", "json").json()
+    assert (second["number"], second["promoted"], second["size_bytes"]) == (2, False, 300_000)
+    promoted = cnet("models", "promote", str(model.pk), second["id"])
+    assert promoted.returncode == 0 and promoted.stdout.strip() == f"version 2 of {model.pk} promoted"
+    versions = cnet("models", "versions", str(model.pk), "-o", "json").json()
+    assert [(v["number"], v["promoted"], v["metrics"]) for v in versions] == [(2, True, {}), (1, False, {"r2": 0.9})]
+    [listed] = cnet("models", "list", "-o", "json").json()
+    assert listed["id"] == str(model.pk)
+    assert str(model.pk) in cnet("models", "list").stdout
+    refused = cnet("models", "predict", str(model.pk), "not json")
+    assert refused.returncode == 2 and "INPUT must be JSON" in refused.stderr
+
+
+def test_shell_completion(cnet):
     script = cnet("completion", "bash")
     assert script.returncode == 0 and "_CNET_COMPLETE" in script.stdout
+    completed = cnet(COMP_WORDS="cnet mo", COMP_CWORD="1", _CNET_COMPLETE="bash_complete")
+    assert completed.stdout.split() == ["plain,models"]
