@@ -303,6 +303,12 @@ if DATA_DIR.stat().st_uid == os.geteuid():
 CNET_WORKLOAD_ISOLATION = env_bool("CNET_WORKLOAD_ISOLATION", True)
 CNET_WORKLOAD_UID_RANGE = env_str("CNET_WORKLOAD_UID_RANGE", "200000-299999")
 # Staff's mapping of owners to named system accounts, "username=account,…": their workloads run
+# A workload's output kept in the database: over this, its first and last halves (workloads/logs.py).
+CNET_LOG_MAX_BYTES = env_int("CNET_LOG_MAX_BYTES", 8 * 1024 * 1024)
+# Lines one log read returns at most (?lines= above it is refused; without it, the last this many).
+CNET_LOG_MAX_LINES = env_int("CNET_LOG_MAX_LINES", 10_000)
+# Output and events of workloads that ended longer ago than this are deleted (hourly, by beat).
+CNET_LOG_RETENTION_DAYS = env_int("CNET_LOG_RETENTION_DAYS", 30)
 # as that account (with its groups) instead of a uid of the range.
 CNET_WORKLOAD_ACCOUNTS = env_list("CNET_WORKLOAD_ACCOUNTS")
 # Each workload's own working folder (an overlay of CNET_WORK_DIR; see docs/architecture.md).
@@ -317,3 +323,8 @@ CNET_CONTAINER_VOLUMES = env_list("CNET_CONTAINER_VOLUMES")
 CNET_CONTAINER_NETWORKS = env_list("CNET_CONTAINER_NETWORKS", "bridge,none")
 CNET_CONTAINER_CAPABILITIES = env_list("CNET_CONTAINER_CAPABILITIES",
                                        "CHOWN,DAC_OVERRIDE,FOWNER,SETGID,SETUID,NET_BIND_SERVICE")
+    "logs-expire": {
+        "task": "workloads.logs_expire",
+        "schedule": 3600.0,
+        "options": {"queue": "control", "expires": 3600.0},
+    },

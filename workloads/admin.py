@@ -176,7 +176,8 @@ def _submit_layout(form: WorkloadSubmitForm) -> dict:
     return {
         "run_fields": [(form[name], " ".join(shown_by)) for name, shown_by in form.run_fields.items()],
         "resource_fields": [form[name] for name in ("cpu", "memory", "gpu", "storage")],
-        "more_fields": [form[name] for name in ("node", "strategy", "priority", "restart_policy", "max_restarts")],
+        "more_fields": [form[name] for name in ("node", "strategy", "priority", "restart_policy", "max_restarts",
+                                                "max_runtime_seconds")],
     }
 
 

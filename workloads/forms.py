@@ -177,6 +177,8 @@ class WorkloadSubmitForm(forms.Form):
     restart_policy = forms.ChoiceField(choices=RestartPolicy.choices, initial=RestartPolicy.NEVER, required=False)
     max_restarts = NumberField(required=False, label="Max restarts", widget=forms.TextInput(
         attrs={"placeholder": "3"}))
+    max_runtime_seconds = NumberField(required=False, label="Time limit (seconds)", widget=forms.TextInput(
+        attrs={"placeholder": "none"}), help_text="A run past it is stopped and ends failed.")
     extra_config = JSONObjectField(
         required=False, label="More config (JSON)", widget=forms.Textarea(attrs={"rows": 3, "class": "mono"}),
         help_text="Any other key the API takes for this type, e.g. "
@@ -219,7 +221,8 @@ class WorkloadSubmitForm(forms.Form):
         payload = {"name": data["name"], "type": kind.name, "config": config}
         if requirements := filled(data, *REQUIREMENTS):
             payload["requirements"] = requirements
-        return payload | filled(data, "node", "strategy", "restart_policy", "priority", "max_restarts")
+        return payload | filled(data, "node", "strategy", "restart_policy", "priority", "max_restarts",
+                                 "max_runtime_seconds")
 
     def add_api_errors(self, errors) -> None:
         """Put the API's messages on the fields that fed the paths they name."""

@@ -99,6 +99,8 @@ class Workload(models.Model):
     )
     max_restarts = models.PositiveIntegerField(default=3)
     restart_count = models.PositiveIntegerField(default=0)
+    # A run past this many seconds is stopped by its agent and ends failed (null: no limit).
+    max_runtime_seconds = models.PositiveIntegerField(null=True, blank=True)
 
     exit_code = models.IntegerField(null=True, blank=True)
     reason = models.TextField(blank=True)
@@ -146,6 +148,8 @@ class Workload(models.Model):
             models.UniqueConstraint(fields=["array", "array_index"], name="workload_array_index_once"),
             models.CheckConstraint(condition=_one_of_both("array", "array_index", both=True),
                                    name="workload_array_index_with_array"),
+            models.CheckConstraint(condition=Q(max_runtime_seconds__isnull=True) | Q(max_runtime_seconds__gt=0),
+                                   name="workload_max_runtime_positive"),
         ]
 
     def __str__(self) -> str:
@@ -284,3 +288,22 @@ class WorkloadArrayEvent(models.Model):
     def __str__(self) -> str:
         return f"{self.array_id}: {self.reason}"
 
+
+class WorkloadLogUsage(models.Model):
+    """What a workload's stored output amounts to, counted as its chunks are stored, so capping
+    it (workloads/logs.py) never sums the log: the head (the chunks up to ``head_last_seq``,
+    kept whatever follows), the tail (every later chunk; its oldest go while it is over its
+    budget) and what was dropped between them."""
+
+    workload = models.OneToOneField(Workload, primary_key=True, on_delete=models.CASCADE, related_name="log_usage")
+    # The head's last chunk once the head is full (-1: it holds none); null while it fills.
+    head_last_seq = models.BigIntegerField(null=True, blank=True)
+    head_bytes = models.PositiveBigIntegerField(default=0)
+    tail_bytes = models.PositiveBigIntegerField(default=0)
+    dropped_bytes = models.PositiveBigIntegerField(default=0)
+    dropped_chunks = models.PositiveBigIntegerField(default=0)
+    # Chunks numbered below it were taken (stored, or dropped): a re-sent one is ignored.
+    next_seq = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.workload_id}: {self.head_bytes + self.tail_bytes} bytes kept, {self.dropped_bytes} dropped"

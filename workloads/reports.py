@@ -9,9 +9,10 @@ from django.db import transaction
 from core.errors import Forbidden
 from nodes.models import Node
 
+from .logs import workload_logs_append
 from .models import Workload, WorkloadStatus
 from .selectors import TRANSITION_FIELDS, workloads_foreign_to
-from .services import workload_logs_append, workload_note, workload_record_runtime, workload_transition
+from .services import workload_note, workload_record_runtime, workload_transition
 
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
@@ -95,9 +96,9 @@ def workload_logs_store(*, node: Node, chunks: Sequence[dict]) -> int:
 
     Refused whole (``Forbidden``), storing nothing, if any chunk is for another node's workload.
     The batch is one transaction, so it is stored entirely or not at all, and chunks already
-    stored (a retried batch) are ignored by ``workload_logs_append``: nothing twice, no gap.
-    Chunks of a workload deleted meanwhile are dropped. Returns how many chunks of the batch are
-    stored (re-sent ones included)."""
+    taken (a retried batch) are ignored by ``workload_logs_append``: nothing twice, no gap; each
+    workload's output is kept within its cap (workloads/logs.py). Chunks of a workload deleted
+    meanwhile are dropped. Returns how many chunks of the batch are taken (re-sent ones included)."""
     placed = dict(Workload.objects.filter(pk__in={chunk["workload_id"] for chunk in chunks})
                   .values_list("pk", "node_id"))
     _refuse_foreign(node=node, placed=placed)

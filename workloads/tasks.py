@@ -8,6 +8,7 @@ timeout, and a redelivered start finds the workload no longer ``scheduled``.
 from celery import shared_task
 
 from . import control
+from .logs import workload_logs_expire
 from .services import workloads_place_pending
 
 
@@ -36,3 +37,9 @@ def place_pending() -> int:
 @shared_task(name="workloads.control_tick", acks_late=True)
 def control_tick() -> dict:
     return control.tick()
+
+
+@shared_task(name="workloads.logs_expire", acks_late=True)
+def logs_expire() -> int:
+    """Hourly (beat): output and events of workloads that ended CNET_LOG_RETENTION_DAYS ago go."""
+    return workload_logs_expire()

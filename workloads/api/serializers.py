@@ -23,6 +23,8 @@ from ..models import (
 from ..selectors import dependency_list, workload_array_counts
 
 MAX_GPUS = 4096
+# What the column holds (a PositiveIntegerField): some 68 years.
+MAX_RUNTIME_SECONDS = 2**31 - 1
 DEFAULT_CPU_MILLICORES = 100
 DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
 
@@ -77,6 +79,9 @@ class WorkloadSubmitSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     priority = StrictIntegerField(required=False, default=0, min_value=-1000, max_value=1000)
     restart_policy = serializers.ChoiceField(choices=RestartPolicy.choices, required=False, default="never")
     max_restarts = StrictIntegerField(required=False, default=3, min_value=0, max_value=100)
+    # Seconds a run may last before its agent stops it (it then ends failed); null: no limit.
+    max_runtime_seconds = StrictIntegerField(required=False, allow_null=True, default=None, min_value=1,
+                                             max_value=MAX_RUNTIME_SECONDS)
     # An array: this many instances, named <name>-<index> (index from 0).
     count = StrictIntegerField(required=False, min_value=1, max_value=ARRAY_MAX_COUNT)
     depends_on = DependencySerializer(many=True, required=False, max_length=MAX_DEPENDENCIES)
@@ -136,7 +141,7 @@ class WorkloadSerializer(serializers.ModelSerializer):
         fields = [
             "id", "name", "type", "status", "requirements", "config", "node", "submitted_node",
             "strategy", "priority", "owner", "restart_policy", "max_restarts", "restart_count",
-            "exit_code", "reason", "runtime", "created_at", "scheduled_at", "started_at",
+            "max_runtime_seconds", "exit_code", "reason", "runtime", "created_at", "scheduled_at", "started_at",
             "finished_at", "stop_requested_at", "array", "array_index",
         ]
         read_only_fields = fields
@@ -232,6 +237,8 @@ class LogLinesSerializer(serializers.Serializer):
 class WorkloadLogsSerializer(LogLinesSerializer):
     workload_id = serializers.CharField()
     status = serializers.CharField()
+    dropped_bytes = serializers.IntegerField(
+        help_text="bytes of the middle of the output dropped over the log cap (a line in `lines` marks where)")
 
 
 class LogQuerySerializer(serializers.Serializer):

@@ -3,14 +3,9 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from ..logs import workload_log_read
 from ..models import WorkloadArray
-from ..selectors import (
-    workload_array_counts,
-    workload_array_list,
-    workload_dependencies,
-    workload_list,
-    workload_log_tail,
-)
+from ..selectors import workload_array_counts, workload_array_list, workload_dependencies, workload_list
 from ..services import (
     workload_array_delete,
     workload_array_stop,
@@ -77,15 +72,16 @@ class WorkloadViewSet(
         workload = workload_stop(workload=self.get_object())
         return Response(WorkloadSerializer(workload).data)
 
-    @extend_schema(parameters=[OpenApiParameter("lines", int, description="last N lines (default all)")])
+    @extend_schema(parameters=[OpenApiParameter(
+        "lines", int, description="last N lines (default: all, up to CNET_LOG_MAX_LINES)")])
     @action(detail=True, methods=["get"])
     def logs(self, request, pk=None):
         query = LogQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         workload = self.get_object()
-        lines = workload_log_tail(workload=workload, lines=query.validated_data.get("lines"))
+        read = workload_log_read(workload=workload, lines=query.validated_data.get("lines"))
         return Response(WorkloadLogsSerializer({"workload_id": workload.pk, "status": workload.status,
-                                                "lines": lines}).data)
+                                                "lines": read.lines, "dropped_bytes": read.dropped_bytes}).data)
 
     @extend_schema(responses=WorkloadEventSerializer(many=True))
     @action(detail=True, methods=["get"], pagination_class=None, filterset_class=None)
