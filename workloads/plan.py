@@ -57,7 +57,7 @@ def workload_plan(*, type: str, requirements: Resources, node: str | None = None
 def _queue_place(priority: int) -> dict:
     """Where a new request of this priority joins the pending queue (highest priority first, then
     oldest): behind every pending one of its priority and above."""
-    pending = Workload.objects.filter(status=WorkloadStatus.PENDING, priority__gte=priority)
+    pending = Workload.objects.filter(status=WorkloadStatus.PENDING, dependencies_waiting=0, priority__gte=priority)
     same = pending.filter(priority=priority).count()
     return {"priority": priority, "position": same + 1, "ahead": pending.count()}
 
