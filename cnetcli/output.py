@@ -13,6 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 FORMATS = ("table", "json", "yaml")
+# Where output goes to a pipe or file, a row stays one line (for grep and awk), however long.
+PIPE_WIDTH = 1000
 STATUS_STYLES = {
     "pending": "yellow", "scheduled": "cyan", "running": "blue", "succeeded": "green", "failed": "red",
     "stopped": "magenta", "lost": "red", "ready": "green", "unhealthy": "yellow", "offline": "red",
@@ -24,7 +26,7 @@ def console(*, stderr: bool = False) -> Console:
     """Colour and a terminal's width only on a terminal; elsewhere plain text, lines not cut short."""
     stream = sys.stderr if stderr else sys.stdout
     terminal = stream.isatty()
-    return Console(file=stream, width=None if terminal else 200, color_system="auto" if terminal else None,
+    return Console(file=stream, width=None if terminal else PIPE_WIDTH, color_system="auto" if terminal else None,
                    highlight=False, soft_wrap=not terminal)
 
 
