@@ -8,6 +8,7 @@ no server at all. Production sets ``DATABASE_URL`` and ``CELERY_BROKER_URL``.
 import os
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -46,21 +47,49 @@ DATA_DIR = Path(env_str("CNET_DATA_DIR", str(BASE_DIR / "var")))
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DEBUG", False)
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'cnet.sqlite3'}")
+# Embedded: one machine on SQLite in the data folder (``make run``). A server database means a
+# deployment, where every control-plane host must share one key that no workload can read.
+CNET_EMBEDDED = env_bool("CNET_EMBEDDED", DATABASE_URL.startswith("sqlite"))
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
-    if not DEBUG and not env_bool("CNET_EMBEDDED", True):
-        raise ImproperlyConfigured("SECRET_KEY must be set when CNET_EMBEDDED is off")
+    if not DEBUG and not CNET_EMBEDDED:
+        raise ImproperlyConfigured(
+            "SECRET_KEY (or SECRET_KEY_FILE) must be set: this is not an embedded install "
+            "(DATABASE_URL names a server database, or CNET_EMBEDDED is off)")
     # Embedded mode keeps a generated key in the data folder, never in the repo.
+    from django.core.management.utils import get_random_secret_key
+
+    from core.files import write_private_file
+
     key_file = DATA_DIR / "secret_key"
-    if not key_file.exists():
-        from django.core.management.utils import get_random_secret_key
+    SECRET_KEY = (key_file.read_text().strip() if key_file.exists()
+                  else write_private_file(key_file, get_random_secret_key(), keep_existing=True))
 
-        key_file.write_text(get_random_secret_key())
-        key_file.chmod(0o600)
-    SECRET_KEY = key_file.read_text().strip()
-
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
+# Where agents reach this control plane: its host name is one the web answers to.
+CNET_SERVER_URL = env_str("CNET_SERVER_URL", "http://127.0.0.1:8000")
+# Loopback, the server URL's host, and what is configured; "*" only behind a proxy that checks Host.
+ALLOWED_HOSTS = list(dict.fromkeys(
+    ["localhost", "127.0.0.1", "[::1]", urlsplit(CNET_SERVER_URL).hostname or "localhost",
+     *env_list("ALLOWED_HOSTS")]))
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+# --- TLS (on in deploy/: the proxy in front terminates it) ---------------------------------
+# The header the proxy sets to say the client's request came over HTTPS (e.g. X-Forwarded-Proto);
+# trust it only when every request reaches the web through that proxy.
+if env_str("CNET_PROXY_SSL_HEADER"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + env_str("CNET_PROXY_SSL_HEADER").upper().replace("-", "_"), "https")
+# Session and CSRF cookies sent over HTTPS only.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("CNET_SECURE_COOKIES", False)
+# HSTS: browsers use HTTPS only for this long (0: off); an HTTPS answer carries it.
+SECURE_HSTS_SECONDS = env_int("CNET_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("CNET_HSTS_INCLUDE_SUBDOMAINS", False)
+# Plain-HTTP requests are redirected to HTTPS (by Django; the proxy usually does it first).
+SECURE_SSL_REDIRECT = env_bool("CNET_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^api/health/live/?$"]  # load balancers probe over plain HTTP
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
 
 INSTALLED_APPS = [
     "cnetsite.admin_site.ConsoleAdminConfig",  # the Web UI: django.contrib.admin as a console
@@ -115,7 +144,7 @@ TEMPLATES = [
 # Persistent connections: measured here, CONN_MAX_AGE=0 costs ~6x in API throughput.
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'cnet.sqlite3'}"),
+        DATABASE_URL,
         conn_max_age=env_int("DB_CONN_MAX_AGE", 600),
         conn_health_checks=True,
     )
@@ -149,6 +178,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("CNET_MAX_BODY_BYTES", 1024 * 1024)
 # Model artifacts: the largest one the registry stores (uploaded or written by training).
 CNET_ML_MAX_ARTIFACT_BYTES = env_int("CNET_ML_MAX_ARTIFACT_BYTES", 512 * 1024 * 1024)
 CNET_MAX_UPLOAD_BYTES = CNET_ML_MAX_ARTIFACT_BYTES + 1024 * 1024  # the file plus its form fields
+# The only paths that take multipart uploads that big (core.middleware): a model's new version.
+CNET_UPLOAD_PATHS = [r"^/api/ml/models/[^/]+/versions/?$"]
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -166,7 +197,24 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "core.api.api_exception_handler",
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Views name the actions they limit (core.throttles); 429 past the rate, saying when to retry.
+    "DEFAULT_THROTTLE_CLASSES": ["core.throttles.ActionRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        # Workload submissions per user (an array of N is one).
+        "submissions": env_str("CNET_THROTTLE_SUBMISSIONS", "300/min"),
+        # Login attempts (the console's form, the browsable API's) per client address.
+        "login": env_str("CNET_THROTTLE_LOGIN", "20/min"),
+    },
+    # Proxies in front that append to X-Forwarded-For (1 behind the nginx of deploy/): a client's
+    # address is what the nearest of them saw. 0: the connection's address; a forged header is ignored.
+    "NUM_PROXIES": env_int("CNET_NUM_PROXIES", 0),
 }
+
+# Throttle counters. Per process unless shared: give every web host one Redis (CNET_CACHE_URL).
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+if env_str("CNET_CACHE_URL"):
+    CACHES["default"] = {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                         "LOCATION": env_str("CNET_CACHE_URL")}
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "CNET Agent API",
@@ -232,7 +280,7 @@ CELERY_BROKER_CONNECTION_TIMEOUT = env_float("CELERY_BROKER_CONNECTION_TIMEOUT",
 # The node a submission is "local" to when it names none.
 CNET_LOCAL_NODE_ID = env_str("CNET_LOCAL_NODE_ID", socket.gethostname())
 # Where an agent finds the control plane (its node API is under /api/node/): runagent --server wins.
-CNET_SERVER_URL = env_str("CNET_SERVER_URL", "http://127.0.0.1:8000")
+# CNET_SERVER_URL is read above, with the hosts the web answers to.
 CNET_DEFAULT_STRATEGY = env_str("CNET_DEFAULT_STRATEGY", "default")
 # Heartbeat every 5 s while the fleet is small (one row write a beat; CNET_MAX_HEARTBEATS_PER_SECOND
 # stretches it for a large one). Offline after 18 s of silence puts the work of a host cut off on
@@ -255,6 +303,12 @@ CNET_STOP_GRACE_SECONDS = env_float("CNET_STOP_GRACE_SECONDS", 10.0)
 # Agent environment variables a workload sees although they look like configuration or credentials.
 CNET_WORKLOAD_ENV_PASSTHROUGH = env_list("CNET_WORKLOAD_ENV_PASSTHROUGH")
 CNET_LOG_DIR = Path(env_str("CNET_LOG_DIR", str(DATA_DIR / "logs")))
+# A workload's output kept in the database: over this, its first and last halves (workloads/logs.py).
+CNET_LOG_MAX_BYTES = env_int("CNET_LOG_MAX_BYTES", 8 * 1024 * 1024)
+# Lines one log read returns at most (?lines= above it is refused; without it, the last this many).
+CNET_LOG_MAX_LINES = env_int("CNET_LOG_MAX_LINES", 10_000)
+# Output and events of workloads that ended longer ago than this are deleted (hourly, by beat).
+CNET_LOG_RETENTION_DAYS = env_int("CNET_LOG_RETENTION_DAYS", 30)
 CNET_WORK_DIR = Path(env_str("CNET_WORK_DIR", str(BASE_DIR)))
 
 LOGGING = {
@@ -277,6 +331,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "workloads.control_tick",
         "schedule": CNET_CONTROL_TICK_SECONDS,
         "options": {"queue": "control", "expires": CNET_CONTROL_TICK_SECONDS * 2},
+    },
+    "logs-expire": {
+        "task": "workloads.logs_expire",
+        "schedule": 3600.0,
+        "options": {"queue": "control", "expires": 3600.0},
     },
     "stranded-predictions": {
         "task": "mlmodels.dispatch_stranded_predictions",
@@ -303,12 +362,6 @@ if DATA_DIR.stat().st_uid == os.geteuid():
 CNET_WORKLOAD_ISOLATION = env_bool("CNET_WORKLOAD_ISOLATION", True)
 CNET_WORKLOAD_UID_RANGE = env_str("CNET_WORKLOAD_UID_RANGE", "200000-299999")
 # Staff's mapping of owners to named system accounts, "username=account,…": their workloads run
-# A workload's output kept in the database: over this, its first and last halves (workloads/logs.py).
-CNET_LOG_MAX_BYTES = env_int("CNET_LOG_MAX_BYTES", 8 * 1024 * 1024)
-# Lines one log read returns at most (?lines= above it is refused; without it, the last this many).
-CNET_LOG_MAX_LINES = env_int("CNET_LOG_MAX_LINES", 10_000)
-# Output and events of workloads that ended longer ago than this are deleted (hourly, by beat).
-CNET_LOG_RETENTION_DAYS = env_int("CNET_LOG_RETENTION_DAYS", 30)
 # as that account (with its groups) instead of a uid of the range.
 CNET_WORKLOAD_ACCOUNTS = env_list("CNET_WORKLOAD_ACCOUNTS")
 # Each workload's own working folder (an overlay of CNET_WORK_DIR; see docs/architecture.md).
@@ -323,8 +376,3 @@ CNET_CONTAINER_VOLUMES = env_list("CNET_CONTAINER_VOLUMES")
 CNET_CONTAINER_NETWORKS = env_list("CNET_CONTAINER_NETWORKS", "bridge,none")
 CNET_CONTAINER_CAPABILITIES = env_list("CNET_CONTAINER_CAPABILITIES",
                                        "CHOWN,DAC_OVERRIDE,FOWNER,SETGID,SETUID,NET_BIND_SERVICE")
-    "logs-expire": {
-        "task": "workloads.logs_expire",
-        "schedule": 3600.0,
-        "options": {"queue": "control", "expires": 3600.0},
-    },
