@@ -367,7 +367,7 @@ CNET_WORKLOAD_ACCOUNTS = env_list("CNET_WORKLOAD_ACCOUNTS")
 # Each workload's own working folder (an overlay of CNET_WORK_DIR; see docs/architecture.md).
 # Outside the data folder (which workloads may not enter), on a filesystem overlayfs accepts as
 # an upper layer (ext4, xfs; not overlayfs itself).
-CNET_WORKSPACE_DIR = Path(env_str("CNET_WORKSPACE_DIR", "/var/lib/cnet/workspaces"))
+CNET_WORKSPACE_DIR = Path(env_str("CNET_WORKSPACE_DIR", "/var/lib/cnet-workspaces"))
 # Processes and threads a workload may have at once, unless it asks (its config.pids).
 CNET_WORKLOAD_PIDS_LIMIT = env_int("CNET_WORKLOAD_PIDS_LIMIT", 4096)
 # Containers: named volumes allowed to everyone (a volume named "<username>-…" is its user's own),

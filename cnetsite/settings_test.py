@@ -1,10 +1,17 @@
 """Test settings: the real settings, with data (SQLite file, embedded broker) in a fresh folder."""
 
 import os
+import sys
 import tempfile
+
+from workloads.executors.reach import others_may_run
 
 os.environ.setdefault("CNET_DATA_DIR", tempfile.mkdtemp(prefix="cnet-test-"))
 os.environ.setdefault("CNET_LOCAL_NODE_ID", "local")
+# A root agent runs workloads as other uids (issue 15); they can run this interpreter only where
+# every folder above it lets others through (not under a 0700 /root, as on the dev machines).
+# There the suite runs workloads as the agent's user; the containment tests turn isolation on.
+os.environ.setdefault("CNET_WORKLOAD_ISOLATION", "1" if others_may_run(sys.executable) else "0")
 
 from .settings import *  # noqa: E402,F403
 

@@ -18,12 +18,14 @@ import hashlib
 import logging
 import os
 import pwd
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
 
 from .leases import Leases, LeaseUnavailable
+from .reach import others_may_run
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,10 @@ def isolation_at_start(*, node_id: str, data_dir: Path) -> Isolation:
     root = Path(settings.CNET_WORKSPACE_DIR)
     root.mkdir(parents=True, exist_ok=True, mode=0o711)
     os.chmod(root, 0o711)  # workloads pass through it to their own folder; none may list it
+    for what, path in (("their workspaces", root / "x"), ("the agent's Python (ML workloads run it)", sys.executable)):
+        if not others_may_run(str(path)):
+            logger.error("node %s: workload uids cannot reach %s (%s): a folder above it is closed to others",
+                         node_id, what, path)
     isolation = Isolation(enabled=True, uids=uid_range(settings.CNET_WORKLOAD_UID_RANGE),
                           accounts=account_map(settings.CNET_WORKLOAD_ACCOUNTS), workspace_root=root)
     logger.info("node %s: workloads run as uids %s-%s, each in its own workspace under %s", node_id,

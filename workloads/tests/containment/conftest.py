@@ -37,6 +37,7 @@ def site(settings):
     (root / "models").mkdir()  # exists and is root's: the workload may still write in it
     os.chmod(root, 0o755)
     settings.CNET_WORKSPACE_DIR = workspaces
+    settings.CNET_WORKLOAD_ISOLATION = True  # the suite may run without it (cnetsite/settings_test.py)
     yield root
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(workspaces, ignore_errors=True)
