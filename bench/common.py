@@ -102,6 +102,7 @@ def django_migrated(*, root: Path, database_url: str, broker_url: str, local_nod
         "CNET_LOCAL_NODE_ID": local_node_id,
         "CNET_DATA_DIR": str(data_dir),
         "DJANGO_SETTINGS_MODULE": "cnetsite.settings",
+        "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-only-not-secret"),  # a server database is not embedded
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
         "PYTHONPATH": str(root),
     }

@@ -89,6 +89,7 @@ def main() -> None:
         "CNET_DATA_DIR": os.environ.get("CNET_DATA_DIR") or tempfile.mkdtemp(prefix="cnet-bench-ct-"),
         "CNET_LOCAL_NODE_ID": node_id,
         "DJANGO_SETTINGS_MODULE": "cnetsite.settings",
+        "SECRET_KEY": "bench-only-not-secret",  # a server database is not embedded
         "LOG_LEVEL": "WARNING",
         "CNET_STOP_GRACE_SECONDS": "2",
     }

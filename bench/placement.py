@@ -45,6 +45,7 @@ def setup_django(url: str) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cnetsite.settings")
     os.environ.setdefault("CNET_DATA_DIR", tempfile.mkdtemp(prefix="cnet-bench-"))
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("SECRET_KEY", "bench-only-not-secret")  # a server database is not embedded
     import django
 
     django.setup()

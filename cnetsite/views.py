@@ -4,7 +4,8 @@ import logging
 
 from django.db import connection
 from drf_spectacular.utils import extend_schema
-from rest_framework.decorators import api_view
+from rest_framework.decorators import api_view, authentication_classes, permission_classes, throttle_classes
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
 from nodes.selectors import cluster_stats
@@ -25,7 +26,8 @@ def resources_stats(request):
 @extend_schema(responses=dict)
 @api_view(["GET"])
 def health(request):
-    """200 when the database and the broker answer; 503 naming the part that does not."""
+    """200 when the database and the broker answer; 503 naming the part that does not. What went
+    wrong goes to the server's log, not into the answer (it may hold hosts, users, paths)."""
     checks = {"database": _check_database(), "broker": _check_broker()}
     failing = [name for name, result in checks.items() if result != "ok"]
     body = {"status": "ok" if not failing else "unhealthy", "checks": checks}
@@ -34,13 +36,26 @@ def health(request):
     return Response(body, status=503 if failing else 200)
 
 
+@extend_schema(responses=dict, auth=[])
+@api_view(["GET"])
+@authentication_classes([])
+@permission_classes([AllowAny])
+@throttle_classes([])
+def health_live(request):
+    """For load balancers, unauthenticated: 200 while this web process answers and reaches the
+    database, else 503; it says nothing more."""
+    if _check_database() != "ok":
+        return Response({"status": "unavailable"}, status=503)
+    return Response({"status": "ok"})
+
+
 def _check_database() -> str:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-    except Exception as error:
-        logger.warning("health: database check failed: %s", error)
-        return f"error: {error}"
+    except Exception:
+        logger.exception("health: database check failed")
+        return "unreachable"
     return "ok"
 
 
@@ -49,7 +64,7 @@ def _check_broker() -> str:
         with celery_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             conn.default_channel.close()  # opening a channel makes the filesystem transport check its folders
-    except Exception as error:
-        logger.warning("health: broker check failed: %s", error)
-        return f"error: {error}"
+    except Exception:
+        logger.exception("health: broker check failed")
+        return "unreachable"
     return "ok"

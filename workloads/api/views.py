@@ -38,6 +38,7 @@ class WorkloadViewSet(
     filterset_class = WorkloadFilter
     ordering_fields = ["created_at", "priority", "name", "status", "started_at", "finished_at"]
     ordering = ["-created_at"]
+    throttle_actions = {"create": "submissions"}  # core.throttles; the rate is a setting
 
     def get_queryset(self):
         return workload_list(user=self.request.user)

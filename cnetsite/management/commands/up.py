@@ -19,6 +19,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
+from core.files import write_private_file
 from nodes.services import join_token_create
 
 
@@ -79,8 +80,7 @@ def ensure_admin() -> tuple[str, str, str]:
         else:
             user.set_password(password)
             user.save(update_fields=["password"])
-        password_file.write_text(password)
-        password_file.chmod(0o600)
+        write_private_file(password_file, password)
     token, _ = Token.objects.get_or_create(user=user)
     return username, password_file.read_text(), token.key
 
