@@ -12,6 +12,11 @@ os.environ.setdefault("CNET_LOCAL_NODE_ID", "local")
 # every folder above it lets others through (not under a 0700 /root, as on the dev machines).
 # There the suite runs workloads as the agent's user; the containment tests turn isolation on.
 os.environ.setdefault("CNET_WORKLOAD_ISOLATION", "1" if others_may_run(sys.executable) else "0")
+# In the environment, so child processes (agents, a live web) get them too: a test on a server
+# database is not embedded, and the suite submits and logs in far more often than a person.
+os.environ.setdefault("SECRET_KEY", "test-only-" + os.urandom(8).hex())
+os.environ.setdefault("CNET_THROTTLE_SUBMISSIONS", "100000/min")
+os.environ.setdefault("CNET_THROTTLE_LOGIN", "100000/min")
 
 from .settings import *  # noqa: E402,F403
 
