@@ -45,8 +45,8 @@ def dependency(text: str) -> dict:
 
 
 def apply_options(body: dict, *, name=None, type_=None, cpu=None, memory=None, gpu=None, storage=None, count=None,
-                  after=(), schedule=None, node=None, strategy=None, priority=None, restart=None, env=(),
-                  command=()) -> dict:
+                  after=(), schedule=None, max_runtime=None, node=None, strategy=None, priority=None, restart=None,
+                  env=(), command=()) -> dict:
     """``body`` with what the options say put in (fields the options leave out stay as they are)."""
     body = json.loads(json.dumps(body))  # a copy: the file's own data stays as read
     if command:
@@ -58,8 +58,8 @@ def apply_options(body: dict, *, name=None, type_=None, cpu=None, memory=None, g
                                                   ("storage", storage)) if value is not None}
     if requirements:
         body.setdefault("requirements", {}).update(requirements)
-    fields = {"name": name, "type": type_, "count": count, "schedule": schedule, "node": node,
-              "strategy": strategy, "priority": priority, "restart_policy": restart}
+    fields = {"name": name, "type": type_, "count": count, "schedule": schedule, "max_runtime_seconds": max_runtime,
+              "node": node, "strategy": strategy, "priority": priority, "restart_policy": restart}
     body.update({key: value for key, value in fields.items() if value is not None})
     if after:
         body["depends_on"] = [*body.get("depends_on", []), *after]

@@ -19,8 +19,6 @@ from .models import ACTIVE, Workload, WorkloadStatus
 
 PLACED, WAITS, NEVER = "placed", "waits", "never"
 UNKNOWN = "unknown"
-# Issue 16 adds time limits; until then no running work has one, so no start can be estimated.
-TIME_LIMIT_FIELD = "max_runtime_seconds"
 
 
 def workload_plan(*, type: str, requirements: Resources, node: str | None = None, strategy: str | None = None,
@@ -63,17 +61,24 @@ def _queue_place(priority: int) -> dict:
 
 
 def _releases_on(node_pks: list[int]) -> list[Release]:
-    has_limits = any(field.name == TIME_LIMIT_FIELD for field in Workload._meta.get_fields())
-    fields = ["node_id", "started_at", "scheduled_at", "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes"]
     rows = Workload.objects.filter(node_id__in=node_pks, status__in=ACTIVE).values(
-        *fields, *([TIME_LIMIT_FIELD] if has_limits else []))
+        "node_id", "started_at", "scheduled_at", "max_runtime_seconds",
+        "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes")
     return [
         Release(
             node_pk=row["node_id"],
             resources=Resources(cpu=row["cpu_millicores"], gpu=row["gpu_count"], memory=row["memory_bytes"],
                                 storage=row["storage_bytes"]),
-            by=(row["started_at"] or row["scheduled_at"]) + timedelta(seconds=row[TIME_LIMIT_FIELD])
-            if row.get(TIME_LIMIT_FIELD) and (row["started_at"] or row["scheduled_at"]) else None,
+            by=_ends_by(row),
         )
         for row in rows
     ]
+
+
+def _ends_by(row: dict):
+    """When its time limit ends it at the latest: from its start (from its placement while it has
+    not started yet, which can only be earlier); None without a limit."""
+    began = row["started_at"] or row["scheduled_at"]
+    if row["max_runtime_seconds"] is None or began is None:
+        return None
+    return began + timedelta(seconds=row["max_runtime_seconds"])

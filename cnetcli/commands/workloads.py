@@ -34,6 +34,7 @@ def workload_options(command):
                      callback=lambda _ctx, _param, given: [dependency(text) for text in given],
                      help="start after workload ID succeeded (or :failed, :ended); repeatable"),
         click.option("--schedule", metavar="CRON", help="run on a cron schedule"),
+        click.option("--max-runtime", type=int, metavar="SECONDS", help="a time limit: stopped, failed, past it"),
         click.option("--node", metavar="ID", help="the node it is submitted at"),
         click.option("--strategy", metavar="NAME", help="default or best_fit"),
         click.option("--priority", type=int),

@@ -3,6 +3,7 @@ plane whose agent really runs the work."""
 
 import json
 import stat
+from datetime import timedelta
 
 import pytest
 import yaml
@@ -48,12 +49,12 @@ def test_plan_exits_0_when_placed_now_2_when_it_would_wait_and_1_when_nothing_co
     assert f"would be placed on {node_id} now" in now.stdout and "chosen by default" in now.stdout
     assert not Workload.objects.exists()  # a plan submits nothing
 
-    busy = submitted(cnet("run", "--cpu", "1", "--", "sleep", "60"))
-    wait_status(busy, WorkloadStatus.RUNNING)
+    busy = submitted(cnet("run", "--cpu", "1", "--max-runtime", "600", "--", "sleep", "60"))
+    started = wait_status(busy, WorkloadStatus.RUNNING).started_at
     waits = cnet("plan", "--cpu", "0.5", "--", "true")
     assert waits.returncode == 2, waits.stderr
     assert "would wait: #1 among pending work of priority 0" in waits.stdout
-    assert "estimated start: unknown" in waits.stdout
+    assert f"estimated start: {(started + timedelta(seconds=600)).isoformat()}" in waits.stdout
     assert f"{node_id}" in waits.stdout and "needs 0.5 CPU, 0 CPU free" in waits.stdout
 
     never = cnet("plan", "--cpu", "64", "-o", "json", "--", "true")

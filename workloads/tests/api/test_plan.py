@@ -71,6 +71,21 @@ def test_a_request_that_would_wait_gets_its_queue_place_and_the_reasons_it_then_
     assert plan["reasons"] == placement.details and plan["summary"] == placement.reason
 
 
+def test_a_request_that_would_wait_expects_room_when_the_running_work_reaches_its_time_limit(api, tree):
+    for node in ("child-a", "child-b", "peer"):
+        Node.objects.filter(node_id=node).update(status="unhealthy")
+    Node.objects.filter(node_id="local").update(cpu_millicores=1000)
+    running = submit_process(name="limited", cpu=1, max_runtime_seconds=600)
+    started = timezone.now() - timedelta(seconds=100)
+    Workload.objects.filter(pk=running.pk).update(status="running", started_at=started)
+
+    plan = api.post("/api/workloads/plan", body(), format="json").json()
+    assert plan["outcome"] == "waits"
+    assert plan["estimated_start"] == (started + timedelta(seconds=600)).isoformat()
+    Workload.objects.filter(pk=running.pk).update(max_runtime_seconds=None)
+    assert api.post("/api/workloads/plan", body(), format="json").json()["estimated_start"] == "unknown"
+
+
 def test_a_request_no_node_could_ever_hold_names_the_largest_node_and_what_it_lacks(api, tree):
     response = api.post("/api/workloads/plan", body(requirements={"cpu": 64, "memory": GiB}), format="json")
     assert response.status_code == 200
