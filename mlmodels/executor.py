@@ -5,12 +5,16 @@ A workload of type ``mlmodel`` is one of two things:
 - **a training run** (its config has a ``command``, the seed's deployment): the command runs
   like a process; when it exits 0 the script's ``evaluate`` is run for metrics, and the
   artifact it wrote at ``model_path`` is stored in the registry as a new version *before*
-  the workload is reported succeeded, so it survives the node.
+  the workload is reported succeeded, so it survives the node. It is sent over the node API
+  (``POST /api/node/ml/artifacts``); a control plane out of reach is retried with backoff for
+  ``CNET_ML_STORE_RETRY_SECONDS`` before the run fails saying so.
 - **a model server** (no ``command``: seed 000's ``config.model_path/model_type/framework/port``):
-  gunicorn runs ``mlmodels.server``, which loads the artifact once and answers on ``port``.
-  The artifact comes from the registry (``model_version``, written under the agent's data
-  folder and checked against its sha256) or from the workload's working directory, never
-  from anywhere else.
+  gunicorn runs ``mlmodels.server``, which loads the artifact once and answers on ``port`` at
+  the address the agent advertises. The artifact comes from the registry (``model_version``,
+  fetched over the node API into the agent's cache and checked against its sha256) or from
+  the workload's working directory, never from anywhere else.
+
+The agent has no database: everything it asks goes through its client (``mlmodels.agentside``).
 
 Registered from ``MlmodelsConfig.ready()``; ``workloads`` never imports this module.
 """
@@ -26,15 +30,23 @@ from pathlib import Path
 
 from django.conf import settings
 
+from workloads.agent.client import ControlPlaneError, CredentialRefused, Refused
 from workloads.executors.base import AgentContext, Executor, ExecutorError, Exit, Handle, workload_env
 from workloads.executors.limits import Limits
 from workloads.executors.process import ProcessExecutor, ProcessHandle, log_path, resolve_command, spawn, working_dir
 
+from .agentside import ArtifactUnavailable, registry_artifact, this_agent
 from .inference import sha256_file
 
 logger = logging.getLogger(__name__)
 
 EVALUATE_TIMEOUT_SECONDS = 300
+MAX_STORE_BACKOFF_SECONDS = 30.0
+
+
+def store_retry_seconds() -> float:
+    """How long a trained artifact waits for a control plane out of reach before the run fails."""
+    return float(getattr(settings, "CNET_ML_STORE_RETRY_SECONDS", 300))
 
 
 def ml_python() -> str:
@@ -59,8 +71,8 @@ def max_artifact_bytes() -> int:
 
 
 class TrainingHandle(Handle):
-    """A training command, then its ``evaluate``, then the artifact stored as a version."""
-
+    """A training command, then its ``evaluate``, then the artifact stored as a version (phases
+    ``train``, ``evaluate``, ``store``)."""
 
     def __init__(self, *, inner: ProcessHandle, workload_id: str, config: dict, cwd: Path, env: dict,
                  context: AgentContext):
@@ -76,6 +88,9 @@ class TrainingHandle(Handle):
         self.evaluation_offset = 0
         self.stopping = False
         self.result: Exit | None = None
+        self.metrics: dict = {}
+        self.store_deadline = self.store_retry_at = 0.0
+        self.store_backoff = 1.0
 
     def runtime(self) -> dict:
         return {**self.inner.runtime(), "ml": "training", "phase": self.phase}
@@ -113,20 +128,22 @@ class TrainingHandle(Handle):
     def poll(self) -> Exit | None:
         if self.result is not None:
             return self.result
+        if self.phase == "store":
+            if self.stopping:
+                return self._end(Exit(None, "stopped before its artifact was stored"))
+            return self._try_store() if time.monotonic() >= self.store_retry_at else None
         if self.phase == "train":
             ended = self.inner.poll()
             if ended is None:
                 return None
             # None: re-adopted after an agent restart, exit code unknown; its artifact decides.
             if ended.code not in (0, None) or ended.oom or self.stopping:
-                self.result = ended
-                return ended
+                return self._end(ended)
             try:
                 self.artifact = self._artifact()
             except ExecutorError as error:
                 how = "exited 0" if ended.code == 0 else "ended while re-adopted"
-                self.result = Exit(None, f"training {how} but {error}")  # None: the run failed
-                return self.result
+                return self._end(Exit(None, f"training {how} but {error}"))  # None: the run failed
             if not self._start_evaluation():
                 return self._store(metrics={})
             return None
@@ -139,8 +156,7 @@ class TrainingHandle(Handle):
             self.evaluation.wait()
             self._note(f"evaluate did not finish in {EVALUATE_TIMEOUT_SECONDS}s; stored without metrics")
         if self.stopping:
-            self.result = Exit(code, "stopped during evaluation")
-            return self.result
+            return self._end(Exit(code, "stopped during evaluation"))
         return self._store(metrics=self._metrics() if code == 0 else {})
 
     def _artifact(self) -> Path:
@@ -196,26 +212,47 @@ class TrainingHandle(Handle):
                 return metrics if isinstance(metrics, dict) else {}
         return {}
 
-    def _store(self, *, metrics: dict) -> Exit:
-        from .services import model_version_store_from_training
+    def _store(self, *, metrics: dict) -> Exit | None:
+        """Send the artifact; the run is reported succeeded only once it is stored."""
+        self.phase, self.metrics = "store", metrics
+        self.store_deadline = time.monotonic() + store_retry_seconds()
+        return self._try_store()
 
+    def _try_store(self) -> Exit | None:
+        """One try (the supervisor polls again after a backoff): the run's end, or None to wait."""
         try:
-            version = model_version_store_from_training(
-                workload_id=self.workload_id, data=self.artifact.read_bytes(), metrics=metrics,
-                filename=self.artifact.name,
-            )
-        except Exception as error:  # the run must end either way; say why it failed
-            logger.exception("workload %s: storing the artifact failed", self.workload_id)
-            self.result = Exit(None, f"training exited 0 but its artifact could not be stored: {error}")
-            return self.result
-        self.result = Exit(0, f"exited with code 0; artifact stored as version {version.number} "
-                              f"(sha256 {version.checksum[:12]}, {version.size_bytes} bytes)")
-        return self.result
+            data = self.artifact.read_bytes()
+        except OSError as error:
+            return self._end(Exit(None, f"training exited 0 but its artifact could not be read: {error}"))
+        try:
+            version = this_agent().client.artifact_store(workload_id=self.workload_id, filename=self.artifact.name,
+                                                         data=data, metrics=self.metrics, attempts=1)
+        except Refused as error:
+            return self._end(Exit(None, f"training exited 0 but the control plane refused its artifact: {error}"))
+        except CredentialRefused as error:
+            return self._end(Exit(None, f"training exited 0 but its artifact could not be stored: {error}"))
+        except ControlPlaneError as error:
+            if time.monotonic() >= self.store_deadline:
+                return self._end(Exit(None, f"training exited 0 but its artifact could not be stored: the control "
+                                            f"plane was out of reach for {store_retry_seconds():g} s ({error})"))
+            logger.warning("workload %s: artifact not stored yet (again in %.0f s): %s", self.workload_id,
+                           self.store_backoff, error)
+            self.store_retry_at = time.monotonic() + self.store_backoff
+            self.store_backoff = min(self.store_backoff * 2, MAX_STORE_BACKOFF_SECONDS)
+            return None
+        return self._end(Exit(0, f"exited with code 0; artifact stored as version {version['number']} "
+                                 f"(sha256 {version['checksum'][:12]}, {version['size_bytes']} bytes)"))
+
+    def _end(self, result: Exit) -> Exit:
+        self.result = result
+        return result
 
     def _note(self, message: str) -> None:
-        from workloads.services import workload_note
-
-        workload_note(workload_id=self.workload_id, reason=message)
+        """A note in the workload's history; best effort (the run goes on either way)."""
+        try:
+            this_agent().client.workload_note(workload_id=self.workload_id, reason=message)
+        except (ControlPlaneError, Refused) as error:
+            logger.warning("workload %s: note not delivered (%s): %s", self.workload_id, error, message)
 
 
 class MLModelExecutor(Executor):
@@ -245,7 +282,7 @@ class MLModelExecutor(Executor):
             if not artifact.is_file():
                 raise ExecutorError(f"model_path {config['model_path']!r} is not a file in the working directory")
             checksum, _size = sha256_file(str(artifact))
-        host = workload.node.address if workload.node_id and workload.node.address else "127.0.0.1"
+        host = this_agent().config.address  # the address this node advertises: the control plane reaches it there
         port = config.get("port") or free_port(host)
         base = Path(settings.BASE_DIR)
         argv = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", "1",
@@ -265,24 +302,15 @@ class MLModelExecutor(Executor):
         return handle
 
     def _from_registry(self, version_id: str) -> tuple[Path, str]:
-        from .models import ModelVersion
-
-        row = ModelVersion.objects.filter(pk=version_id).values("checksum", "filename").first()
-        if row is None:
-            raise ExecutorError(f"model version {version_id} is not in the registry")
-        suffix = Path(row["filename"]).suffix or ".joblib"
-        path = Path(settings.DATA_DIR) / "models" / f"{row['checksum']}{suffix}"
-        if path.is_file() and sha256_file(str(path))[0] == row["checksum"]:
-            return path, row["checksum"]
-        data = bytes(ModelVersion.objects.values_list("artifact", flat=True).get(pk=version_id))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        if sha256_file(str(tmp))[0] != row["checksum"]:
-            tmp.unlink()
-            raise ExecutorError(f"model version {version_id}: artifact does not match its checksum")
-        tmp.replace(path)
-        return path, row["checksum"]
+        agent = this_agent()
+        try:
+            version = agent.client.model_version(version_id)
+            return registry_artifact(agent.client, version, cache_dir=agent.config.data_dir / "models"), \
+                version["checksum"]
+        except Refused as error:
+            raise ExecutorError(f"model version {version_id}: the control plane refused it here ({error})") from None
+        except (ControlPlaneError, ArtifactUnavailable) as error:
+            raise ExecutorError(f"model version {version_id}: {error}") from None
 
     def adopt(self, workload, context: AgentContext) -> Handle | None:
         handle = ProcessExecutor().adopt(workload, context)

@@ -1,4 +1,5 @@
-"""Input checking and prediction, shared by the model server, the API and async tasks.
+"""Input checking and prediction, shared by the model server, the API and async tasks
+(``mlmodels.predict_once``).
 
 No Django here: the model server (``mlmodels.server``) imports this module alone, so it
 starts in the time it takes to import numpy and the model's framework.
@@ -9,11 +10,8 @@ lists (a batch of samples). Anything else is refused before the model sees it.
 """
 
 import hashlib
-import io
 import math
 import os
-import threading
-from collections import OrderedDict
 
 # A batch larger than this is refused with 413 (rows), as is a sample wider than MAX_FEATURES.
 MAX_BATCH_ROWS = int(os.environ.get("CNET_ML_MAX_BATCH_ROWS", "10000"))
@@ -123,29 +121,6 @@ def sha256_file(path: str) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
-
-
-class ModelCache:
-    """Loaded models by checksum (a version's artifact never changes), least recently used out."""
-
-    def __init__(self, size: int = 4):
-        self.size = size
-        self.models: OrderedDict[str, object] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, checksum: str, load_bytes):
-        with self.lock:
-            if checksum in self.models:
-                self.models.move_to_end(checksum)
-                return self.models[checksum]
-        import joblib
-
-        model = joblib.load(io.BytesIO(load_bytes()))
-        with self.lock:
-            self.models[checksum] = model
-            while len(self.models) > self.size:
-                self.models.popitem(last=False)
-        return model
 
 
 def describe(model) -> dict:

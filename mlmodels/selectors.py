@@ -4,11 +4,11 @@ from dataclasses import dataclass
 
 from django.db.models import CharField, Exists, OuterRef, QuerySet, Subquery, Value
 
-from workloads.models import Workload, WorkloadStatus
+from workloads.models import ACTIVE, Workload, WorkloadStatus
 from workloads.selectors import workload_log_tail, workload_log_tails
 
 from .kind import MLMODEL
-from .models import MLModel, ModelRun, ModelVersion, PredictionTask, RunKind
+from .models import MLModel, ModelRun, ModelVersion, PredictionTask, RunKind, TaskStatus
 
 
 def model_list(*, user) -> QuerySet[MLModel]:
@@ -78,6 +78,18 @@ def model_version_get(*, model: MLModel, version_id) -> ModelVersion | None:
 def model_version_artifact(*, model: MLModel, version_id) -> dict | None:
     """What a download sends: the artifact's bytes, filename and checksum."""
     return ModelVersion.objects.filter(model=model, pk=version_id).values("artifact", "filename", "checksum").first()
+
+
+def node_version(*, node, version_id, with_artifact: bool = False) -> dict | None:
+    """A registry version as an agent may read it: only while a workload placed on ``node``
+    serves it (scheduled or running there) or a prediction task runs it there; else None."""
+    serving_here = Workload.objects.filter(node=node, status__in=ACTIVE, type=MLMODEL,
+                                           config__model_version=str(version_id))
+    predicting_here = PredictionTask.objects.filter(node=node, status=TaskStatus.RUNNING, version_id=version_id)
+    if not (serving_here.exists() or predicting_here.exists()):
+        return None
+    fields = ["id", "number", "checksum", "size_bytes", "filename", "framework", "model_type"]
+    return ModelVersion.objects.filter(pk=version_id).values(*fields, *(["artifact"] if with_artifact else [])).first()
 
 
 def model_serving_endpoints(*, model_id) -> list[dict]:

@@ -1,27 +1,24 @@
-"""Writes on ML models: deploy (a training workload), versions, promote, serve, stop, predict."""
+"""Writes on ML models: deploy (a training workload), versions, promote, serve, stop, predict, and what
+agents store and note over the node API (``mlmodels.nodeapi``). Prediction tasks: ``predictions``."""
 
 import hashlib
 import logging
-import time
-from datetime import timedelta
 from pathlib import PurePosixPath
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, Subquery, TextField, Value
-from django.db.models.functions import Concat
-from django.utils import timezone
 
-from core.errors import InvalidRequest, StateConflict
-from nodes.models import Node, NodeStatus
+from core.errors import Forbidden, InvalidRequest, StateConflict
+from nodes.models import Node
 from nodes.resources import Resources
-from workloads.dispatch import node_queue, publish
-from workloads.models import ACTIVE, TERMINAL, Workload
-from workloads.services import workload_stop, workload_submit
+from workloads.models import ACTIVE, TERMINAL, Workload, WorkloadStatus
+from workloads.services import workload_note, workload_stop, workload_submit
 
-from . import client, inference
-from .errors import PayloadTooLarge, PredictionFailed
-from .kind import KIND, MLMODEL
-from .models import MLModel, ModelRun, ModelVersion, PredictionTask, RunKind, TaskStatus, VersionSource
+from . import inference
+from .errors import PayloadTooLarge
+from .kind import MLMODEL
+from .models import MLModel, ModelRun, ModelVersion, RunKind, VersionSource
+from .predictions import predict_remote, prediction_task_create
 from .selectors import model_serving_endpoints, model_training_run
 
 logger = logging.getLogger(__name__)
@@ -102,7 +99,8 @@ def model_version_create(*, model: MLModel, data: bytes, filename: str, source: 
 
 
 def model_version_store_from_training(*, workload_id, data: bytes, metrics: dict, filename: str) -> ModelVersion:
-    """Called on the agent when a training run exited 0: its artifact becomes a version.
+    """A training run exited 0 (its agent says so through ``model_version_store_from_node``): its
+    artifact becomes a version.
 
     A training workload submitted through /api/workloads (not /api/ml/models) gets a model
     of its own, so every successful run lands in the registry.
@@ -126,6 +124,37 @@ def model_version_store_from_training(*, workload_id, data: bytes, metrics: dict
     if run.model.serve_after_training:
         transaction.on_commit(lambda: _serve_quietly(run.model, version))
     return version
+
+
+def _placed_on(*, node: Node, workload_id) -> Workload:
+    """The workload, if it is placed on ``node``; another node's (or none) is refused whole."""
+    workload = Workload.objects.filter(pk=workload_id).only("pk", "node_id", "status", "type", "config").first()
+    if workload is None or workload.node_id != node.pk:
+        raise Forbidden(f"workload {workload_id} is not placed on node {node.node_id}", field="workload_id")
+    return workload
+
+
+def model_version_store_from_node(*, node: Node, workload_id, data: bytes, filename: str,
+                                  metrics: dict) -> ModelVersion:
+    """The node API's artifact upload: a training run placed on, and running on, ``node`` stores
+    the artifact it wrote as a version (once per run: a retried upload answers the same one)."""
+    workload = _placed_on(node=node, workload_id=workload_id)
+    if workload.type != MLMODEL or not workload.config.get("command"):
+        raise InvalidRequest(f"workload {workload_id} is not a training run", field="workload_id")
+    if workload.status != WorkloadStatus.RUNNING:
+        raise StateConflict(f"workload {workload_id} is {workload.status}, not running: its artifact is not taken",
+                            field="workload_id")
+    limit = settings.CNET_ML_MAX_ARTIFACT_BYTES
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the artifact is {len(data)} bytes, over the limit of {limit}", field="file")
+    return model_version_store_from_training(workload_id=workload_id, data=data, metrics=metrics, filename=filename)
+
+
+def workload_note_from_node(*, node: Node, workload_id, reason: str) -> None:
+    """A note in the history of a workload placed on ``node`` (its agent's words, e.g. why a
+    training run was stored without metrics)."""
+    _placed_on(node=node, workload_id=workload_id)
+    workload_note(workload_id=workload_id, reason=reason)
 
 
 def _serve_quietly(model: MLModel, version: ModelVersion) -> None:
@@ -206,7 +235,7 @@ def model_predict(*, model: MLModel, input_data, mode: str = "auto", owner=None)
     if mode != "async":
         endpoints = model_serving_endpoints(model_id=model.pk)
         if endpoints:
-            answer = _predict_remote(model=model, endpoints=endpoints, input_data=input_data)
+            answer = predict_remote(model=model, endpoints=endpoints, input_data=input_data)
             return 200, {**answer, "message": "Prediction completed"}
         if mode == "sync":
             raise StateConflict(f"model {model.name!r} is not serving: start a server with "
@@ -221,144 +250,3 @@ def model_predict(*, model: MLModel, input_data, mode: str = "auto", owner=None)
 def _training_status(model: MLModel) -> str:
     run = model_training_run(model=model)
     return run.workload.status if run else "none"
-
-
-def _predict_remote(*, model: MLModel, endpoints: list[dict], input_data) -> dict:
-    last_error = ""
-    for endpoint in endpoints:
-        started = time.perf_counter()
-        try:
-            status, body = client.post_json(endpoint["address"], endpoint["port"], "/predict",
-                                            {"input_data": input_data})
-        except OSError as error:
-            last_error = f"{endpoint['node']}:{endpoint['port']}: {error}"
-            continue
-        if status == 200:
-            return {"prediction": body.get("prediction"), "model_id": str(model.pk),
-                    "version": endpoint["version"], "served_by": endpoint["node"],
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
-        detail = body.get("detail", f"model server answered {status}") if isinstance(body, dict) else str(body)
-        if status == 413:
-            raise PayloadTooLarge(detail.removeprefix("input_data: "), field="input_data")
-        if status == 400:
-            raise InvalidRequest(detail.removeprefix("input_data: "), field="input_data")
-        if status == 422:
-            raise PredictionFailed(f"the model raised: {detail}")
-        last_error = f"{endpoint['node']}:{endpoint['port']} answered {status}: {detail}"
-    raise StateConflict(f"model {model.name!r} is not serving: its server is not accepting requests "
-                        f"(starting or gone: {last_error})")
-
-
-def prediction_task_create(*, model: MLModel, input_data, owner=None) -> PredictionTask:
-    task = PredictionTask.objects.create(model=model, version_id=model.promoted_version_id, owner=owner,
-                                         input_data=input_data)
-    task_id = str(task.pk)
-    transaction.on_commit(lambda: prediction_task_dispatch(task_id=task_id))
-    return task
-
-
-def prediction_task_dispatch(*, task_id: str) -> bool:
-    """Send a prediction to an agent that runs models. Loading an artifact unpickles what a
-    user uploaded or trained, so it happens where user code already runs, never on the control
-    plane. No such node, or the broker down: it stays pending and the sweep sends it again."""
-    node_id = (
-        Node.objects.filter(status=NodeStatus.READY, **{f"capabilities__{KIND.capability}__available": True})
-        .order_by("cpu_allocated_millicores", "node_id").values_list("node_id", flat=True).first()
-    )
-    if node_id is None:
-        logger.warning("prediction %s: no ready node runs models; left pending", task_id)
-        return False
-    return publish("mlmodels.run_prediction", [task_id, node_id], node_queue(node_id))
-
-
-_CACHE = inference.ModelCache(size=4)
-
-
-def prediction_task_claim(*, task_id, node_id: str | None = None) -> int | None:
-    """Move a pending task to running on ``node_id`` (the agent that took it), counting the
-    attempt. Returns the attempt's number, or None when another caller claimed it first."""
-    node = Subquery(Node.objects.filter(node_id=node_id).values("pk")[:1]) if node_id else None
-    if not PredictionTask.objects.filter(pk=task_id, status=TaskStatus.PENDING).update(
-            status=TaskStatus.RUNNING, started_at=timezone.now(), node=node, attempts=F("attempts") + 1):
-        return None
-    return PredictionTask.objects.values_list("attempts", flat=True).get(pk=task_id)
-
-
-def prediction_task_run(*, task_id, node_id: str | None = None) -> bool:
-    """Run one pending prediction task with the registry's artifact. Idempotent: only the caller
-    that moves it pending → running does the work, and only while the sweep has not given its
-    attempt up (retried or failed) does it write the answer."""
-    attempt = prediction_task_claim(task_id=task_id, node_id=node_id)
-    if attempt is None:
-        return False
-    task = PredictionTask.objects.select_related("version").defer("version__artifact").get(pk=task_id)
-    version = task.version
-    fields: dict
-    if version is None:
-        fields = {"status": TaskStatus.FAILED, "error": "the model version it was asked of no longer exists",
-                  "error_status": 409}
-    else:
-        started = time.perf_counter()
-        try:
-            model = _CACHE.get(version.checksum, lambda: bytes(
-                ModelVersion.objects.values_list("artifact", flat=True).get(pk=version.pk)))
-            prediction = inference.predict(model, task.input_data)
-            fields = {"status": TaskStatus.SUCCEEDED, "result": {"prediction": prediction, "version": version.number}}
-        except (inference.BadInput, inference.BatchTooLarge, inference.ModelFailed) as error:
-            fields = {"status": TaskStatus.FAILED, "error": str(error), "error_status": error.status}
-        except Exception as error:  # an artifact that does not load: the task says so
-            fields = {"status": TaskStatus.FAILED, "error": f"could not load version {version.number}: {error}",
-                      "error_status": 422}
-        elapsed = (time.perf_counter() - started) * 1000
-        line = (f"{timezone.now().isoformat()} predicted with version {version.number} "
-                f"(sha256 {version.checksum[:12]}) in {elapsed:.2f} ms: {fields['status']}"
-                + (f": {fields.get('error')}" if fields.get("error") else ""))
-        fields["log"] = Concat(F("log"), Value(line), output_field=TextField())  # after any retry notes
-    written = PredictionTask.objects.filter(pk=task_id, status=TaskStatus.RUNNING, attempts=attempt).update(
-        finished_at=timezone.now(), **fields)
-    if not written:
-        logger.warning("prediction %s: attempt %s finished after the sweep gave it up; answer dropped",
-                       task_id, attempt)
-    return bool(written)
-
-
-def prediction_tasks_recover(*, run_deadline_seconds: float, max_attempts: int) -> tuple[int, int]:
-    """Running tasks whose agent died (its node went offline, or the run is past its deadline)
-    go back to pending for another agent, or fail with the reason once ``max_attempts`` runs
-    have died. Returns (retried, failed). Each UPDATE re-checks ``status=running`` on the row
-    itself, so an answer that lands meanwhile is never overwritten."""
-    now = timezone.now()
-    running = PredictionTask.objects.filter(status=TaskStatus.RUNNING)
-    offline = Node.objects.filter(status=NodeStatus.OFFLINE).values("pk")
-    causes = [
-        ("its node went offline", Q(node__in=offline)),
-        (f"it ran past the {run_deadline_seconds:g} s deadline", Q(started_at__lte=now - timedelta(
-            seconds=run_deadline_seconds))),
-    ]
-    retried = failed = 0
-    for cause, stuck in causes:
-        note = f"{now.isoformat()} attempt lost: {cause} before its agent answered"
-        failed += running.filter(stuck, attempts__gte=max_attempts).update(
-            status=TaskStatus.FAILED, finished_at=now, error_status=503,
-            error=f"no agent finished it in {max_attempts} attempts; the last was lost: {cause}",
-            log=Concat(F("log"), Value(f"{note}; failed\n"), output_field=TextField()))
-        retried += running.filter(stuck, attempts__lt=max_attempts).update(
-            status=TaskStatus.PENDING, started_at=None,
-            log=Concat(F("log"), Value(f"{note}; retried\n"), output_field=TextField()))
-    if retried or failed:
-        logger.warning("predictions: %s lost run(s) retried, %s failed after %s attempts", retried, failed,
-                       max_attempts)
-    return retried, failed
-
-
-def prediction_tasks_dispatch_stranded(*, older_than_seconds: float, run_deadline_seconds: float,
-                                       max_attempts: int, limit: int = 100) -> int:
-    """The sweep: recover runs whose agent died, then send again prediction tasks still pending
-    after a while (no node then, broker down, an agent that died holding the message, or just
-    recovered); running one twice is harmless (idempotent). Returns how many were sent."""
-    prediction_tasks_recover(run_deadline_seconds=run_deadline_seconds, max_attempts=max_attempts)
-    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    ids = PredictionTask.objects.filter(status=TaskStatus.PENDING, created_at__lte=cutoff).order_by(
-        "created_at").values_list("pk", flat=True)[:limit]
-    return sum(prediction_task_dispatch(task_id=str(pk)) for pk in list(ids))
-

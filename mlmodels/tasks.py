@@ -1,23 +1,31 @@
-"""Celery entry points: thin wrappers over services. Predictions run on an agent's node queue,
-the sweep on the control queue."""
+"""Celery entry points: thin wrappers. A prediction sent to an agent runs on its node queue, with
+no database (over the node API); one forwarded to a model server, and the sweep, on the control
+queue."""
 
 from celery import shared_task
 
-from .services import prediction_task_run, prediction_tasks_dispatch_stranded
+from .agentside import prediction_run, this_agent
+from .predictions import prediction_task_forward, prediction_tasks_dispatch_stranded
 
-# A prediction task's own message normally runs it within milliseconds; the sweep only
+# A prediction task's own message normally runs it within a second or two; the sweep only
 # sends again those still pending after this long.
 SWEEP_AFTER_SECONDS = 10
-# A run takes milliseconds (seconds to load a big artifact the first time): one still running
-# after this long lost its agent. It is retried until this many runs were lost, then failed.
+# A run takes a second or two (a process start, fetching a big artifact the first time, at most
+# CNET_ML_PREDICT_TIMEOUT_SECONDS): one still running after this long lost its agent. It is
+# retried until this many runs were lost, then failed.
 RUN_DEADLINE_SECONDS = 120
 MAX_ATTEMPTS = 3
 
 
 @shared_task(name="mlmodels.run_prediction", acks_late=True)
 def run_prediction(task_id: str, node_id: str | None = None) -> bool:
-    # node_id: the node whose queue carried it (absent in messages sent before it was recorded).
-    return prediction_task_run(task_id=task_id, node_id=node_id)
+    """On the agent of ``node_id`` (the node whose queue carried it)."""
+    return prediction_run(this_agent(), task_id)
+
+
+@shared_task(name="mlmodels.forward_prediction", acks_late=True)
+def forward_prediction(task_id: str) -> bool:
+    return prediction_task_forward(task_id=task_id)
 
 
 @shared_task(name="mlmodels.dispatch_stranded_predictions", acks_late=True)

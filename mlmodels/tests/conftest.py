@@ -2,12 +2,14 @@
 
 import io
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
 from tests.helpers import ML_NODE_CAPABILITIES, GiB, in_process_agents, make_node
+from workloads.agent.runtime import set_current_agent
 
 EXAMPLES = Path(settings.BASE_DIR) / "examples" / "ml_models"
 
@@ -40,12 +42,24 @@ def agent(live_server, tmp_path):
     ML work, working in ``tmp_path``.
 
     Tests call ``agent.start(id)`` where the node's Celery worker would; every process it
-    started is killed at teardown."""
+    started is killed at teardown. It is this process's agent, as ``runagent`` makes its own:
+    the ML executor and prediction tasks reach the control plane through its client."""
     with in_process_agents(live_server.url) as make_agent:
         instance = make_agent(f"ml-{secrets.token_hex(3)}", cpu=4, memory=8 * GiB, storage=100 * GiB,
                               work_dir=tmp_path, stop_grace_seconds=2, capabilities=ML_NODE_CAPABILITIES)
         instance.register()
-        yield instance
+        with current(instance):
+            yield instance
+
+
+@contextmanager
+def current(agent):
+    """``agent`` as this process's agent (``workloads.agent.runtime``) while the block runs."""
+    set_current_agent(agent)
+    try:
+        yield agent
+    finally:
+        set_current_agent(None)
 
 
 @pytest.fixture

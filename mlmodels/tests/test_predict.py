@@ -3,8 +3,10 @@
 import pytest
 
 from mlmodels import inference
+from mlmodels.agentside import prediction_run
 from mlmodels.models import MLModel, ModelRun, PredictionTask
-from mlmodels.services import model_serve, model_version_create, prediction_task_run
+from mlmodels.predictions import prediction_task_forward
+from mlmodels.services import model_serve, model_version_create
 from tests.helpers import free_port, supervise_until
 from workloads.models import WorkloadStatus
 
@@ -102,30 +104,35 @@ def test_no_version_and_no_server_is_409(api, admin_user):
     assert not PredictionTask.objects.exists()
 
 
-def test_seed_async_form_prediction_task_then_result_under_tasks(api, admin_user):
+def test_seed_async_form_prediction_task_then_result_under_tasks(api, agent, admin_user):
     model = make_model(admin_user, linear_artifact())
     response = predict(api, model, {"input_data": 5.5})  # not serving: the seed's answer
     assert response.status_code == 202
     assert response.data["message"] == "Prediction task created"
     task_id = response.data["prediction_task_id"]
     assert api.get(f"/api/tasks/{task_id}").data["status"] == "pending"
-    assert prediction_task_run(task_id=task_id)  # what the agent's task does
-    assert not prediction_task_run(task_id=task_id)  # idempotent
+    assert prediction_run(agent, task_id)  # what the agent's task does (its node was sent it)
+    assert not prediction_run(agent, task_id)  # idempotent
     task = api.get(f"/api/tasks/{task_id}").data
     assert task["status"] == "succeeded" and task["prediction"] == pytest.approx(14.0)
     assert task["kind"] == "prediction" and "log_file" in task and "version 1" in task["log"]
     assert any(t["id"] == task_id for t in api.get("/api/tasks").data)
 
 
-def test_async_can_be_asked_even_when_serving(api, served):
+def test_async_can_be_asked_even_when_serving_and_the_server_answers_it(api, served):
     response = predict(api, served, {"input_data": 5.5, "mode": "async"})
     assert response.status_code == 202
+    task_id = response.data["prediction_task_id"]
+    assert prediction_task_forward(task_id=task_id)  # what the control worker's task does
+    task = api.get(f"/api/tasks/{task_id}").data
+    assert task["status"] == "succeeded" and task["prediction"] == pytest.approx(14.0)
+    assert "by the model server on" in task["log"]
 
 
-def test_async_task_of_a_raising_model_records_the_422(api, admin_user):
+def test_async_task_of_a_raising_model_records_the_422(api, agent, admin_user):
     model = make_model(admin_user, raising_artifact(), name="broken")
     task_id = predict(api, model, {"input_data": -1}).data["prediction_task_id"]
-    prediction_task_run(task_id=task_id)
+    prediction_run(agent, task_id)
     task = api.get(f"/api/tasks/{task_id}").data
     assert task["status"] == "failed" and task["error_status"] == 422
     assert "negative inputs are not supported" in task["error"]

@@ -6,7 +6,7 @@ from mlmodels.models import ModelRun, ModelVersion
 from tests.helpers import in_process_agents, supervise_until
 from workloads.models import Workload, WorkloadStatus
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, current
 from .test_api_contract import SEED_LINEAR
 
 
@@ -72,8 +72,9 @@ def test_a_training_run_that_outlives_its_agent_still_lands_in_the_registry(api,
         restarted.reconcile()
         adopted = restarted.handles[workload_id].handle
         assert isinstance(adopted, TrainingHandle)
-        supervise_until(restarted, lambda: Workload.objects.get(pk=workload_id).status not in
-                        (WorkloadStatus.SCHEDULED, WorkloadStatus.RUNNING), timeout=90, message="training ended")
+        with current(restarted):
+            supervise_until(restarted, lambda: Workload.objects.get(pk=workload_id).status not in
+                            (WorkloadStatus.SCHEDULED, WorkloadStatus.RUNNING), timeout=90, message="training ended")
     workload = Workload.objects.get(pk=workload_id)
     assert workload.status == WorkloadStatus.SUCCEEDED, workload.reason
     assert ModelVersion.objects.get(workload=workload).metrics["r2"] > 0.95

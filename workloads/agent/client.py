@@ -7,6 +7,7 @@ reports and log chunks not delivered yet on disk, in order, and sends them in ba
 first, then every report, so a run's output always arrives before its exit. No database here.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -120,6 +121,13 @@ class ControlPlane:
 
     def _call(self, method: str, path: str, body: dict | None = None, *, authenticated: bool = True,
               attempts: int | None = None):
+        return self._request(method, path, authenticated=authenticated, attempts=attempts, json=body).json()
+
+    def _request(self, method: str, path: str, *, authenticated: bool = True, attempts: int | None = None,
+                 session: requests.Session | None = None, timeout: tuple | None = None,
+                 **send) -> requests.Response:
+        """Send with retries and bounded, jittered backoff; the answer, once it is not a 5xx.
+        ``session``: one of the caller's own instead of the shared keep-alive one (and its lock)."""
         headers = {"Authorization": f"Node {self.ensure_credential()}"} if authenticated else {}
         attempts = attempts or self.attempts
         delay = self.backoff
@@ -129,9 +137,9 @@ class ControlPlane:
                 time.sleep(min(delay, self.max_backoff) * (0.5 + random.random() / 2))  # backoff, jittered
                 delay *= 2
             try:
-                with self._lock:
-                    response = self.session.request(method, self.base + path, json=body, headers=headers,
-                                                    timeout=self.timeout)
+                with self._lock if session is None else contextlib.nullcontext():
+                    response = (session or self.session).request(method, self.base + path, headers=headers,
+                                                                 timeout=timeout or self.timeout, **send)
             except requests.RequestException as error:
                 last = error
                 continue
@@ -147,8 +155,40 @@ class ControlPlane:
                 except ValueError:
                     detail = response.text
                 raise Refused(response.status_code, detail)
-            return response.json()
+            return response
         raise ControlPlaneError(f"{method} {self.base}{path}: {last}") from last
+
+    # --- ML work (mlmodels/nodeapi.py) ------------------------------------------------------
+    # Artifacts go over a connection of their own: a long transfer must not hold heartbeats and
+    # reports behind the shared session's lock.
+    TRANSFER_READ_TIMEOUT = 300.0
+
+    def _transfer(self, method: str, path: str, *, attempts: int | None = None, **send) -> requests.Response:
+        with requests.Session() as session:
+            return self._request(method, path, attempts=attempts, session=session,
+                                 timeout=(self.timeout[0], self.TRANSFER_READ_TIMEOUT), **send)
+
+    def artifact_store(self, *, workload_id: str, filename: str, data: bytes, metrics: dict,
+                       attempts: int | None = None) -> dict:
+        """A training run's artifact, stored as the next version of its model (once per run)."""
+        return self._transfer("POST", "ml/artifacts", attempts=attempts,
+                              data={"workload_id": workload_id, "filename": filename, "metrics": json.dumps(metrics)},
+                              files={"file": (filename, data, "application/octet-stream")}).json()
+
+    def model_version(self, version_id: str) -> dict:
+        return self._call("GET", f"ml/versions/{version_id}")
+
+    def model_version_artifact(self, version_id: str) -> bytes:
+        return self._transfer("GET", f"ml/versions/{version_id}/artifact").content
+
+    def workload_note(self, *, workload_id: str, reason: str) -> None:
+        self._call("POST", "ml/notes", {"workload_id": workload_id, "reason": reason})
+
+    def prediction_claim(self, task_id: str) -> dict:
+        return self._call("POST", f"ml/predictions/{task_id}/claim", {})
+
+    def prediction_result(self, task_id: str, outcome: dict) -> dict:
+        return self._call("POST", f"ml/predictions/{task_id}/result", outcome)
 
 
 class Spool:
