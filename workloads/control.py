@@ -13,7 +13,7 @@ from nodes.models import NodeStatus
 
 from .dispatch import dispatch_start
 from .models import ACTIVE, Workload, WorkloadStatus
-from .services import workload_mark_redispatched, workload_transition, workloads_place_pending
+from .services import schedules_run_due, workload_mark_redispatched, workload_transition, workloads_place_pending
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ def tick() -> dict:
         "lost": mark_lost_on_offline_nodes(),
         "redispatched": redispatch_unacknowledged(),
         "placed": workloads_place_pending(),
+        "scheduled": schedules_run_due(),
     }
 
 

@@ -307,3 +307,102 @@ class WorkloadLogUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workload_id}: {self.head_bytes + self.tail_bytes} bytes kept, {self.dropped_bytes} dropped"
+
+
+class ConcurrencyPolicy(models.TextChoices):
+    """What a schedule's slot does while an earlier run has not ended (Kubernetes CronJob's words)."""
+
+    ALLOW = "allow", "Allow (run alongside)"
+    FORBID = "forbid", "Forbid (skip this slot)"
+    REPLACE = "replace", "Replace (stop the earlier run)"
+
+
+# A slot not started within this many seconds of its time is missed (Kubernetes' startingDeadlineSeconds).
+SCHEDULE_DEFAULT_DEADLINE_SECONDS = 300
+SCHEDULE_MAX_DEADLINE_SECONDS = 86_400
+
+
+class Schedule(models.Model):
+    """A workload submitted at every slot of a cron expression, read in ``timezone``. The control
+    loop claims the slot at ``next_run_at`` by moving it on (a conditional UPDATE), and each slot
+    gets one ``ScheduleRun`` (unique per slot): started, skipped, missed or refused."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=255)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL,
+                              related_name="schedules")
+    cron = models.CharField(max_length=255)
+    timezone = models.CharField(max_length=64, default="UTC")
+    concurrency_policy = models.CharField(max_length=16, choices=ConcurrencyPolicy.choices,
+                                          default=ConcurrencyPolicy.ALLOW)
+    starting_deadline_seconds = models.PositiveIntegerField(default=SCHEDULE_DEFAULT_DEADLINE_SECONDS)
+    # What each run submits, as ``workload_submit`` takes it (requirements in millicores and bytes).
+    template = models.JSONField(default=dict)
+    # The earliest slot not decided yet (UTC); the next after "now" once the loop has passed it.
+    next_run_at = models.DateTimeField()
+    paused_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The control loop's question each tick: "which live schedules have a slot due".
+            models.Index(fields=["next_run_at"], condition=Q(paused_at__isnull=True), name="schedule_due"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(starting_deadline_seconds__gte=1,
+                                               starting_deadline_seconds__lte=SCHEDULE_MAX_DEADLINE_SECONDS),
+                                   name="schedule_deadline_range"),
+            models.CheckConstraint(condition=Q(concurrency_policy__in=ConcurrencyPolicy.values),
+                                   name="schedule_concurrency_policy_known"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.cron} {self.timezone})"
+
+
+class ScheduleRunOutcome(models.TextChoices):
+    STARTED = "started", "Started"  # a workload was submitted for the slot
+    SKIPPED = "skipped", "Skipped"  # an earlier run had not ended (forbid)
+    MISSED = "missed", "Missed"  # not started within the starting deadline (the control plane was away)
+    REFUSED = "refused", "Refused"  # the submission was refused (e.g. no node could ever hold it now)
+
+
+class ScheduleRun(models.Model):
+    """What one slot of a schedule came to; at most one per slot, whatever runs at once."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="runs")
+    slot = models.DateTimeField()
+    outcome = models.CharField(max_length=16, choices=ScheduleRunOutcome.choices)
+    workload = models.ForeignKey(Workload, null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="schedule_runs")
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-slot"]
+        constraints = [
+            # Exactly one run per slot, even when two control-loop passes decide it at once. Also
+            # the index of a schedule's runs, latest first.
+            models.UniqueConstraint(fields=["schedule", "slot"], name="schedule_run_once_per_slot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_id} @ {self.slot:%Y-%m-%d %H:%M}Z: {self.outcome}"
+
+
+class ScheduleEvent(models.Model):
+    """What happened to a schedule beyond its runs: created, paused, resumed, slots missed, a run
+    replaced or refused."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(auto_now_add=True)
+    reason = models.TextField()
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["schedule", "id"], name="schedule_event_schedule")]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_id}: {self.reason}"

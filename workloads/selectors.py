@@ -3,10 +3,13 @@ from django.db.models.functions import Coalesce, Length, Replace
 
 from core.errors import InvalidRequest
 
+from .cron import cron_slots_after
 from .models import (
     ACTIVE,
     TERMINAL,
     EventKind,
+    Schedule,
+    ScheduleRun,
     Workload,
     WorkloadArray,
     WorkloadDependency,
@@ -43,6 +46,37 @@ def workload_array_list(*, user) -> QuerySet[WorkloadArray]:
     """Arrays a user may see: all for staff, their own otherwise."""
     arrays = WorkloadArray.objects.select_related("owner")
     return arrays if user.is_staff else arrays.filter(owner=user)
+
+
+def schedule_list(*, user) -> QuerySet[Schedule]:
+    """Schedules a user may see (all for staff), each with its latest run's slot and outcome (two
+    subqueries on the ``schedule_run_once_per_slot`` index, read backwards)."""
+    latest = ScheduleRun.objects.filter(schedule=OuterRef("pk")).order_by("-slot")
+    schedules = Schedule.objects.select_related("owner").annotate(
+        last_slot=Subquery(latest.values("slot")[:1]), last_outcome=Subquery(latest.values("outcome")[:1]))
+    return schedules if user.is_staff else schedules.filter(owner=user)
+
+
+# How many coming run times the API and the console show.
+NEXT_RUNS_SHOWN = 5
+
+
+def schedule_next_runs(*, schedule: Schedule, count: int = NEXT_RUNS_SHOWN) -> list:
+    """The next ``count`` times the schedule will run (UTC); none while it is paused. The first is
+    the slot not decided yet, which may be a moment past if the control loop has yet to reach it."""
+    if schedule.paused_at is not None:
+        return []
+    runs = [schedule.next_run_at]
+    for slot in cron_slots_after(expression=schedule.cron, timezone=schedule.timezone, after=schedule.next_run_at):
+        if len(runs) == count:
+            break
+        runs.append(slot)
+    return runs
+
+
+def schedule_runs(*, schedule: Schedule) -> QuerySet[ScheduleRun]:
+    """A schedule's runs, latest slot first, with the workload each started."""
+    return schedule.runs.select_related("workload").order_by("-slot")
 
 
 def workload_array_counts(*, array_ids: list) -> dict:

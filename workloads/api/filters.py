@@ -11,7 +11,8 @@ class WorkloadFilter(django_filters.FilterSet):
     name = django_filters.CharFilter(lookup_expr="icontains")
     array = django_filters.UUIDFilter(field_name="array_id")
     array_index = django_filters.NumberFilter(field_name="array_index")
+    schedule = django_filters.UUIDFilter(field_name="schedule_runs__schedule")
 
     class Meta:
         model = Workload
-        fields = ["status", "type", "node", "name", "array", "array_index"]
+        fields = ["status", "type", "node", "name", "array", "array_index", "schedule"]

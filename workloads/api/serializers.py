@@ -11,8 +11,14 @@ from nodes.resources import Resources
 from ..kinds import kind_choices, kind_get
 from ..models import (
     ARRAY_MAX_COUNT,
+    SCHEDULE_DEFAULT_DEADLINE_SECONDS,
+    SCHEDULE_MAX_DEADLINE_SECONDS,
+    ConcurrencyPolicy,
     DependencyCondition,
     RestartPolicy,
+    Schedule,
+    ScheduleEvent,
+    ScheduleRun,
     Workload,
     WorkloadArray,
     WorkloadArrayEvent,
@@ -20,7 +26,8 @@ from ..models import (
     WorkloadEvent,
     WorkloadStatus,
 )
-from ..selectors import dependency_list, workload_array_counts
+from ..selectors import dependency_list, schedule_next_runs, workload_array_counts
+from ..services.schedules import RUN_SUFFIX_LENGTH
 
 MAX_GPUS = 4096
 # What the column holds (a PositiveIntegerField): some 68 years.
@@ -95,6 +102,28 @@ class WorkloadSubmitSerializer(NoUnknownFieldsMixin, serializers.Serializer):
             raise serializers.ValidationError({"requirements": requirements.errors})
         attrs["config"] = config.validated_data
         attrs["requirements"] = requirements.to_resources()
+        return attrs
+
+
+class ScheduleSubmitSerializer(WorkloadSubmitSerializer):
+    """A workload's submission body plus when to run it: ``schedule`` (cron, five fields or a
+    nickname such as ``@daily``), read in ``timezone``. Each run is one workload (no ``count`` or
+    ``depends_on``), named ``<name>-<slot, UTC>``. Whether cron and timezone parse is the service's
+    check (so every caller gets it)."""
+
+    name = StrictCharField(max_length=Workload._meta.get_field("name").max_length - RUN_SUFFIX_LENGTH)
+    schedule = StrictCharField(max_length=255)
+    timezone = StrictCharField(required=False, default="UTC", max_length=64)
+    concurrency_policy = serializers.ChoiceField(choices=ConcurrencyPolicy.choices, required=False,
+                                                 default=ConcurrencyPolicy.ALLOW)
+    starting_deadline_seconds = StrictIntegerField(required=False, default=SCHEDULE_DEFAULT_DEADLINE_SECONDS,
+                                                   min_value=1, max_value=SCHEDULE_MAX_DEADLINE_SECONDS)
+    count = None
+    depends_on = None
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        attrs["cron"], attrs["timezone_name"] = attrs.pop("schedule"), attrs.pop("timezone")
         return attrs
 
 
@@ -208,6 +237,67 @@ def array_status(counts: dict) -> str:
         if counts[status]:
             return S.FAILED if status == S.LOST else status
     return S.SUCCEEDED
+
+
+# Times as every other field of the API writes them.
+_TIME = serializers.DateTimeField()
+
+
+class ScheduleSerializer(serializers.ModelSerializer):
+    """A schedule: when it runs (``next_runs``: the next five, UTC), its latest run, and what each
+    run submits (``workload``, in the submission body's shape)."""
+
+    schedule = serializers.CharField(source="cron", read_only=True)
+    owner = serializers.CharField(source="owner.username", default=None, read_only=True)
+    paused = serializers.SerializerMethodField()
+    next_runs = serializers.SerializerMethodField()
+    last_run = serializers.SerializerMethodField()
+    workload = serializers.SerializerMethodField()
+    workloads = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Schedule
+        fields = ["id", "name", "schedule", "timezone", "concurrency_policy", "starting_deadline_seconds",
+                  "paused", "paused_at", "next_runs", "last_run", "owner", "workload", "workloads", "created_at"]
+        read_only_fields = fields
+
+    def get_paused(self, schedule: Schedule) -> bool:
+        return schedule.paused_at is not None
+
+    def get_next_runs(self, schedule: Schedule) -> list[str]:
+        return [_TIME.to_representation(slot) for slot in schedule_next_runs(schedule=schedule)]
+
+    def get_last_run(self, schedule: Schedule) -> dict | None:
+        if not hasattr(schedule, "last_slot"):  # not read through schedule_list
+            run = schedule.runs.order_by("-slot").first()
+            schedule.last_slot, schedule.last_outcome = (run.slot, run.outcome) if run else (None, None)
+        if schedule.last_slot is None:
+            return None
+        return {"slot": _TIME.to_representation(schedule.last_slot), "outcome": schedule.last_outcome}
+
+    def get_workload(self, schedule: Schedule) -> dict:
+        template = dict(schedule.template)
+        return template | {"requirements": Resources(**template["requirements"]).to_api()}
+
+    def get_workloads(self, schedule: Schedule) -> str:
+        return f"/api/workloads?schedule={schedule.pk}"
+
+
+class ScheduleRunSerializer(serializers.ModelSerializer):
+    workload_name = serializers.CharField(source="workload.name", default=None, read_only=True)
+    workload_status = serializers.CharField(source="workload.status", default=None, read_only=True)
+
+    class Meta:
+        model = ScheduleRun
+        fields = ["slot", "outcome", "workload", "workload_name", "workload_status", "reason", "created_at"]
+        read_only_fields = fields
+
+
+class ScheduleEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ScheduleEvent
+        fields = ["created_at", "reason", "details"]
+        read_only_fields = fields
 
 
 class WorkloadArrayEventSerializer(serializers.ModelSerializer):

@@ -5,8 +5,19 @@ from rest_framework.response import Response
 
 from ..logs import workload_log_read
 from ..models import WorkloadArray
-from ..selectors import workload_array_counts, workload_array_list, workload_dependencies, workload_list
+from ..selectors import (
+    schedule_list,
+    schedule_runs,
+    workload_array_counts,
+    workload_array_list,
+    workload_dependencies,
+    workload_list,
+)
 from ..services import (
+    schedule_create,
+    schedule_delete,
+    schedule_pause,
+    schedule_resume,
     workload_array_delete,
     workload_array_stop,
     workload_array_submit,
@@ -18,6 +29,10 @@ from ..services import (
 from .filters import WorkloadFilter
 from .serializers import (
     LogQuerySerializer,
+    ScheduleEventSerializer,
+    ScheduleRunSerializer,
+    ScheduleSerializer,
+    ScheduleSubmitSerializer,
     WorkloadArrayEventSerializer,
     WorkloadArraySerializer,
     WorkloadDependenciesSerializer,
@@ -45,9 +60,12 @@ class WorkloadViewSet(
 
     @extend_schema(request=WorkloadSubmitSerializer, responses={201: WorkloadSerializer})
     def create(self, request):
-        """One workload (the seed's body); with ``count``, an array; ``{"workloads": [...]}``, a graph."""
+        """One workload (the seed's body); with ``count``, an array; ``{"workloads": [...]}``, a graph;
+        with ``schedule``, a schedule (as ``POST /api/schedules``)."""
         if isinstance(request.data, dict) and "workloads" in request.data:
             return self._create_graph(request)
+        if isinstance(request.data, dict) and "schedule" in request.data:
+            return _create_schedule(request)
         submission = WorkloadSubmitSerializer(data=request.data)
         submission.is_valid(raise_exception=True)
         if "count" in submission.validated_data:
@@ -97,6 +115,13 @@ class WorkloadViewSet(
         return Response(WorkloadDependenciesSerializer(workload_dependencies(workload=workload)).data)
 
 
+def _create_schedule(request) -> Response:
+    submission = ScheduleSubmitSerializer(data=request.data)
+    submission.is_valid(raise_exception=True)
+    schedule = schedule_create(owner=request.user, **submission.validated_data)
+    return Response(ScheduleSerializer(schedule).data, status=status.HTTP_201_CREATED)
+
+
 def _graph_answer(item: dict, recorded) -> dict:
     if isinstance(recorded, WorkloadArray):
         answer = {"kind": "array", **WorkloadArraySerializer(recorded).data}
@@ -144,3 +169,46 @@ class WorkloadArrayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mix
     def events(self, request, pk=None):
         array = self.get_object()
         return Response(WorkloadArrayEventSerializer(array.events.all(), many=True).data)
+
+
+class ScheduleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
+                      viewsets.GenericViewSet):
+    """Schedules: a workload submitted at every slot of a cron expression; pause, resume, its runs
+    (one per slot: started, skipped, missed or refused) and its events. The workloads it started
+    are ``/api/workloads?schedule=<id>``."""
+
+    serializer_class = ScheduleSerializer
+    filterset_class = None
+    ordering_fields = ["created_at", "name", "next_run_at"]
+    ordering = ["-created_at"]
+
+    def get_queryset(self):
+        return schedule_list(user=self.request.user)
+
+    @extend_schema(request=ScheduleSubmitSerializer, responses={201: ScheduleSerializer})
+    def create(self, request):
+        return _create_schedule(request)
+
+    def perform_destroy(self, instance):
+        schedule_delete(schedule=instance)
+
+    @extend_schema(request=None, responses=ScheduleSerializer)
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        return Response(ScheduleSerializer(schedule_pause(schedule=self.get_object())).data)
+
+    @extend_schema(request=None, responses=ScheduleSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        return Response(ScheduleSerializer(schedule_resume(schedule=self.get_object())).data)
+
+    @extend_schema(responses=ScheduleRunSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def runs(self, request, pk=None):
+        page = self.paginate_queryset(schedule_runs(schedule=self.get_object()))
+        return self.get_paginated_response(ScheduleRunSerializer(page, many=True).data)
+
+    @extend_schema(responses=ScheduleEventSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=None)
+    def events(self, request, pk=None):
+        return Response(ScheduleEventSerializer(self.get_object().events.all(), many=True).data)

@@ -47,6 +47,12 @@ def workload_array_submit(*, owner, count: int, depends_on: Sequence[dict] = (),
                                                                  field="depends_on")))
 
 
+def workload_submission_check(*, owner, **fields) -> None:
+    """Refuse, as a submission of ``fields`` would now, what no submission of them could pass: an
+    unknown strategy or node, a request no registered node could hold. Writes nothing."""
+    _Spec(owner=owner, **fields)._refuse_if_never_fits()
+
+
 def workloads_submit_graph(*, owner, items: Sequence[dict]) -> list[Workload | WorkloadArray]:
     """Record several workloads (or arrays) that may name each other in ``depends_on`` by their
     ``key``, in one transaction: each after those it names, so a local name means a recorded row.
