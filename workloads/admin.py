@@ -6,7 +6,10 @@ Writes go through the services the API uses (submit, stop, delete), with its ser
 """
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Q
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
 from django.template.loader import render_to_string
@@ -20,17 +23,59 @@ from nodes.models import Node
 from nodes.resources import human_bytes, human_cores
 
 from .api.serializers import WorkloadSubmitSerializer
+from .console import array_progress, dependency_graph_drawing
 from .forms import WorkloadSubmitForm
-from .models import TERMINAL, Workload, WorkloadLog
-from .selectors import workload_list
-from .services import workload_delete, workload_stop, workload_submit
+from .models import TERMINAL, Schedule, Workload, WorkloadLog
+from .selectors import (
+    dependency_linked,
+    dependency_list,
+    schedule_list,
+    schedule_next_runs,
+    schedule_runs,
+    schedule_workload,
+    workload_array_list,
+    workload_list,
+)
+from .services import (
+    schedule_delete,
+    schedule_pause,
+    schedule_resume,
+    workload_array_stop,
+    workload_delete,
+    workload_stop,
+    workload_submit,
+)
 
 NODE_CHOICES_SHOWN = 500
+# An array's page lists its instances this many at a time; a schedule's page its latest runs.
+INSTANCES_PER_PAGE = 100
+RUNS_SHOWN = 50
+
+
+class ArraysAsOneRow(ChangeList):
+    """The workload list with each array as one row (its instance 0 stands for it, on the
+    ``workload_list_rows`` index) carrying the array's progress, read for the page in one query.
+    A filter or a search lists matching instances one by one."""
+
+    def get_queryset(self, request, exclude_parameters=None):
+        rows = super().get_queryset(request, exclude_parameters)
+        if self.has_active_filters or self.query:
+            return rows
+        return rows.filter(Q(array__isnull=True) | Q(array_index=0))
+
+    def get_results(self, request):
+        super().get_results(request)
+        self.result_list = list(self.result_list)
+        progress = array_progress(array_ids=list({w.array_id for w in self.result_list if w.array_id}))
+        collapsed = not (self.has_active_filters or self.query)
+        for workload in self.result_list:
+            workload.array_progress = progress.get(workload.array_id) if collapsed else None
 
 
 @admin.register(Workload)
 class WorkloadAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
-    list_display = ["name_link", "status_badge", "type", "node", "requirements", "owner", "exit_code", "created_at"]
+    list_display = ["name_link", "status_badge", "progress", "type", "node", "requirements", "owner", "exit_code",
+                    "created_at"]
     list_display_links = None
     list_filter = ["status", "type", "node", "strategy"]
     search_fields = ["id", "name", "reason", "owner__username"]
@@ -45,17 +90,34 @@ class WorkloadAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
     def has_add_permission(self, request):
         return request.user.is_active
 
+    def get_changelist(self, request, **kwargs):
+        return ArraysAsOneRow
+
     def changelist_view(self, request, extra_context=None):
         return super().changelist_view(request, {"title": "Workloads", **(extra_context or {})})
 
     @admin.display(description="Name", ordering="name")
     def name_link(self, workload: Workload) -> str:
+        if getattr(workload, "array_progress", None):
+            url = reverse("admin:workloads_workload_array", args=[workload.array_id])
+            name = workload.name.rsplit("-", 1)[0]
+            return format_html('<a class="strong" href="{}">{}</a> <span class="muted">[{}] array</span>', url, name,
+                               workload.array_progress.total)
         url = reverse("admin:workloads_workload_change", args=[workload.pk])
         return format_html('<a class="strong" href="{}">{}</a>', url, workload.name)
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, workload: Workload) -> str:
+        if bar := getattr(workload, "array_progress", None):
+            return format_html('<span class="badge s-{}">{}</span>', bar.status, bar.status.capitalize())
         return format_html('<span class="badge s-{}">{}</span>', workload.status, workload.get_status_display())
+
+    @admin.display(description="Progress")
+    def progress(self, workload: Workload) -> str:
+        bar = getattr(workload, "array_progress", None)
+        if bar is None:
+            return ""
+        return render_to_string("admin/workloads/workload/_progress.html", {"progress": bar, "compact": True})
 
     @admin.display(description="Requirements")
     def requirements(self, workload: Workload) -> str:
@@ -84,6 +146,8 @@ class WorkloadAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
         return [
             path("<uuid:object_id>/stop/", view(self.stop_view), name="workloads_workload_stop"),
             path("<uuid:object_id>/live/", view(self.live_view), name="workloads_workload_live"),
+            path("arrays/<uuid:array_id>/", view(self.array_view), name="workloads_workload_array"),
+            path("graph/<str:kind>/<uuid:object_id>/", view(self.graph_view), name="workloads_workload_graph"),
             *super().get_urls(),
         ]
 
@@ -139,7 +203,42 @@ class WorkloadAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
             "events": workload.events.all(),
             "terminal": workload.status in TERMINAL,
             "can_delete": self.has_delete_permission(request, workload),
+            "graph_url": _graph_url(workload, workload.array_id),
         }
+
+    def array_view(self, request, array_id):
+        """An array: its progress, what it waits on, its placement batches, its instances by
+        index (paged); POST stops it through the service, as POST /api/arrays/{id}/stop does."""
+        array = workload_array_list(user=request.user).filter(pk=array_id).first()
+        if array is None:
+            raise Http404("no such array")
+        here = reverse("admin:workloads_workload_array", args=[array.pk])
+        if request.method == "POST":
+            try:
+                workload_array_stop(array=array, reason=f"stopped by {request.user} in the console")
+                self.message_user(request, f"Stop requested for the array {array.name}", messages.SUCCESS)
+            except DomainError as error:
+                self.message_user(request, f"{array.name}: {error}", messages.WARNING)
+            return redirect(here)
+        progress = array_progress(array_ids=[array.pk])[array.pk]
+        instances = Paginator(Workload.objects.filter(array=array).select_related("owner").order_by("array_index"),
+                              INSTANCES_PER_PAGE).get_page(request.GET.get("page"))
+        context = self.admin_site.each_context(request) | {
+            "title": f"{array.name} [{array.count}]", "opts": self.opts, "array": array, "progress": progress,
+            "depends_on": dependency_list(array_ids=[array.pk]), "events": array.events.order_by("-id")[:20],
+            "instances": instances, "terminal": progress.ended == progress.total,
+            "graph_url": _graph_url(None, array.pk),
+        }
+        return TemplateResponse(request, "admin/workloads/workload/array.html", context)
+
+    def graph_view(self, request, kind, object_id):
+        """The dependency graph around a workload (``w``) or an array (``a``), drawn as SVG."""
+        visible = workload_list(user=request.user) if kind == "w" else workload_array_list(user=request.user)
+        if kind not in ("w", "a") or not visible.filter(pk=object_id).exists():
+            raise Http404("no such workload")
+        drawing = dependency_graph_drawing(**{"workload_id" if kind == "w" else "array_id": object_id})
+        context = self.admin_site.each_context(request) | drawing | {"title": "Dependency graph", "opts": self.opts}
+        return TemplateResponse(request, "admin/workloads/workload/graph.html", context)
 
     def live_view(self, request, object_id):
         """What the detail page refreshes while the workload lives: header, facts, timeline."""
@@ -179,6 +278,94 @@ def _submit_layout(form: WorkloadSubmitForm) -> dict:
         "more_fields": [form[name] for name in ("node", "strategy", "priority", "restart_policy", "max_restarts",
                                                 "max_runtime_seconds")],
     }
+
+
+def _graph_url(workload: Workload | None, array_id) -> str | None:
+    """Where the dependency graph around a workload (or its array) is drawn, if it is in one."""
+    if array_id:
+        linked = dependency_linked(array_id=array_id)
+        return reverse("admin:workloads_workload_graph", args=["a", array_id]) if linked else None
+    linked = dependency_linked(workload_id=workload.pk)
+    return reverse("admin:workloads_workload_graph", args=["w", workload.pk]) if linked else None
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
+    """Schedules: when each runs next, its latest run, pause and resume; what a user sees is
+    ``schedule_list(user=...)``, the API's queryset."""
+
+    list_display = ["name_link", "cron", "timezone", "concurrency_policy", "state", "next_run", "last_run"]
+    list_display_links = None
+    search_fields = ["name", "cron"]
+    list_per_page = 50
+
+    def get_queryset(self, request):
+        return schedule_list(user=request.user)
+
+    def has_add_permission(self, request):
+        return False  # created through the API (POST /api/schedules) or the cnet command line
+
+    def changelist_view(self, request, extra_context=None):
+        return super().changelist_view(request, {"title": "Schedules", **(extra_context or {})})
+
+    @admin.display(description="Name", ordering="name")
+    def name_link(self, schedule: Schedule) -> str:
+        url = reverse("admin:workloads_schedule_change", args=[schedule.pk])
+        return format_html('<a class="strong" href="{}">{}</a>', url, schedule.name)
+
+    @admin.display(description="State")
+    def state(self, schedule: Schedule) -> str:
+        paused = schedule.paused_at is not None
+        return format_html('<span class="badge s-{}">{}</span>', "stopped" if paused else "running",
+                           "paused" if paused else "active")
+
+    @admin.display(description="Next run (UTC)", ordering="next_run_at")
+    def next_run(self, schedule: Schedule) -> str:
+        return "–" if schedule.paused_at else f"{schedule.next_run_at:%Y-%m-%d %H:%M}"
+
+    @admin.display(description="Last run")
+    def last_run(self, schedule: Schedule) -> str:
+        if schedule.last_slot is None:
+            return "–"
+        return f"{schedule.last_slot:%Y-%m-%d %H:%M} {schedule.last_outcome}"
+
+    def delete_through_service(self, obj):
+        schedule_delete(schedule=obj)
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [path("<uuid:object_id>/pause-resume/", view(self.pause_resume_view),
+                     name="workloads_schedule_pause_resume"), *super().get_urls()]
+
+    def _visible(self, request, object_id) -> Schedule:
+        schedule = self.get_queryset(request).filter(pk=object_id).first()
+        if schedule is None:
+            raise Http404("no such schedule")
+        return schedule
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        schedule = self._visible(request, object_id)
+        context = self.admin_site.each_context(request) | {
+            "title": schedule.name, "opts": self.opts, "schedule": schedule,
+            "next_runs": schedule_next_runs(schedule=schedule), "runs": schedule_runs(schedule=schedule)[:RUNS_SHOWN],
+            "events": schedule.events.order_by("-id")[:20], "template": schedule_workload(schedule=schedule),
+            "can_delete": self.has_delete_permission(request, schedule),
+        }
+        return TemplateResponse(request, "admin/workloads/schedule/detail.html", context)
+
+    def pause_resume_view(self, request, object_id):
+        """POST pauses a live schedule or resumes a paused one, through the services the API uses."""
+        schedule = self._visible(request, object_id)
+        detail = reverse("admin:workloads_schedule_change", args=[schedule.pk])
+        if request.method == "POST":
+            change = schedule_resume if schedule.paused_at else schedule_pause
+            verb = "resumed" if schedule.paused_at else "paused"
+            try:
+                change(schedule=schedule, reason=f"{verb} by {request.user} in the console")
+                self.message_user(request, f"{schedule.name} {verb}", messages.SUCCESS)
+            except DomainError as error:
+                self.message_user(request, f"{schedule.name}: {error}", messages.WARNING)
+        return redirect(detail)
 
 
 @admin.register(WorkloadLog)

@@ -142,6 +142,9 @@ class Workload(models.Model):
             models.Index(fields=["status", "type"], name="workload_status_type"),
             # An array's counts by status, its pending instances to place, ?array=&status=.
             models.Index(fields=["array", "status"], name="workload_array_status"),
+            # The console's workload list, an array as one row (its instance 0), newest first.
+            models.Index(fields=["-created_at"], condition=Q(array__isnull=True) | Q(array_index=0),
+                         name="workload_list_rows"),
         ]
         constraints = [
             # One instance per index; also the index of ?array= listed in index order.

@@ -2,6 +2,7 @@ from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce, Length, Replace
 
 from core.errors import InvalidRequest
+from nodes.resources import Resources
 
 from .cron import cron_slots_after
 from .models import (
@@ -74,6 +75,12 @@ def schedule_next_runs(*, schedule: Schedule, count: int = NEXT_RUNS_SHOWN) -> l
     return runs
 
 
+def schedule_workload(*, schedule: Schedule) -> dict:
+    """What each run of a schedule submits, in the submission body's units (cpu in cores)."""
+    template = dict(schedule.template)
+    return template | {"requirements": Resources(**template["requirements"]).to_api()}
+
+
 def schedule_runs(*, schedule: Schedule) -> QuerySet[ScheduleRun]:
     """A schedule's runs, latest slot first, with the workload each started."""
     return schedule.runs.select_related("workload").order_by("-slot")
@@ -93,6 +100,19 @@ def workload_array_counts(*, array_ids: list) -> dict:
     return counts
 
 
+def array_status(counts: dict) -> str:
+    """One word for an array: the furthest any instance got until all ended, then how they ended."""
+    if counts["ended"] < counts["total"]:
+        for status in (WorkloadStatus.RUNNING, WorkloadStatus.SCHEDULED):
+            if counts[status]:
+                return status
+        return WorkloadStatus.PENDING
+    for status in (WorkloadStatus.FAILED, WorkloadStatus.LOST, WorkloadStatus.STOPPED):
+        if counts[status]:
+            return WorkloadStatus.FAILED if status == WorkloadStatus.LOST else status
+    return WorkloadStatus.SUCCEEDED
+
+
 def dependency_list(*, workload_ids=(), array_ids=()) -> list[WorkloadDependency]:
     """The dependencies of some workloads and arrays (what each waits on), targets named."""
     return list(WorkloadDependency.objects.filter(Q(workload_id__in=workload_ids) | Q(array_id__in=array_ids))
@@ -110,6 +130,13 @@ def workload_dependencies(*, workload: Workload) -> dict:
                    "name": (d.array or d.workload).name, "condition": d.condition, "state": d.state}
                   for d in waiting]
     return {"depends_on": on, "dependents": dependents}
+
+
+def dependency_linked(*, workload_id=None, array_id=None) -> bool:
+    """Whether a workload (or an array) waits on something or is waited on: it is in a graph."""
+    if array_id:
+        return WorkloadDependency.objects.filter(Q(array_id=array_id) | Q(on_array_id=array_id)).exists()
+    return WorkloadDependency.objects.filter(Q(workload_id=workload_id) | Q(on_workload_id=workload_id)).exists()
 
 
 # A dependency graph drawn in the console stops growing at this many workloads and arrays.

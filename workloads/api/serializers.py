@@ -24,9 +24,8 @@ from ..models import (
     WorkloadArrayEvent,
     WorkloadDependency,
     WorkloadEvent,
-    WorkloadStatus,
 )
-from ..selectors import dependency_list, schedule_next_runs, workload_array_counts
+from ..selectors import array_status, dependency_list, schedule_next_runs, schedule_workload, workload_array_counts
 from ..services.schedules import RUN_SUFFIX_LENGTH
 
 MAX_GPUS = 4096
@@ -225,20 +224,6 @@ class WorkloadArraySerializer(serializers.ModelSerializer):
         return f"/api/workloads?array={array.pk}"
 
 
-def array_status(counts: dict) -> str:
-    """One word for an array: the furthest any instance got until all ended, then how they ended."""
-    S = WorkloadStatus
-    if counts["ended"] < counts["total"]:
-        for status in (S.RUNNING, S.SCHEDULED):
-            if counts[status]:
-                return status
-        return S.PENDING
-    for status in (S.FAILED, S.LOST, S.STOPPED):
-        if counts[status]:
-            return S.FAILED if status == S.LOST else status
-    return S.SUCCEEDED
-
-
 # Times as every other field of the API writes them.
 _TIME = serializers.DateTimeField()
 
@@ -276,8 +261,7 @@ class ScheduleSerializer(serializers.ModelSerializer):
         return {"slot": _TIME.to_representation(schedule.last_slot), "outcome": schedule.last_outcome}
 
     def get_workload(self, schedule: Schedule) -> dict:
-        template = dict(schedule.template)
-        return template | {"requirements": Resources(**template["requirements"]).to_api()}
+        return schedule_workload(schedule=schedule)
 
     def get_workloads(self, schedule: Schedule) -> str:
         return f"/api/workloads?schedule={schedule.pk}"
