@@ -13,7 +13,13 @@ from nodes.models import NodeStatus
 
 from .dispatch import dispatch_start
 from .models import ACTIVE, Workload, WorkloadStatus
-from .services import schedules_run_due, workload_mark_redispatched, workload_transition, workloads_place_pending
+from .services import (
+    schedules_run_due,
+    workload_counts_fold,
+    workload_mark_redispatched,
+    workload_transition,
+    workloads_place_pending,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +30,7 @@ def tick() -> dict:
         "redispatched": redispatch_unacknowledged(),
         "placed": workloads_place_pending(),
         "scheduled": schedules_run_due(),
+        "counts_folded": workload_counts_fold(),
     }
 
 

@@ -142,6 +142,8 @@ class Workload(models.Model):
             models.Index(fields=["status", "type"], name="workload_status_type"),
             # An array's counts by status, its pending instances to place, ?array=&status=.
             models.Index(fields=["array", "status"], name="workload_array_status"),
+            # /metrics' dispatch latency: "workloads started in the last few minutes".
+            models.Index(fields=["started_at"], name="workload_started_at"),
             # The console's workload list, an array as one row (its instance 0), newest first.
             models.Index(fields=["-created_at"], condition=Q(array__isnull=True) | Q(array_index=0),
                          name="workload_list_rows"),
@@ -409,3 +411,35 @@ class ScheduleEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.schedule_id}: {self.reason}"
+
+
+class WorkloadCount(models.Model):
+    """How many workloads each owner has by status and type, kept by database triggers on the
+    workload table (migration 0009), so that the dashboard and /metrics read a few rows instead of
+    counting a million. On Postgres a statement's changes land first in ``WorkloadCountDelta``
+    (an insert, which no concurrent writer waits on) and the control loop folds them in here; read
+    both (``workload_counts``). ``owner_key`` is the owner's id, 0 for none."""
+
+    owner_key = models.PositiveIntegerField()
+    status = models.CharField(max_length=16)
+    type = models.CharField(max_length=16)
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner_key", "status", "type"], name="workload_count_once")]
+
+    def __str__(self) -> str:
+        return f"{self.owner_key}/{self.status}/{self.type}: {self.n}"
+
+
+class WorkloadCountDelta(models.Model):
+    """One statement's change to ``WorkloadCount``, waiting to be folded in (Postgres only)."""
+
+    id = models.BigAutoField(primary_key=True)
+    owner_key = models.PositiveIntegerField()
+    status = models.CharField(max_length=16)
+    type = models.CharField(max_length=16)
+    n = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.owner_key}/{self.status}/{self.type}: {self.n:+d}"

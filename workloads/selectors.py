@@ -13,6 +13,8 @@ from .models import (
     ScheduleRun,
     Workload,
     WorkloadArray,
+    WorkloadCount,
+    WorkloadCountDelta,
     WorkloadDependency,
     WorkloadEvent,
     WorkloadLog,
@@ -210,11 +212,33 @@ def workload_log_tails(*, workload_ids: list, lines: int) -> dict[str, list[str]
     return {pk: collected[-lines:] for pk, collected in tails.items()}
 
 
+def workload_counts(*, owner_id: int | None = None) -> dict[tuple[str, str], int]:
+    """How many workloads there are by (status, type), of one owner or of all, read from the
+    counts the triggers keep (a few dozen rows, plus the deltas not folded in yet), not from the
+    workload table."""
+    totals: dict[tuple[str, str], int] = {}
+    for model in (WorkloadCount, WorkloadCountDelta):
+        rows = model.objects.all() if owner_id is None else model.objects.filter(owner_key=owner_id)
+        for status, type_, n in rows.order_by().values("status", "type").annotate(n=Sum("n")).values_list(
+                "status", "type", "n"):
+            totals[(status, type_)] = totals.get((status, type_), 0) + n
+    return {key: n for key, n in totals.items() if n}
+
+
+def workload_list_row_count(*, user) -> int:
+    """How many rows the console's workload list has with each array as one row: the workloads
+    the user may see, less every array's instances but one (the trigger-kept counts and the array
+    table, not a count of the workload table; an array with an index deleted is off by one)."""
+    arrays = workload_array_list(user=user).order_by().aggregate(instances=Sum("count"), arrays=Count("pk"))
+    return max(0, workload_counts_by_status(user=user)["total"] - (arrays["instances"] or 0) + arrays["arrays"])
+
+
 def workload_counts_by_status(*, user) -> dict[str, int]:
-    counts = dict(
-        workload_list(user=user).order_by().values("status").annotate(n=Count("pk")).values_list("status", "n")
-    )
-    return {status: counts.get(status, 0) for status in WorkloadStatus.values} | {"total": sum(counts.values())}
+    """Workloads by status (and ``total``) that the user may see: every one for staff."""
+    counts = dict.fromkeys(WorkloadStatus.values, 0)
+    for (status, _type), n in workload_counts(owner_id=None if user.is_staff else user.pk).items():
+        counts[status] = counts.get(status, 0) + n
+    return counts | {"total": sum(counts.values())}
 
 
 def workload_events_recent(*, user, limit: int = 20) -> QuerySet[WorkloadEvent]:

@@ -82,11 +82,10 @@ class DatabaseCollector(Collector):
     def _workloads(self, now):
         from workloads.kinds import kinds
         from workloads.models import Workload, WorkloadStatus
+        from workloads.selectors import workload_counts
 
         counts = {(s, kind.name): 0 for s in WorkloadStatus.values for kind in kinds()}
-        rows = Workload.objects.order_by().values_list("status", "type").annotate(n=Count("pk"))
-        for status, type_, n in rows:
-            counts[(status, type_)] = n
+        counts |= workload_counts()  # kept by triggers: no count over the workload table
         family = GaugeMetricFamily(
             "cnet_workloads", "Workloads by status and type.", labels=["status", "type"]
         )

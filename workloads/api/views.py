@@ -27,6 +27,7 @@ from ..services import (
     workloads_submit_graph,
 )
 from .filters import WorkloadFilter
+from .pagination import WorkloadPagination
 from .serializers import (
     LogQuerySerializer,
     ScheduleEventSerializer,
@@ -51,8 +52,9 @@ class WorkloadViewSet(
 
     serializer_class = WorkloadSerializer
     filterset_class = WorkloadFilter
+    pagination_class = WorkloadPagination  # limit/offset, and a cursor beside it
     ordering_fields = ["created_at", "priority", "name", "status", "started_at", "finished_at"]
-    ordering = ["-created_at"]
+    ordering = ["-created_at", "-id"]  # the id orders an array's instances submitted at once, as a cursor does
     throttle_actions = {"create": "submissions"}  # core.throttles; the rate is a setting
 
     def get_queryset(self):
