@@ -29,11 +29,13 @@ class Beat:
 
 
 def node_heartbeat_apply(*, usage: dict, epoch: int | None = None, node_pk: int | None = None,
-                         node_id: str | None = None) -> Beat | None:
+                         node_id: str | None = None, known_status: str | None = None) -> Beat | None:
     """The one writer of a heartbeat, for the database path and the node API alike: one UPDATE
     records the usage, the time, the deadlines of the interval handed out and unhealthy → ready;
-    then one read of the status. None when no node matches (unknown, or ``epoch`` is not its
-    current agent's). An offline node stays offline: its work was lost, so its agent registers again.
+    then one read of the status, unless the caller read the row just before (``known_status``).
+    None when no node matches (unknown, or ``epoch`` is not its current agent's). An offline node
+    stays offline: its work was lost, so its agent registers again. (Marked offline between that
+    read and this write, it is answered ready once; its next beat says offline.)
     """
     match = Q(pk=node_pk) if node_pk is not None else Q(node_id=node_id)
     now = timezone.now()
@@ -46,7 +48,10 @@ def node_heartbeat_apply(*, usage: dict, epoch: int | None = None, node_pk: int 
     HEARTBEATS.labels(outcome="recorded" if updated else "refused").inc()
     if not updated:
         return None
-    status = Node.objects.filter(match).values_list("status", flat=True).first()
+    if known_status is not None:
+        status = NodeStatus.READY if known_status == NodeStatus.UNHEALTHY else known_status
+    else:
+        status = Node.objects.filter(match).values_list("status", flat=True).first()
     return Beat(status=status, at=now, timing=timing) if status is not None else None
 
 

@@ -21,7 +21,7 @@ from nodes.services import node_mark_offline, node_register, node_set_schedulabl
 
 from .dispatch import request_pending_placement
 from .models import Workload, WorkloadStatus
-from .selectors import node_work
+from .selectors import node_work, with_log_next_seq
 from .services import workload_note, workload_request_stop, workload_requeue
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ def node_heartbeat_record(*, node: Node, epoch: int, usage: dict, running: Colle
     ``epoch`` is the one its agent got when it registered; an older one means another agent has
     registered for the node since (or this one restarted), so the beat is refused with
     ``StateConflict`` and nothing is written."""
-    beat = node_heartbeat_apply(node_pk=node.pk, epoch=epoch, usage=usage)
+    # ``node`` was read by authentication a moment ago: its status saves a read after the write.
+    beat = node_heartbeat_apply(node_pk=node.pk, epoch=epoch, usage=usage, known_status=node.status)
     if beat is None:
         raise StateConflict(f"epoch {epoch} is not node {node.node_id}'s current one: another agent registered "
                             "for it since; register again (POST /api/node/register)", field="epoch")
@@ -77,8 +78,8 @@ def node_heartbeat_record(*, node: Node, epoch: int, usage: dict, running: Colle
         kill=sorted((pk for pk in running if pk not in here), key=str),
         stop=[pk for pk, workload in here.items()
               if pk in running and workload.status == WorkloadStatus.RUNNING and workload.stop_requested_at],
-        work=[workload for pk, workload in here.items()
-              if pk not in running and workload.status == WorkloadStatus.SCHEDULED],
+        work=with_log_next_seq([workload for pk, workload in here.items()
+                                if pk not in running and workload.status == WorkloadStatus.SCHEDULED]),
     )
 
 

@@ -1,5 +1,5 @@
-from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery, Sum, Value, Window
-from django.db.models.functions import Coalesce, Length, Replace
+from django.db.models import Count, F, Max, Q, QuerySet, Sum, Value, Window
+from django.db.models.functions import Length, Replace
 
 from core.errors import InvalidRequest
 from nodes.resources import Resources
@@ -268,16 +268,23 @@ WORK_FIELDS = (
 
 def node_work(*, node_pk: int) -> list[Workload]:
     """The workloads scheduled or running on a node, as its agent needs them, highest priority
-    first, then oldest placement; one read on the ``workload_node_status`` index. Each carries
-    ``log_next_seq``: the number its agent gives the next output chunk (a rerun continues the
-    numbering of the runs before it)."""
-    last_seq = WorkloadLog.objects.filter(workload_id=OuterRef("pk")).values("workload_id").annotate(
-        last=Max("seq")).values("last")
+    first, then oldest placement; one read on the ``workload_node_status`` index."""
     return list(
         Workload.objects.filter(node_id=node_pk, status__in=ACTIVE).only(*WORK_FIELDS)
-        .annotate(log_next_seq=Coalesce(Subquery(last_seq) + 1, 0))
         .order_by("-priority", "scheduled_at", "id")
     )
+
+
+def with_log_next_seq(workloads: list[Workload]) -> list[Workload]:
+    """Sets ``log_next_seq`` on each: the number its agent gives the next output chunk (a rerun
+    continues the numbering of the runs before it). One read, and none for an empty list: most
+    heartbeats start nothing."""
+    if workloads:
+        last = dict(WorkloadLog.objects.filter(workload_id__in=[workload.pk for workload in workloads])
+                    .values("workload_id").annotate(last=Max("seq")).values_list("workload_id", "last"))
+        for workload in workloads:
+            workload.log_next_seq = last[workload.pk] + 1 if workload.pk in last else 0
+    return workloads
 
 
 def workloads_foreign_to(*, node, placed: dict) -> set:

@@ -20,7 +20,7 @@ from nodes.services import node_join
 from ..membership import heartbeat_timing, node_drain_own, node_heartbeat_record, node_leave_own, node_register_own
 from ..models import WorkloadStatus
 from ..reports import workload_logs_store, workload_reports_apply
-from ..selectors import node_work
+from ..selectors import node_work, with_log_next_seq
 from . import schema  # noqa: F401 - documents the node credential in the schema
 from .serializers import (
     DrainAnswerSerializer,
@@ -114,7 +114,7 @@ class WorkView(NodeView):
     def get(self, request):
         placed = node_work(node_pk=request.auth.pk)
         return Response(WorkAnswerSerializer({
-            "work": [workload for workload in placed if workload.status == WorkloadStatus.SCHEDULED],
+            "work": with_log_next_seq([workload for workload in placed if workload.status == WorkloadStatus.SCHEDULED]),
             "running": [workload for workload in placed if workload.status == WorkloadStatus.RUNNING],
         }).data)
 
