@@ -234,17 +234,31 @@ class Spool:
             results: list[dict] = []
             try:
                 for batch in _batches(chunks, MAX_CHUNKS, lambda chunk: len(chunk["text"]), MAX_LOG_TEXT // 2):
-                    client.logs(batch)
+                    self._send(lambda chunks: [client.logs(chunks)], batch)
                 for batch in _batches(reports, MAX_REPORTS, lambda _: 0, 1):
-                    results.extend(client.reports(batch))
+                    results.extend(self._send(client.reports, batch))
             except ControlPlaneError as error:
                 logger.warning("node %s: %d spooled items not delivered yet: %s", client.node_id, len(pending), error)
                 return None
-            except Refused as error:  # a bad batch must not block the spool forever
-                logger.error("node %s: the control plane refused spooled items; dropping them: %s",
-                             client.node_id, error)
             self._forget(pending)
             return results
+
+    @staticmethod
+    def _send(call, batch: list[dict]) -> list:
+        """One batch (``call`` answers a list); refused whole (a 4xx: the request itself is wrong, so it will never pass),
+        it is sent again one item at a time, so only the items refused are dropped and a bad log
+        chunk never takes an exit report with it."""
+        try:
+            return call(batch)
+        except Refused as error:
+            if len(batch) == 1:
+                logger.error("the control plane refused a spooled item; dropping it: %s (%s)", error,
+                             {key: value for key, value in batch[0].items() if key != "text"})
+                return []
+        answers = []
+        for item in batch:
+            answers.extend(Spool._send(call, [item]))
+        return answers
 
     def _forget(self, delivered: list[dict]) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ Executors belong to kinds (``workloads.kinds``), which name them by dotted path:
 the first time this process needs it, so only agents ever import one.
 """
 
+import ctypes
 import functools
 import logging
 import os
@@ -252,24 +253,66 @@ def executors() -> list[Executor]:
 
 
 class LogTail:
-    """Reads what a file gained since last time, in whole lines, remembering its offset."""
+    """Reads what a file gained since last time, in whole lines, remembering its offset.
+
+    The node keeps a log bounded too: the control plane stores a workload's head and tail only
+    (``CNET_LOG_MAX_BYTES``), so once the head is read a backlog larger than the tail is skipped,
+    saying how much, and the disk blocks already read are given back (a hole punched behind the
+    offset; the workload's own descriptor goes on appending). ``remove`` deletes the file once its
+    last chunk is in the spool."""
 
     MAX_PARTIAL = 64 * 1024  # ship a line this long even without its newline
+    MAX_READ = 256 * 1024  # one chunk: well inside one POST /api/node/logs (1 MiB)
+    FREE_EVERY = 8 * 1024 * 1024  # bytes read between two holes punched
 
     def __init__(self, path: Path, offset: int = 0):
         self.path = path
         self.offset = offset
         self._partial = b""
+        self._freed = 0
+        self.keep = int(getattr(settings, "CNET_LOG_MAX_BYTES", 8 * 1024 * 1024))
 
     def read(self, *, final: bool = False) -> str:
+        skipped = 0
         try:
             with open(self.path, "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                if self.offset >= self.keep // 2 and size - self.offset > self.keep:
+                    skipped = size - self.keep // 2 - self.offset
+                    self.offset += skipped
+                    self._partial = b""
                 file.seek(self.offset)
-                data = file.read(4 * 1024 * 1024)
+                data = file.read(self.MAX_READ)
         except FileNotFoundError:
             return ""
         self.offset += len(data)
+        if self.offset - self._freed >= self.FREE_EVERY:
+            self._freed = punch_hole(self.path, self.offset) or self._freed
         data = self._partial + data
         cut = len(data) if final or len(data) > self.MAX_PARTIAL else data.rfind(b"\n") + 1
         self._partial = data[cut:]
-        return data[:cut].decode("utf-8", errors="replace")
+        text = data[:cut].decode("utf-8", errors="replace")
+        if skipped:
+            text = f"[cnet: {skipped} bytes of output skipped on the node: over the log limit]\n{text}"
+        return text
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+_FALLOC_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (linux/falloc.h)
+
+
+def punch_hole(path: Path, upto: int) -> int | None:
+    """Free the disk blocks of ``path`` before ``upto`` (reads there return zeros; the size stays).
+    Returns ``upto``, or None where the filesystem cannot (the blocks then stay until removal)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return None
+    try:
+        done = libc.fallocate(fd, _FALLOC_PUNCH_HOLE, ctypes.c_longlong(0), ctypes.c_longlong(upto))
+    finally:
+        os.close(fd)
+    return upto if done == 0 else None

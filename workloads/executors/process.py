@@ -169,6 +169,8 @@ class ProcessHandle(Handle):
         self.limiter.kill_all(runtime)  # a child forked while the leader was reaped
         self.limiter.cleanup(runtime)
         self.scope.release()
+        for tail in self.tails.values():  # its output is in the spool by now
+            tail.remove()
 
 
 class ProcessExecutor(Executor):

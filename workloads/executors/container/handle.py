@@ -177,6 +177,8 @@ class ContainerHandle(Handle):
         self.scope.release()
         for follower in self.followers.values():
             follower.join(timeout=5)
+        for tail in self.tails.values():  # its output is in the spool by now
+            tail.remove()
         logger.info("workload %s: removed container %s", self.workload_id, self.name)
 
 
