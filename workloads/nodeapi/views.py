@@ -112,9 +112,9 @@ class WorkView(NodeView):
 
     @extend_schema(tags=TAGS, responses={200: WorkAnswerSerializer, 401: REFUSED[401], 403: REFUSED[403]})
     def get(self, request):
-        placed = node_work(node_pk=request.auth.pk)
+        placed = with_log_next_seq(node_work(node_pk=request.auth.pk))  # a re-adopting agent numbers on
         return Response(WorkAnswerSerializer({
-            "work": with_log_next_seq([workload for workload in placed if workload.status == WorkloadStatus.SCHEDULED]),
+            "work": [workload for workload in placed if workload.status == WorkloadStatus.SCHEDULED],
             "running": [workload for workload in placed if workload.status == WorkloadStatus.RUNNING],
         }).data)
 
