@@ -34,6 +34,7 @@ STATUSES = [("succeeded", 70), ("failed", 10), ("stopped", 5), ("running", 5), (
 TYPES = [("process", 80), ("container", 15), ("mlmodel", 5)]
 WORDS = ["train", "etl", "render", "sweep", "resnet", "report", "ingest", "backup", "score", "tune"]
 ACTIVE = {"running", "scheduled"}
+HOST = "127.0.0.1"  # one the default settings allow
 
 
 def setup_django(url: str) -> None:
@@ -133,6 +134,9 @@ def seed(total: int) -> None:
             for pk, status, created in ids:
                 copy.write_row([pk, created, "transition", "", status, "", "seeded", "[]"])
         cursor.execute("ANALYZE")
+    from workloads.services import workload_counts_fold
+
+    workload_counts_fold()  # as the control loop's next tick would
     print(f"seeded {total:,} workloads ({in_arrays} arrays of {ARRAY_SIZE:,}) and {total:,} events in "
           f"{time.perf_counter() - started:.1f} s", flush=True)
 
@@ -150,11 +154,11 @@ def timed(client, url: str, repeat: int, **headers) -> tuple[float, float, int]:
 
 
 def deep_cursor(client, auth: dict, offset: int) -> str:
-    """The cursor URL of the page at ``offset``: the one ``Link: rel="next"`` names there."""
-    response = client.get(f"/api/workloads?limit=100&offset={offset - 100}&cursor=", **auth)
+    """The cursor URL of the page at ``offset``: the one the page before it names (``rel="cursor"``)."""
+    response = client.get(f"/api/workloads?limit=100&offset={offset - 100}", **auth)
     assert response.status_code == 200, response.content[:300]
-    link = response.headers.get("Link", "")
-    return link.split("<", 1)[1].split(">", 1)[0].replace("http://testserver", "")
+    cursor = next(part for part in response.headers["Link"].split(", ") if part.endswith('rel="cursor"'))
+    return cursor.split("<", 1)[1].split(">", 1)[0].split(HOST, 1)[1]
 
 
 def measure(repeat: int) -> list[tuple[str, float, float, int]]:
@@ -169,8 +173,8 @@ def measure(repeat: int) -> list[tuple[str, float, float, int]]:
     user = User.objects.get(username="user3")
     staff = {"HTTP_AUTHORIZATION": f"Token {Token.objects.get_or_create(user=admin)[0].key}"}
     own = {"HTTP_AUTHORIZATION": f"Token {Token.objects.get_or_create(user=user)[0].key}"}
-    api = Client()
-    console = Client()
+    api = Client(HTTP_HOST=HOST)
+    console = Client(HTTP_HOST=HOST)
     console.force_login(admin)
     array = WorkloadArray.objects.order_by("created_at").first()
     total = seeded_count()

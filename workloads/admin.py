@@ -25,10 +25,12 @@ from cnetsite.admin_site import DeletesThroughService, OwnedOnly
 from core.errors import DomainError
 from nodes.models import Node
 from nodes.resources import human_bytes, human_cores
+from scheduler.strategies import STRATEGIES
 
 from .api.serializers import WorkloadSubmitSerializer
 from .console import array_progress, dependency_graph_drawing
 from .forms import WorkloadSubmitForm
+from .kinds import kind_choices
 from .models import TERMINAL, Schedule, Workload, WorkloadLog
 from .selectors import (
     dependency_linked,
@@ -38,6 +40,7 @@ from .selectors import (
     schedule_runs,
     schedule_workload,
     workload_array_list,
+    workload_count_matching,
     workload_list,
     workload_list_row_count,
 )
@@ -54,7 +57,34 @@ from .services import (
 NODE_CHOICES_SHOWN = 500
 # An array's page lists its instances this many at a time; a schedule's page its latest runs.
 INSTANCES_PER_PAGE = 100
+# A filtered or searched list counts at most this many rows (50 a page: 20 pages); a search
+# matching a tenth of a million rows would otherwise cost a count of 100,000.
+COUNT_CAP = 1000
 RUNS_SHOWN = 50
+
+
+class KindListFilter(admin.SimpleListFilter):
+    """The registered kinds (a filter of every value in the column would read every row)."""
+
+    title, parameter_name = "type", "type__exact"
+
+    def lookups(self, request, model_admin):
+        return kind_choices()
+
+    def queryset(self, request, queryset):
+        return queryset.filter(type=self.value()) if self.value() else queryset
+
+
+class StrategyListFilter(admin.SimpleListFilter):
+    """The registered strategies, likewise."""
+
+    title, parameter_name = "strategy", "strategy__exact"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in sorted(STRATEGIES)]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(strategy=self.value()) if self.value() else queryset
 
 
 class CountedPaginator(Paginator):
@@ -74,10 +104,17 @@ class ArraysAsOneRow(ChangeList):
 
     def get_queryset(self, request, exclude_parameters=None):
         rows = super().get_queryset(request, exclude_parameters)
-        if self.has_active_filters or self.query:
-            return rows
-        rows = rows.filter(Q(array__isnull=True) | Q(array_index=0))
-        rows.row_count = workload_list_row_count(user=request.user)  # for CountedPaginator
+        filters = {key: value[-1] if isinstance(value, list) else value
+                   for key, value in self.get_filters_params().items()}
+        if not (self.has_active_filters or self.query):
+            rows = rows.filter(Q(array__isnull=True) | Q(array_index=0))
+            rows.row_count = workload_list_row_count(user=request.user)
+        elif not self.query and set(filters) <= {"status__exact", "type__exact"}:
+            rows.row_count = workload_count_matching(user=request.user, type=filters.get("type__exact"),
+                                                     statuses=[filters["status__exact"]] if "status__exact" in filters
+                                                     else [])
+        else:  # counted, but no further than the pages anyone reads
+            rows.row_count = rows.order_by()[:COUNT_CAP].count()
         return rows
 
     def get_results(self, request):
@@ -94,7 +131,7 @@ class WorkloadAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
     list_display = ["name_link", "status_badge", "progress", "type", "node", "requirements", "owner", "exit_code",
                     "created_at"]
     list_display_links = None
-    list_filter = ["status", "type", "node", "strategy"]
+    list_filter = ["status", KindListFilter, "node", StrategyListFilter]
     # Searched by get_search_results: name (a trigram index), owner, or the id.
     search_fields = ["name"]
     list_select_related = ["node", "owner"]
@@ -115,7 +152,11 @@ class WorkloadAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        matches = Q(name__icontains=term) | Q(owner__in=get_user_model().objects.filter(username__iexact=term))
+        matches = Q(name__icontains=term)
+        # The owner looked up first: an OR over a subquery would hide the name index from the planner.
+        owner = get_user_model().objects.filter(username__iexact=term).values_list("pk", flat=True).first()
+        if owner is not None:
+            matches |= Q(owner_id=owner)
         try:
             matches |= Q(pk=uuid.UUID(term))
         except ValueError:

@@ -142,6 +142,9 @@ class Workload(models.Model):
             models.Index(fields=["status", "type"], name="workload_status_type"),
             # An array's counts by status, its pending instances to place, ?array=&status=.
             models.Index(fields=["array", "status"], name="workload_array_status"),
+            # The dashboard's "work on each node": the scheduled and running, by node.
+            models.Index(fields=["node"], condition=Q(status__in=["scheduled", "running"]),
+                         name="workload_active_node"),
             # /metrics' dispatch latency: "workloads started in the last few minutes".
             models.Index(fields=["started_at"], name="workload_started_at"),
             # The console's workload list, an array as one row (its instance 0), newest first.

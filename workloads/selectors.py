@@ -1,4 +1,4 @@
-from django.db.models import Count, F, Max, Q, QuerySet, Sum, Value, Window
+from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery, Sum, Value, Window
 from django.db.models.functions import Length, Replace
 
 from core.errors import InvalidRequest
@@ -216,13 +216,22 @@ def workload_counts(*, owner_id: int | None = None) -> dict[tuple[str, str], int
     """How many workloads there are by (status, type), of one owner or of all, read from the
     counts the triggers keep (a few dozen rows, plus the deltas not folded in yet), not from the
     workload table."""
+    def rows(model):
+        mine = model.objects.all() if owner_id is None else model.objects.filter(owner_key=owner_id)
+        return mine.order_by().values_list("status", "type", "n")
+
     totals: dict[tuple[str, str], int] = {}
-    for model in (WorkloadCount, WorkloadCountDelta):
-        rows = model.objects.all() if owner_id is None else model.objects.filter(owner_key=owner_id)
-        for status, type_, n in rows.order_by().values("status", "type").annotate(n=Sum("n")).values_list(
-                "status", "type", "n"):
-            totals[(status, type_)] = totals.get((status, type_), 0) + n
+    for status, type_, n in rows(WorkloadCount).union(rows(WorkloadCountDelta), all=True):  # one query
+        totals[(status, type_)] = totals.get((status, type_), 0) + n
     return {key: n for key, n in totals.items() if n}
+
+
+def workload_count_matching(*, user, statuses=(), type: str | None = None) -> int:
+    """How many workloads the user may see have one of ``statuses`` (any, if none) and ``type``
+    (any, if None), from the trigger-kept counts: what a list filtered so shows in all."""
+    counts = workload_counts(owner_id=None if user.is_staff else user.pk)
+    return sum(n for (status, type_), n in counts.items()
+               if (not statuses or status in statuses) and (type is None or type_ == type))
 
 
 def workload_list_row_count(*, user) -> int:
@@ -250,10 +259,11 @@ def workload_events_recent(*, user, limit: int = 20) -> QuerySet[WorkloadEvent]:
 
 
 def workload_active_counts_by_node(*, user) -> dict[int, int]:
-    """How many scheduled/running workloads (that the user may see) each node holds, by node pk."""
+    """How many scheduled/running workloads (that the user may see) each node holds, by node pk
+    (on the ``workload_active_node`` index: the active few, not every row)."""
     rows = (
         workload_list(user=user).filter(status__in=ACTIVE, node__isnull=False)
-        .order_by().values("node").annotate(n=Count("pk")).values_list("node", "n")
+        .order_by().values("node").annotate(n=Count("*")).values_list("node", "n")  # "*": index-only
     )
     return dict(rows)
 

@@ -5,7 +5,8 @@ from ..models import Workload, WorkloadStatus
 
 
 class WorkloadFilter(django_filters.FilterSet):
-    status = django_filters.MultipleChoiceFilter(choices=WorkloadStatus.choices)
+    # One column, so no row can match twice: DISTINCT (the default) would sort every match.
+    status = django_filters.MultipleChoiceFilter(choices=WorkloadStatus.choices, distinct=False)
     type = django_filters.ChoiceFilter(choices=kind_choices)  # read per request: every registered kind
     node = django_filters.CharFilter(field_name="node__node_id")
     name = django_filters.CharFilter(lookup_expr="icontains")

@@ -20,7 +20,13 @@ from rest_framework.response import Response
 
 from core.api import HeaderLimitOffsetPagination
 
+from ..selectors import workload_count_matching
+
 CURSOR, ORDERING = "cursor", "ordering"
+# Query parameters that do not narrow the list.
+NOT_FILTERS = {"limit", "offset", CURSOR, "ordering", "format"}
+# A count the trigger-kept counts cannot give stops this many rows past the page.
+COUNT_LOOKAHEAD = 1000
 # The order a cursor pages in (the list's default), with the id breaking ties of created_at.
 CURSOR_ORDER = ("-created_at", "-id")
 
@@ -38,9 +44,29 @@ def cursor_decode(text: str) -> tuple[datetime, uuid.UUID]:
 
 
 class WorkloadPagination(HeaderLimitOffsetPagination):
+    """``X-Total-Count`` comes from the counts the database triggers keep when the list is
+    filtered by status and type at most (exact, a few rows read); other filters count up to
+    ``COUNT_LOOKAHEAD`` rows past the page, and a count that reaches it is sent as
+    ``X-Total-Count-At-Least`` instead."""
+
+    capped = False
+
+    def get_count(self, queryset) -> int:
+        params = self.request.query_params
+        filters = set(params) - NOT_FILTERS
+        if filters <= {"status", "type"}:
+            return workload_count_matching(user=self.request.user, statuses=[s for s in params.getlist("status") if s],
+                                           type=params.get("type") or None)
+        cap = self.get_offset(self.request) + self.limit + COUNT_LOOKAHEAD
+        count = queryset.order_by()[:cap].count()
+        self.capped = count == cap
+        return count
+
     def paginate_queryset(self, queryset, request, view=None):
         self.cursor_mode = CURSOR in request.query_params
-        newest_first = request.query_params.get(ORDERING) in (None, "", "-created_at")
+        # One array's instances are listed by index (the view's ordering), not newest first.
+        newest_first = (request.query_params.get(ORDERING) in (None, "", "-created_at")
+                        and not request.query_params.get("array"))
         if not self.cursor_mode:
             page = super().paginate_queryset(queryset, request, view)
             more = page and self.offset + self.limit < self.count
@@ -50,11 +76,12 @@ class WorkloadPagination(HeaderLimitOffsetPagination):
         if request.query_params.get(self.offset_query_param):
             raise ValidationError({CURSOR: ["a cursor pages by position: leave out offset"]})
         if not newest_first:
-            raise ValidationError({CURSOR: ["a cursor pages newest first: leave out ordering"]})
+            raise ValidationError({CURSOR: ["a cursor pages newest first: leave out ordering (and array)"]})
         rows = queryset.order_by(*CURSOR_ORDER)
         if text := request.query_params[CURSOR]:
             created_at, pk = cursor_decode(text)
-            rows = rows.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=pk))
+            # "created_at <= c" first, so that the created_at index ranges over it; the id breaks ties.
+            rows = rows.filter(Q(created_at__lt=created_at) | Q(id__lt=pk), created_at__lte=created_at)
         page = list(rows[:self.limit + 1])
         self.after = page[self.limit - 1] if len(page) > self.limit else None
         return page[:self.limit]
@@ -62,6 +89,9 @@ class WorkloadPagination(HeaderLimitOffsetPagination):
     def get_paginated_response(self, data):
         if not self.cursor_mode:
             response = super().get_paginated_response(data)
+            if self.capped:
+                del response.headers["X-Total-Count"]
+                response.headers["X-Total-Count-At-Least"] = str(self.count)
             if self.after is not None:
                 links = [response.headers["Link"]] if "Link" in response.headers else []
                 response.headers["Link"] = ", ".join([*links, f'<{self._cursor_url()}>; rel="cursor"'])

@@ -54,8 +54,16 @@ class WorkloadViewSet(
     filterset_class = WorkloadFilter
     pagination_class = WorkloadPagination  # limit/offset, and a cursor beside it
     ordering_fields = ["created_at", "priority", "name", "status", "started_at", "finished_at"]
-    ordering = ["-created_at", "-id"]  # the id orders an array's instances submitted at once, as a cursor does
     throttle_actions = {"create": "submissions"}  # core.throttles; the rate is a setting
+
+    @property
+    def ordering(self) -> list[str]:
+        """Newest first, the id ordering an array's instances submitted at once (as a cursor
+        does); one array's instances by index (the ``workload_array_index_once`` index)."""
+        request = getattr(self, "request", None)
+        if request is not None and request.query_params.get("array"):
+            return ["array_index"]
+        return ["-created_at", "-id"]
 
     def get_queryset(self):
         return workload_list(user=self.request.user)

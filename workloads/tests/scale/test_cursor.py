@@ -67,3 +67,19 @@ def test_bad_cursor_use_is_400_naming_it(api, workloads, query):
     response = api.get(f"/api/workloads?{query}")
     assert response.status_code == 400, response.content
     assert response.json()["detail"].startswith("cursor")
+
+
+def test_totals_by_status_and_type_come_exact_from_the_kept_counts(api, workloads):
+    for query, expected in (("", 12), ("?status=scheduled", 12), ("?status=running&status=scheduled", 12),
+                            ("?status=failed", 0), ("?type=process&status=scheduled", 12), ("?type=container", 0),
+                            ("?name=tied", 7), ("?name=single-3", 1)):
+        response = api.get(f"/api/workloads{query}")
+        assert response.headers["X-Total-Count"] == str(expected), query
+        assert len(response.json()) == expected
+
+
+def test_one_arrays_instances_are_listed_by_index(api, workloads):
+    array = api.get("/api/arrays").json()[0]["id"]
+    response = api.get(f"/api/workloads?array={array}&limit=4")
+    assert [w["array_index"] for w in response.json()] == [0, 1, 2, 3]
+    assert link(response, "cursor") is None and link(response, "next")  # an offset link, not a cursor
