@@ -100,10 +100,10 @@ def node_register(
         node.labels = labels
     if capabilities is not None:
         node.capabilities = capabilities
-    found_parent = node_find(parent, excluding=node_id) if parent else None
+    found_parent = _registered(node_find(parent, excluding=node_id)) if parent else None
     found_peers, waiting_peers = [], []
     for name in dict.fromkeys(peer for peer in peers if peer and peer != node_id):
-        found = node_find(name, excluding=node_id)
+        found = _registered(node_find(name, excluding=node_id))
         if found is None:
             waiting_peers.append(name)
         else:
@@ -126,6 +126,12 @@ def node_register(
                     ", ".join(filter(None, [node.pending_parent, *node.pending_peers])))
     logger.info("node %s registered (epoch %s)", node.node_id, node.agent_epoch)
     return node
+
+
+def _registered(node: Node | None) -> Node | None:
+    """A row a join made is not in the tree until its agent registers (it has no path yet): a
+    link to it waits, as to a node not seen at all, and is made when it registers."""
+    return node if node is not None and node.agent_epoch > 0 else None
 
 
 # pg_advisory_xact_lock key of node registrations ("cnetreg" in ASCII).

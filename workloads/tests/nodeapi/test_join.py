@@ -104,3 +104,15 @@ def test_the_schema_documents_the_node_api(api):
     paths = answer.json()["paths"]
     for path in ("join", "register", "heartbeat", "work", "reports", "logs"):
         assert any(name.rstrip("/").endswith(f"/api/node/{path}") for name in paths), path
+
+
+def test_a_child_registering_while_its_parent_has_joined_but_not_registered_lands_under_it(client):
+    """The parent's row exists from its join, with no place in the tree yet: the child's link
+    waits for the parent's registration, so the child's path is under the parent's."""
+    token = join_token_create(uses=1)
+    assert client.post("/api/node/join", {"join_token": token, "node_id": "slow-parent"},
+                       content_type="application/json").status_code == 201
+    make_node("quick-child", parent="slow-parent")
+    make_node("slow-parent")
+    parent, child = Node.objects.get(node_id="slow-parent"), Node.objects.get(node_id="quick-child")
+    assert child.parent_id == parent.pk and child.path == f"{parent.path}{child.pk}/" and child.depth == 1
