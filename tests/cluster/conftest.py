@@ -36,6 +36,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from nodes.models import Node, NodeStatus
@@ -83,7 +84,7 @@ def _pg_bin(name: str) -> str | None:
 
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float = 30):
-        super().__init__("cp", timeout=timeout)
+        super().__init__("localhost", timeout=timeout)  # a host name the web answers to
         self.path = path
 
     def connect(self):
@@ -131,6 +132,7 @@ class Cluster:
         self.shared.mkdir()
         self.api: Api | None = None
         self.server = f"http://{lab.address('cp')}:{PORTS['web']}"
+        self.restarted_at = timezone.now()  # when the control plane last (re)started
         self.join_token = ""
 
     def host_env(self, host: str, **extra) -> dict:
@@ -246,6 +248,7 @@ class Cluster:
                 if name == "web":
                     self.web_socket.unlink(missing_ok=True)
                 self.lab.restart(name)
+                self.restarted_at = timezone.now()
         self.wait_web()
 
     def heal(self) -> None:
@@ -260,8 +263,10 @@ class Cluster:
             if not self.lab.alive(host):
                 self.start_agent(host)
         self.restart_control_plane()
-        wait_for(lambda: Node.objects.filter(status=NodeStatus.READY).count() == len(AGENTS), timeout=60,
-                 message="all nodes ready")
+        # Ready, and heard from since the control plane last came back: a test that takes it away
+        # again starts from nodes whose deadlines their own beats wrote.
+        wait_for(lambda: Node.objects.filter(status=NodeStatus.READY, last_heartbeat__gt=self.restarted_at
+                                             ).count() == len(AGENTS), timeout=60, message="all nodes ready")
 
     # --- agents ---------------------------------------------------------------------------
     def start_agent(self, host: str) -> None:
@@ -316,6 +321,11 @@ def _child_env(lab: Lab) -> dict:
         **env,
         # Reachable from the control-plane host only (see AGENT_DATABASE_URL for agents).
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:{PORTS['postgres']}/{DB_NAME}",
+        # The address agents reach the web by: a host name it answers to.
+        "CNET_SERVER_URL": f"http://{cp}:{PORTS['web']}",
+        # As for the whole suite (cnetsite/settings_test.py): workloads run this interpreter, so
+        # they run under uids of their own only where those can execute it.
+        "CNET_WORKLOAD_ISOLATION": os.environ.get("CNET_WORKLOAD_ISOLATION", "1"),
         "CELERY_BROKER_URL": f"redis://{cp}:{PORTS['redis']}/8",
         "DJANGO_SETTINGS_MODULE": "cnetsite.settings",
         "SECRET_KEY": "cluster-test-only-" + os.urandom(8).hex(),

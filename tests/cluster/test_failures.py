@@ -100,7 +100,8 @@ def test_agent_hosts_reach_only_the_control_planes_http_port_and_the_broker(clus
 
     on_child = submit(cluster, name="spills-to-child", code=COUNTER, args=[3], cpu=1.5)
     workload = wait_status(on_child, S.SUCCEEDED, S.FAILED)
-    assert (workload.status, workload.node.node_id) == (S.SUCCEEDED, "h8-child")
+    assert (workload.status, workload.node.node_id) == (S.SUCCEEDED, "h8-child"), list(
+        WorkloadEvent.objects.filter(workload_id=on_child, kind="placement").values_list("reason", "details"))
     assert logs(cluster, on_child) == ["line 0", "line 1", "line 2"]
 
 
@@ -268,7 +269,8 @@ def test_control_plane_down_for_a_minute_fences_only_replaceable_work_and_never_
     new_first = wait_for(lambda: next((stamp for _node, stamp in proof_lines(proof) if stamp > back_at), None),
                          timeout=20, message="the rerun writes")
     old_last = max(stamp for _node, stamp in proof_lines(proof) if stamp < back_at)
-    assert old_last < fenced_at <= back_at < new_first, "two copies ran at once"
+    assert old_last < fenced_at <= back_at < new_first, ("two copies ran at once", [
+        line for line in proof_lines(proof) if line[1] > fenced_at - 1][:5], transitions(fenced))
     lost = [reason for _from, to, _node, reason in transitions(fenced) if to == S.LOST]
     assert len(lost) == 1 and "self-fencing" in lost[0], transitions(fenced)
     assert rerun.runtime["pid"] != fenced_pid

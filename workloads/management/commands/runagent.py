@@ -27,6 +27,7 @@ from workloads.dispatch import node_queue
 
 logger = logging.getLogger(__name__)
 SUPERVISE_SECONDS = 0.25  # log shipping lag and exit detection are bounded by this
+RETRY_BEAT_SECONDS = 1.0  # after a failed heartbeat
 
 
 class Command(BaseCommand):
@@ -95,6 +96,9 @@ class Command(BaseCommand):
                 raise CommandError(str(error)) from None
             except ControlPlaneError as error:
                 logger.warning("agent %s: heartbeat failed: %s", config.node_id, error)
+                # Out of touch: try again soon, so a control plane that comes back hears from us
+                # within a second, not a whole interval later (another outage may follow).
+                next_beat = min(next_beat, time.monotonic() + RETRY_BEAT_SECONDS)
             except Exception:
                 logger.exception("agent %s: heartbeat failed; continuing", config.node_id)
             try:
