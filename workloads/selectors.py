@@ -280,7 +280,8 @@ def node_work(*, node_pk: int) -> list[Workload]:
     """The workloads scheduled or running on a node, as its agent needs them, highest priority
     first, then oldest placement; one read on the ``workload_node_status`` index."""
     return list(
-        Workload.objects.filter(node_id=node_pk, status__in=ACTIVE).only(*WORK_FIELDS)
+        Workload.objects.filter(node_id=node_pk, status__in=ACTIVE).select_related("owner")
+        .only(*WORK_FIELDS, "owner__username")
         .order_by("-priority", "scheduled_at", "id")
     )
 

@@ -15,7 +15,7 @@ from ..executors.base import AgentContext, ExecutorError, executor_for, executor
 from ..models import Workload, WorkloadStatus
 from .client import ControlPlane
 from .config import AgentSettings
-from .supervision import Supervised, workload_from
+from .supervision import Supervised, time_limit, workload_from
 
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
@@ -74,7 +74,7 @@ class Reconciliation:
             run = Supervised(handle=None, workload_type=workload.type, scheduled_at=details["scheduled_at"],
                              restart_policy=workload.restart_policy,
                              seq=max(saved.get("seq") or 0, details.get("log_next_seq") or 0),
-                             stop_requested=bool(details.get("stop_requested_at")))
+                             stop_requested=bool(details.get("stop_requested_at")), **time_limit(details))
             try:
                 handle = executor_for(workload.type).adopt(
                     workload, self.context.for_workload(workload_id, owner=details.get("owner")))

@@ -37,6 +37,10 @@ class Supervised:
     stop_requested: bool = False
     stop_deadline: float | None = None
     kill_reason: str | None = None
+    # Its max_runtime_seconds as a monotonic deadline, from the time the control plane says is
+    # left (so it holds across an agent restart, by the control plane's clock).
+    max_runtime_seconds: int | None = None
+    time_limit_at: float | None = None
     # The runtime() the control plane was last given (for re-adopted work, what it was adopted
     # from): set-up finished after the start (a process's cgroups) is reported by the supervisor.
     recorded: dict = field(default_factory=dict)
@@ -61,6 +65,13 @@ def workload_from(details: dict) -> Workload:
         started_at=parse_datetime(details["started_at"]) if details.get("started_at") else None,
         stop_requested_at=parse_datetime(details["stop_requested_at"]) if details.get("stop_requested_at") else None,
     )
+
+
+def time_limit(details: dict) -> dict:
+    """The ``Supervised`` fields of a workload's time limit, from its start details."""
+    left = details.get("time_left_seconds")
+    return {"max_runtime_seconds": details.get("max_runtime_seconds"),
+            "time_limit_at": None if left is None else time.monotonic() + float(left)}
 
 
 class Supervision:
@@ -137,7 +148,7 @@ class Supervision:
         workload_id = str(workload.pk)
         run = Supervised(handle=None, workload_type=workload.type, scheduled_at=details["scheduled_at"],
                          restart_policy=workload.restart_policy, seq=details.get("log_next_seq") or 0,
-                         stop_requested=bool(details.get("stop_requested_at")))
+                         stop_requested=bool(details.get("stop_requested_at")), **time_limit(details))
         scope = self.context.for_workload(workload_id, owner=details.get("owner"))  # its uid, workspace, GPUs
         try:
             handle = executor_for(workload.type).start(workload, scope)
@@ -261,6 +272,14 @@ class Supervision:
         now = time.monotonic()
         if supervised.stop_deadline is not None and now > supervised.stop_deadline:
             supervised.handle.kill()
+            return
+        over_time = supervised.time_limit_at is not None and now > supervised.time_limit_at
+        if over_time and supervised.stop_deadline is None and supervised.kill_reason is None:
+            # Like a stop (SIGTERM, then SIGKILL after the grace), but it ends failed, saying why.
+            supervised.kill_reason = f"time limit {supervised.max_runtime_seconds} s exceeded"
+            logger.warning("workload %s: %s; stopping it", workload_id, supervised.kill_reason)
+            supervised.stop_deadline = now + self.config.stop_grace_seconds
+            supervised.handle.terminate()
             return
         limit = supervised.handle.runtime_now().get("memory_limit_bytes")  # the watchdog's, once set up
         if limit and supervised.kill_reason is None:

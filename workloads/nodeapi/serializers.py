@@ -1,5 +1,6 @@
 """The node API's bodies and answers: shape only (business rules live in the services)."""
 
+from django.utils import timezone
 from rest_framework import serializers
 
 from core.fields import NoUnknownFieldsMixin, StrictCharField, StrictIntegerField, StringListField
@@ -77,14 +78,28 @@ class WorkSerializer(serializers.ModelSerializer):
     requirements = serializers.SerializerMethodField()
     log_next_seq = serializers.IntegerField(read_only=True, default=0,
                                             help_text="the number to give this run's first output chunk")
+    owner = serializers.CharField(source="owner.username", default=None, read_only=True,
+                                  help_text="who submitted it: staff may map an owner to an account on nodes")
+    time_left_seconds = serializers.SerializerMethodField(
+        help_text="of its max_runtime_seconds, by the control plane's clock (null: no limit); past it the agent "
+                  "stops the workload and reports it failed")
 
     class Meta:
         model = Workload
         fields = [
             "id", "name", "type", "status", "config", "requirements", "restart_policy", "restart_count",
             "priority", "runtime", "agent_epoch", "scheduled_at", "started_at", "stop_requested_at", "log_next_seq",
+            "owner", "max_runtime_seconds", "time_left_seconds",
         ]
         read_only_fields = fields
+
+    def get_time_left_seconds(self, workload: Workload) -> float | None:
+        if workload.max_runtime_seconds is None:
+            return None
+        if workload.started_at is None:
+            return float(workload.max_runtime_seconds)
+        elapsed = (timezone.now() - workload.started_at).total_seconds()
+        return max(0.0, workload.max_runtime_seconds - elapsed)
 
     def get_requirements(self, workload: Workload) -> dict[str, int]:
         return {"cpu_millicores": workload.cpu_millicores, "gpu_count": workload.gpu_count,

@@ -190,3 +190,24 @@ def test_a_revoked_agent_is_refused_kills_its_copies_and_its_work_is_handled_as_
     moved = Workload.objects.get(pk=workload.pk)
     assert moved.events.filter(to_status=S.LOST, node_id=node_id).exists()
     assert moved.status == S.PENDING and moved.restart_count == 1  # its policy sends it elsewhere
+
+
+def test_a_workload_past_its_time_limit_is_stopped_and_fails_saying_so_even_across_an_agent_restart(make_agent):
+    node_id = f"timed-{uuid.uuid4().hex[:6]}"
+    first = make_agent(node_id, stop_grace_seconds=1)
+    first.register()
+    # It ignores SIGTERM, as some programs do: the grace period ends it anyway.
+    limited = submit_here(node_id, "sh", "-c", "trap '' TERM; sleep 60", max_runtime_seconds=2)
+    first.start(str(limited.pk))
+    assert Workload.objects.get(pk=limited.pk).status == S.RUNNING
+    # The agent restarts 1 s in: the new one takes the time left from the control plane's clock.
+    supervise_until(first, lambda: time.monotonic() > first.handles[str(limited.pk)].time_limit_at - 1, timeout=5,
+                    message="a second of its limit passed")
+    second = make_agent(config=first.config)
+    second.register()
+    second.reconcile()
+    assert 0 < second.handles[str(limited.pk)].time_limit_at - time.monotonic() <= 1.5
+    supervise_until(second, lambda: not second.handles, timeout=second.config.stop_grace_seconds + 10,
+                    message="it was stopped at its limit")
+    ended = Workload.objects.get(pk=limited.pk)
+    assert ended.status == S.FAILED and ended.reason == "time limit 2 s exceeded", ended.reason
