@@ -75,7 +75,7 @@ def _fleet_node(pk: int, node_id: str, parent_pk: int | None, path: str, rng: ra
         usage={"cpu_percent": round(rng.uniform(0, 100), 1), "cpu_count": cores,
                "memory_used_bytes": rng.randrange(0, memory), "memory_total_bytes": memory,
                "disk_used_bytes": rng.randrange(0, storage), "disk_total_bytes": storage},
-        status=status, last_heartbeat=now,
+        status=status, last_heartbeat=now, agent_epoch=1,  # registered: a place in the tree
     )
 
 

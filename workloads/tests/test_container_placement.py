@@ -69,6 +69,7 @@ def test_the_operator_can_allow_what_is_refused_by_default(api):
     assert response.status_code == 201, response.content
 
 
+@override_settings(CNET_CONTAINER_VOLUMES=["cache"])  # named volumes come from the operator's allowlist
 def test_named_volumes_ports_and_pull_policy_are_accepted(api):
     make_node("local", cpu=4, memory=8 * GiB, capabilities=ENGINE)
     config = {**SEED_CONTAINER["config"], "volumes": [{"source": "cache", "target": "/cache"}],
