@@ -20,7 +20,8 @@ ENV_EXAMPLE = DEPLOY / "cnet.env.example"
 ENV_READERS = {"env_str", "env_bool", "env_int", "env_float", "env_list", "settings_int", "getenv"}
 # Not our code's reads, but documented in the example for the operator (read by libraries).
 LIBRARY_VARIABLES = {"DOCKER_HOST"}
-SKIP_DIRS = {".venv", ".git", "var", "node_modules", "tests", "migrations", "__pycache__"}
+# cnetcli: the user's command line reads the user's environment (CNET_SERVER, CNET_TOKEN), not a host's.
+SKIP_DIRS = {".venv", ".git", "var", "node_modules", "tests", "migrations", "__pycache__", "cnetcli"}
 
 
 def test_there_is_a_unit_per_role_each_reading_the_environment_file():
@@ -29,7 +30,9 @@ def test_there_is_a_unit_per_role_each_reading_the_environment_file():
     ]
     for unit in UNITS:
         text = unit.read_text()
-        assert "EnvironmentFile=/etc/cnet/cnet.env" in text, unit.name
+        # Agent hosts get an environment of their own: no database URL, no secret key.
+        env_file = "agent.env" if unit.name == "cnet-agent.service" else "cnet.env"
+        assert f"EnvironmentFile=/etc/cnet/{env_file}" in text, unit.name
     assert "gunicorn cnetsite.wsgi" in (DEPLOY / "systemd/cnet-web.service").read_text()
     assert "worker -Q control" in (DEPLOY / "systemd/cnet-control.service").read_text()
     assert "celery -A cnetsite beat" in (DEPLOY / "systemd/cnet-beat.service").read_text()
@@ -185,3 +188,10 @@ def test_prometheus_example_scrapes_metrics_with_a_token():
     job = config["scrape_configs"][0]
     assert job["metrics_path"] == "/metrics"
     assert job["authorization"]["credentials_file"]
+
+
+def test_the_agent_environment_names_the_control_plane_and_the_broker_but_no_database_or_secret():
+    text = (DEPLOY / "agent.env.example").read_text()
+    assigned = {line.split("=", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+    assert {"CNET_SERVER_URL", "CELERY_BROKER_URL"} <= assigned
+    assert not assigned & {"DATABASE_URL", "SECRET_KEY", "SECRET_KEY_FILE", "DATABASE_URL_FILE"}
