@@ -229,7 +229,8 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Celery -------------------------------------------------------------------------------
-BROKER_DIR = DATA_DIR / "broker"
+# CNET_BROKER_DIR: an agent on this machine that joined an embedded control plane rings at its doorbells
+BROKER_DIR = Path(env_str("CNET_BROKER_DIR", str(DATA_DIR / "broker")))
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):

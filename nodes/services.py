@@ -307,6 +307,13 @@ def join_token_create(*, ttl_seconds: float | None = 3600, uses: int | None = 1,
     return key
 
 
+def join_token_revoke(*, key: str) -> bool:
+    """Refuse the join token ``key`` from now on (credentials got with it stay valid). False if it
+    was unknown or revoked already."""
+    usable = JoinToken.objects.filter(key_hash=key_hash(key), revoked_at__isnull=True)
+    return bool(usable.update(revoked_at=timezone.now()))
+
+
 def node_id_validate(node_id) -> str:
     if not isinstance(node_id, str) or not NODE_ID_PATTERN.fullmatch(node_id):
         raise InvalidRequest("must be 1 to 128 characters of letters, digits and _ . : -", field="node_id")

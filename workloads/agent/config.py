@@ -1,5 +1,6 @@
 """The agent's configuration: the seed's YAML, overridden by flags, defaults from the machine."""
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,9 @@ class AgentSettings:
     server: str = "http://127.0.0.1:8000"
     join_token: str | None = None
     credential_file: Path | None = None  # default: data_dir/agent/<node_id>.credential
+    # False when nothing names a control plane (no --server, no server.address, no CNET_SERVER_URL):
+    # runagent then joins the one a parent or peer runs, or starts one (cnetsite/standalone.py).
+    server_named: bool = True
 
 
 @dataclass
@@ -107,6 +111,7 @@ def load_agent_settings(path: str | None, overrides: Overrides) -> AgentSettings
         server=str(pick(overrides.server, server, "address", settings.CNET_SERVER_URL)),
         join_token=pick(overrides.join_token, server, "join_token", None) or None,
         credential_file=Path(overrides.credential_file) if overrides.credential_file else None,
+        server_named=bool(overrides.server or server.get("address") or os.environ.get("CNET_SERVER_URL")),
     )
 
 

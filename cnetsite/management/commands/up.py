@@ -2,7 +2,9 @@
 
 Migrates, makes sure an admin exists (printing its password and API token), then runs
 the web server, the control worker, beat and a local agent as child processes, and
-stops them all on Ctrl-C. Embedded defaults unless DATABASE_URL / CELERY_BROKER_URL say otherwise.
+stops them all on Ctrl-C (the agent first: its shutdown still talks to the web). Embedded
+defaults unless DATABASE_URL / CELERY_BROKER_URL say otherwise; embedded, it also leaves a join
+token for other agents of this machine and data root (``cnetsite.standalone``) while it runs.
 """
 
 import os
@@ -16,9 +18,10 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from rest_framework.authtoken.models import Token
 
+from cnetsite.standalone import local_join_offer, local_join_withdraw
 from core.files import write_private_file
 from nodes.services import join_token_create
 
@@ -31,19 +34,36 @@ class Command(BaseCommand):
         parser.add_argument("--bind", default="127.0.0.1")
         parser.add_argument("--no-agent", action="store_true", help="control plane only")
         parser.add_argument("--agent-config", default=None, help="YAML config for the local agent")
+        parser.add_argument("agent_args", nargs="*", metavar="-- FLAG", help="runagent flags for the local agent")
 
-    def handle(self, *args, port, bind, no_agent, agent_config, **options):
+    def handle(self, *args, port, bind, no_agent, agent_config, agent_args, **options):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         username, password, token = ensure_admin()
         url = f"http://{bind if bind != '0.0.0.0' else '127.0.0.1'}:{port}"
+        offered = local_join_offer(server=f"http://127.0.0.1:{port}") if settings.CNET_EMBEDDED else None
+        try:
+            dead = self.serve(url=url, port=port, bind=bind, no_agent=no_agent, agent_config=agent_config,
+                              agent_args=agent_args, admin=(username, password, token), offered=bool(offered))
+        finally:
+            if offered:
+                local_join_withdraw(offered)
+        if dead:
+            raise CommandError(f"{', '.join(dead)} exited; stopped the rest")
+
+    def serve(self, *, url, port, bind, no_agent, agent_config, agent_args, admin, offered) -> list[str]:
+        username, password, token = admin
         self.stdout.write(self.style.SUCCESS(f"\nCNET Agent is starting on {url}"))
         self.stdout.write(f"  Web UI:   {url}/admin/   user {username!r}, password {password!r}")
         self.stdout.write(f"  API docs: {url}/api/docs/")
         self.stdout.write(f"  API token: {token}")
         self.stdout.write(f'  Try:      curl -H "Authorization: Token {token}" {url}/api/nodes')
         self.stdout.write(f"  Or:       .venv/bin/cnet login --server {url} --token {token}")
-        self.stdout.write("            .venv/bin/cnet nodes;  .venv/bin/cnet run --follow -- echo hello\n")
+        self.stdout.write("            .venv/bin/cnet nodes;  .venv/bin/cnet run --follow -- echo hello")
+        if offered:
+            self.stdout.write(f"  Join:     ./bin/cnet-agent here, with 127.0.0.1:{port} as parent or peer, "
+                              "needs no token; from elsewhere: manage.py create_join_token")
+        self.stdout.write("")
 
         python = sys.executable
         manage = str(Path(settings.BASE_DIR) / "manage.py")
@@ -63,8 +83,8 @@ class Command(BaseCommand):
             # It joins over loopback like any node: a one-use token, spent only if it holds no
             # credential in the data folder yet (a later start reuses that one).
             join = ["--server", f"http://127.0.0.1:{port}", "--join-token", join_token_create(ttl_seconds=3600, uses=1)]
-            children["agent"] = [python, manage, "runagent", *where, *join]
-        supervise(children, self.stdout)
+            children["agent"] = [python, manage, "runagent", *where, *agent_args, *join]
+        return supervise(children, self.stdout)
 
 
 def ensure_admin() -> tuple[str, str, str]:
@@ -85,8 +105,9 @@ def ensure_admin() -> tuple[str, str, str]:
     return username, password_file.read_text(), token.key
 
 
-def supervise(commands: dict[str, list[str]], out) -> None:
-    """Run the children, prefix their output, stop them all when one dies or on a signal."""
+def supervise(commands: dict[str, list[str]], out) -> list[str]:
+    """Run the children, prefix their output, stop them all when one dies or on a signal; returns
+    the names of those that died by themselves."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -95,19 +116,20 @@ def supervise(commands: dict[str, list[str]], out) -> None:
         procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True, start_new_session=True)
         threading.Thread(target=_relay, args=(name, procs[name], out), daemon=True).start()
-    while not stop.wait(0.5):
+    dead = []
+    while not dead and not stop.wait(0.5):
         dead = [name for name, proc in procs.items() if proc.poll() is not None]
-        if dead:
-            out.write(f"{', '.join(dead)} exited; stopping the rest")
-            break
-    for proc in procs.values():
+    if dead:
+        out.write(f"{', '.join(dead)} exited; stopping the rest")
+    for proc in reversed(procs.values()):  # last started first: the agent leaves while the web answers
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    for proc in procs.values():
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return dead
 
 
 def _relay(name: str, proc: subprocess.Popen, out) -> None:

@@ -1,5 +1,9 @@
 """``manage.py runagent --config config.yaml --server URL [--join-token TOKEN]``: the agent of one node.
 
+Without a control plane named (no ``--server``, ``server.address`` or ``CNET_SERVER_URL``) it hands
+over to ``cnetsite.standalone``: the node joins the control plane its parent or a peer runs, or runs
+its own, as the seed's ``./bin/cnet-agent -config config.yaml`` does.
+
 The agent opens no database: it talks to the control plane's node API (``--server``), with its
 node's credential (got once with ``--join-token`` and kept in its data folder). The main thread
 registers the node, reconciles, then loops: heartbeat, supervise. A Celery worker in a thread
@@ -19,6 +23,7 @@ from celery.worker import state as worker_state
 from django.core.management.base import BaseCommand, CommandError
 
 from cnetsite.celery import app as celery_app
+from cnetsite.standalone import start_node
 from workloads.agent.agent import Agent
 from workloads.agent.client import ControlPlaneError, CredentialRefused
 from workloads.agent.config import ConfigError, Overrides, load_agent_settings
@@ -62,6 +67,8 @@ class Command(BaseCommand):
             config = load_agent_settings(options.get("config"), overrides)
         except ConfigError as error:
             raise CommandError(str(error)) from None
+        if not config.server_named:  # the seed's node: join what its parent or a peer runs, or run one
+            start_node(config_path=options.get("config"), config=config, overrides=overrides)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
