@@ -3,7 +3,7 @@ and four agents.
 
 Needs Postgres (``DATABASE_URL``) and Redis (``CELERY_BROKER_URL``); skipped otherwise.
 The agents are the shipped ``configs/config_*.yaml`` started through ``bin/cnet-agent``,
-with small capacities given as flags (flags win over the file). They hold no database: their
+with small capacities and the links given as flags (flags win over the file). They hold no database: their
 ``DATABASE_URL`` names a port where nothing listens, and they join the control plane's node API
 over HTTP with one join token, keeping their credentials in the data folder. The control plane
 runs in a database of its own (``cnet_h3_e2e_<random>``, created, migrated and dropped here)
@@ -38,12 +38,13 @@ REPO = Path(__file__).resolve().parents[2]
 MiB = 1024**2
 # Agents are pointed here for a database: nothing listens, so any use of it would fail loudly.
 UNREACHABLE_DATABASE = "postgres://nobody@127.0.0.1:9/unreachable"
-# Small declared capacities: parent < child < peers, so placement spills predictably.
+# Small declared capacities: parent < child < peers, so placement spills predictably. Links by
+# node id: the configs' addresses are per demo (parent and peer1 both serve the seed's 8080).
 AGENTS = {
-    "parent": ["--cpu", "1", "--memory", str(512 * MiB)],
-    "child": ["--cpu", "2", "--memory", str(1024 * MiB)],
-    "peer1": ["--cpu", "3", "--memory", str(1024 * MiB)],
-    "peer2": ["--cpu", "3", "--memory", str(1024 * MiB)],
+    "parent": ["--cpu", "1", "--memory", str(512 * MiB), "--peer", "peer1", "--peer", "peer2"],
+    "child": ["--cpu", "2", "--memory", str(1024 * MiB), "--parent", "parent"],
+    "peer1": ["--cpu", "3", "--memory", str(1024 * MiB), "--peer", "peer2"],
+    "peer2": ["--cpu", "3", "--memory", str(1024 * MiB), "--peer", "peer1"],
 }
 TIMINGS = {
     "CNET_HEARTBEAT_SECONDS": "1",

@@ -11,26 +11,28 @@ REPO = Path(__file__).resolve().parents[3]
 GiB = 1024**3
 
 
-def test_shipped_configs_run_together_on_one_machine():
+def test_each_demo_of_the_shipped_configs_runs_on_one_machine_on_the_seeds_ports():
     configs = {name: load_agent_settings(str(REPO / "configs" / f"config_{name}.yaml"), Overrides())
                for name in ("parent", "child", "peer1", "peer2")}
     assert [c.node_id for c in configs.values()] == ["parent", "child", "peer1", "peer2"]
-    endpoints = {f"{c.address}:{c.port}": name for name, c in configs.items()}
-    assert len(endpoints) == 4
-    assert endpoints[configs["child"].parent] == "parent"
-    assert [endpoints[p] for p in configs["parent"].peers] == ["peer1", "peer2"]
-    assert [endpoints[p] for p in configs["peer1"].peers] == ["peer2"]
-    assert [endpoints[p] for p in configs["peer2"].peers] == ["peer1"]
-    assert configs["parent"].parent is None and configs["child"].peers == []
+    for first, second in (("parent", "child"), ("peer1", "peer2")):  # two terminals each
+        demo = {name: configs[name] for name in (first, second)}
+        endpoints = {f"{c.address}:{c.port}": name for name, c in demo.items()}
+        assert len(endpoints) == 2 and configs[first].port == 8080  # the seed's curls reach the first
+    assert configs["child"].parent == "127.0.0.1:8080" and configs["child"].peers == []
+    assert configs["parent"].parent is None and configs["parent"].peers == []
+    assert configs["peer1"].peers == ["127.0.0.1:8081"] and configs["peer2"].peers == ["127.0.0.1:8080"]
     single = load_agent_settings(str(REPO / "config.yaml"), Overrides())
-    assert (single.node_id, single.capacity.cpu, single.capacity.memory) == ("agent-1", 4000, 8 * GiB)
+    assert (single.node_id, single.port, single.capacity.cpu) == ("agent-1", 8080, 4000)
+    assert single.capacity.memory == 8 * GiB
+    assert not single.server_named  # so it runs a node of its own
 
 
 def test_flags_override_the_file():
     config = load_agent_settings(str(REPO / "configs" / "config_child.yaml"),
                                  Overrides(cpu=0.5, memory=GiB, node_id="c2", parent="parent", peers=["x:1"]))
     assert (config.node_id, config.capacity.cpu, config.capacity.memory) == ("c2", 500, GiB)
-    assert (config.parent, config.peers, config.port) == ("parent", ["x:1"], 8082)
+    assert (config.parent, config.peers, config.port) == ("parent", ["x:1"], 8081)
 
 
 def test_bad_config_files_are_refused_with_the_path(tmp_path):
