@@ -1,10 +1,10 @@
-# Two commands for a new machine: `make run` and `make test`.
+# Two commands for a new machine: `make run` and `make test` (`make build` is the seed's first step).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test lint bench
+.PHONY: build run test lint bench
 
 # The pinned requirements, then the project itself (.venv/bin/cnet, from pyproject.toml): without
 # build isolation, so offline, with the setuptools requirements.txt pins.
@@ -14,6 +14,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# What `make run` and bin/cnet-agent need, each step only if it is not done yet: the venv (the rule
+# above), the embedded database's migrations and the static files (in $CNET_DATA_DIR, default var/).
+# Each node bin/cnet-agent starts migrates its own database under var/nodes/ when it starts.
+build: $(STAMP)
+	@echo "venv: $(VENV) has requirements.txt and the project installed"
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput
+	@echo "built: make run, or ./bin/cnet-agent -config config.yaml"
 
 # The control plane, control worker, beat and a local agent on http://127.0.0.1:8080.
 run: $(STAMP)
