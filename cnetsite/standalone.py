@@ -34,6 +34,7 @@ from workloads.agent.client import ControlPlane, ControlPlaneError, CredentialRe
 from workloads.agent.config import AgentSettings, Overrides
 
 LOCAL_JOIN_FILE = "local_join.json"
+JOINED_FILE = "joined.json"  # in a joined node's folder: where it is named, which control plane it joined
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0"})
 PROBE_SECONDS = 2.0
 # The flags that shape the node, passed on to the agent of whichever launch is chosen.
@@ -72,6 +73,7 @@ def prepare_node(*, config_path: str | None, config: AgentSettings, overrides: O
     flags = agent_flags(overrides)
     found = reachable_control_plane(config)
     if found is None:
+        (data_dir / JOINED_FILE).unlink(missing_ok=True)  # it serves its own now: nobody joins through it
         links = [name for name in [config.parent, *config.peers] if name]
         why = f"none answers at {', '.join(links)}" if links else "no control plane named"
         return Launch(
@@ -87,6 +89,8 @@ def prepare_node(*, config_path: str | None, config: AgentSettings, overrides: O
     local = local_join(url)
     join(config=config, url=url, link=link, credential=credential, data_dir=data_dir,
          token=config.join_token or (local or {}).get("join_token"))
+    write_private_file(data_dir / JOINED_FILE, json.dumps({"endpoint": f"http://{config.address}:{config.port}",
+                                                           "server": url}))
     env = {"CNET_DATA_DIR": str(data_dir)}
     if local and local.get("broker_dir") and not os.environ.get("CELERY_BROKER_URL"):
         env["CNET_BROKER_DIR"] = local["broker_dir"]  # its doorbells ring here at once
@@ -112,14 +116,28 @@ def agent_flags(overrides: Overrides) -> list[str]:
 
 
 def reachable_control_plane(config: AgentSettings) -> tuple[str, str] | None:
-    """(``"parent 127.0.0.1:8080"``, its URL) for the first of the parent, then the peers, whose
-    address a control plane answers at; None if none does (names without a port are node ids)."""
+    """(``"parent 127.0.0.1:8080"``, the control plane's URL) for the first of the parent, then the
+    peers, that runs a control plane that answers, or is a node of this machine that joined one
+    (an agent serves no HTTP itself); None if none does (names without a port are node ids)."""
     links = [("parent", config.parent)] if config.parent else []
     links += [("peer", peer) for peer in config.peers]
     for role, name in links:
         url = _url_for(name)
-        if url and _answers(url):
-            return f"{role} {name}", url
+        for server in (url, _joined_server(url)) if url else ():
+            if server and _answers(server):
+                return f"{role} {name}", server
+    return None
+
+
+def _joined_server(url: str) -> str | None:
+    """The control plane a node of this machine and data root serving nowhere at ``url`` joined."""
+    for path in sorted(Path(settings.DATA_DIR).glob(f"nodes/*/{JOINED_FILE}")):
+        try:
+            joined = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(joined, dict) and _same_local_endpoint(str(joined.get("endpoint", "")), url):
+            return str(joined.get("server", "")) or None
     return None
 
 

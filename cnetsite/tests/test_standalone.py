@@ -30,9 +30,9 @@ def data_root(settings, tmp_path):
     return tmp_path
 
 
-def child_config(tmp_path, parent: str, **agent) -> str:
-    path = tmp_path / "child.yaml"
-    path.write_text(json.dumps({"agent": {"node_id": "child", "port": 8081, **agent},
+def child_config(tmp_path, parent: str, node_id: str = "child", port: int | None = None) -> str:
+    path = tmp_path / f"{node_id}.yaml"
+    path.write_text(json.dumps({"agent": {"node_id": node_id, "port": port or free_port()},
                                 "parent": {"enabled": True, "address": parent}}))
     return str(path)
 
@@ -66,6 +66,12 @@ def test_an_agent_of_this_machine_joins_the_control_plane_its_parent_runs_withou
     again = prepare_node(config_path=config_path, config=load_agent_settings(config_path, Overrides()),
                          overrides=Overrides())
     assert again.argv == launch.argv  # a later start uses the credential it kept
+    # A grandchild names the child, which serves nothing (an agent): it joins the control plane the child joined.
+    child_port = load_agent_settings(config_path, Overrides()).port
+    grandchild_path = child_config(data_root, f"127.0.0.1:{child_port}", node_id="grandchild")
+    grandchild = prepare_node(config_path=grandchild_path, config=load_agent_settings(grandchild_path, Overrides()),
+                              overrides=Overrides())
+    assert grandchild.argv[grandchild.argv.index("--server") + 1] == live_server.url
 
     local_join_withdraw(token)
     assert not offered.exists()
