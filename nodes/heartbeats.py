@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
 
 from .models import Node, NodeStatus
 
@@ -24,6 +26,11 @@ from .models import Node, NodeStatus
 OFFLINE_AFTER_INTERVALS = 1.4
 # A process counts live nodes at most this often: the count moves the interval by 1/rate s a node.
 COUNT_CACHE_SECONDS = 5.0
+# A node heard from this recently counts as beating even if it was declared offline: its agent
+# registers again and beats on. Counting only the nodes not offline fed back on itself: an
+# overloaded control plane let beats run late, nodes went offline, the count fell, the interval
+# handed out shrank and the load grew (seen with 10,000 simulated nodes: intervals of 5 s).
+COUNTED_SILENCE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -65,8 +72,9 @@ _count: tuple[float, int] | None = None  # (time.monotonic() it expires, live no
 
 
 def live_node_count() -> int:
-    """Nodes that are not offline (they beat), counted at most every ``COUNT_CACHE_SECONDS`` in
-    this process. A stale count only moves the interval handed out by a few nodes' worth."""
+    """Nodes that beat: not offline, or heard from in the last ``COUNTED_SILENCE``; counted at most
+    every ``COUNT_CACHE_SECONDS`` in this process. A stale count only moves the interval handed out
+    by a few nodes' worth."""
     global _count
     cached = _count
     now = time.monotonic()
@@ -75,7 +83,8 @@ def live_node_count() -> int:
     with _count_lock:  # one count per expiry, not one per thread that noticed it
         if _count is not None and now < _count[0]:
             return _count[1]
-        count = Node.objects.exclude(status=NodeStatus.OFFLINE).count()
+        since = timezone.now() - COUNTED_SILENCE
+        count = Node.objects.filter(~Q(status=NodeStatus.OFFLINE) | Q(last_heartbeat__gte=since)).count()
         _count = (time.monotonic() + COUNT_CACHE_SECONDS, count)
         return count
 

@@ -199,3 +199,17 @@ def test_a_failover_refreshes_the_whole_fleet_in_one_update():
         # the refresh, then the normal checks (which find nobody due)
         assert len(node_writes) == 2, node_writes
         assert set(Node.objects.values_list("offline_at", flat=True)) == {timezone.now() + timedelta(seconds=18)}
+
+
+@pytest.mark.django_db
+def test_nodes_declared_offline_but_heard_from_lately_still_count_so_an_overload_does_not_shrink_the_interval(
+        slow_rate):
+    """An overloaded control plane lets beats run late and nodes go offline; their agents register
+    again and beat on. Were they not counted, the interval handed out would shrink as the load grew."""
+    make_node("n")
+    bulk_nodes(1_999)
+    with time_machine.travel(START, tick=False):
+        Node.objects.bulk_create(Node(node_id=f"late-{i}", status=NodeStatus.OFFLINE,
+                                      last_heartbeat=START - timedelta(seconds=60)) for i in range(1_000))
+        live_node_count_forget()
+        assert node_heartbeat_apply(node_id="n", usage={}).timing.interval_seconds == 30.0
