@@ -41,18 +41,6 @@ class Command(BaseCommand):
         call_command("collectstatic", interactive=False, verbosity=0)
         username, password, token = ensure_admin()
         url = f"http://{bind if bind != '0.0.0.0' else '127.0.0.1'}:{port}"
-        offered = local_join_offer(server=f"http://127.0.0.1:{port}") if settings.CNET_EMBEDDED else None
-        try:
-            dead = self.serve(url=url, port=port, bind=bind, no_agent=no_agent, agent_config=agent_config,
-                              agent_args=agent_args, admin=(username, password, token), offered=bool(offered))
-        finally:
-            if offered:
-                local_join_withdraw(offered)
-        if dead:
-            raise CommandError(f"{', '.join(dead)} exited; stopped the rest")
-
-    def serve(self, *, url, port, bind, no_agent, agent_config, agent_args, admin, offered) -> list[str]:
-        username, password, token = admin
         self.stdout.write(self.style.SUCCESS(f"\nCNET Agent is starting on {url}"))
         self.stdout.write(f"  Web UI:   {url}/admin/   user {username!r}, password {password!r}")
         self.stdout.write(f"  API docs: {url}/api/docs/")
@@ -60,17 +48,27 @@ class Command(BaseCommand):
         self.stdout.write(f'  Try:      curl -H "Authorization: Token {token}" {url}/api/nodes')
         self.stdout.write(f"  Or:       .venv/bin/cnet login --server {url} --token {token}")
         self.stdout.write("            .venv/bin/cnet nodes;  .venv/bin/cnet run --follow -- echo hello")
-        if offered:
+        if settings.CNET_EMBEDDED:
             self.stdout.write(f"  Join:     ./bin/cnet-agent here, with 127.0.0.1:{port} as parent or peer, "
                               "needs no token; from elsewhere: manage.py create_join_token")
         self.stdout.write("")
+        offered = local_join_offer(server=f"http://127.0.0.1:{port}") if settings.CNET_EMBEDDED else None
+        try:
+            dead = self.serve(port=port, bind=bind, no_agent=no_agent, agent_config=agent_config,
+                              agent_args=agent_args)
+        finally:
+            if offered:
+                local_join_withdraw(offered)
+        if dead:
+            raise CommandError(f"{', '.join(dead)} exited; stopped the rest")
 
+    def serve(self, *, port, bind, no_agent, agent_config, agent_args) -> list[str]:
         python = sys.executable
         manage = str(Path(settings.BASE_DIR) / "manage.py")
         children = {
             "web": [python, "-m", "gunicorn", "cnetsite.wsgi:application", "--bind", f"{bind}:{port}",
                     "--workers", os.environ.get("WEB_CONCURRENCY", "2"), "--threads", "4",
-                    "--access-logfile", "-", "--graceful-timeout", "5"],
+                    "--access-logfile", "-", "--graceful-timeout", "5", "--no-control-socket"],
             "control": [python, "-m", "celery", "-A", "cnetsite", "worker", "-Q", "control",
                         "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO",
                         "--hostname", "control@%h", "--without-mingle", "--without-gossip"],
@@ -113,7 +111,8 @@ def supervise(commands: dict[str, list[str]], out) -> list[str]:
         signal.signal(sig, lambda *_: stop.set())
     procs = {}
     for name, argv in commands.items():
-        procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        # From the project folder, whichever folder up was started in (bin/cnet-agent runs anywhere).
+        procs[name] = subprocess.Popen(argv, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True, start_new_session=True)
         threading.Thread(target=_relay, args=(name, procs[name], out), daemon=True).start()
     dead = []
