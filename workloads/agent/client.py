@@ -245,9 +245,9 @@ class Spool:
 
     @staticmethod
     def _send(call, batch: list[dict]) -> list:
-        """One batch (``call`` answers a list); refused whole (a 4xx: the request itself is wrong, so it will never pass),
-        it is sent again one item at a time, so only the items refused are dropped and a bad log
-        chunk never takes an exit report with it."""
+        """One batch (``call`` answers a list). Refused whole (a 4xx: the request itself is wrong,
+        so it will never pass), it is sent again one item at a time, so only the items refused are
+        dropped and a bad log chunk never takes an exit report with it."""
         try:
             return call(batch)
         except Refused as error:
