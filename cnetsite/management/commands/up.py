@@ -24,6 +24,7 @@ from rest_framework.authtoken.models import Token
 from cnetsite.standalone import local_join_offer, local_join_withdraw
 from core.files import write_private_file
 from nodes.services import join_token_create
+from workloads.executors.reach import others_may_run
 
 
 class Command(BaseCommand):
@@ -51,6 +52,10 @@ class Command(BaseCommand):
         if settings.CNET_EMBEDDED:
             self.stdout.write(f"  Join:     ./bin/cnet-agent here, with 127.0.0.1:{port} as parent or peer, "
                               "needs no token; from elsewhere: manage.py create_join_token")
+        if isolation_off_for_this_python():
+            self.stdout.write(f"  Isolation: off: workload uids could not run {sys.executable} (a folder above it is "
+                              "closed to others), so workloads run as this user; install under /opt (deploy/) "
+                              "to give each its own uid")
         self.stdout.write("")
         offered = local_join_offer(server=f"http://127.0.0.1:{port}") if settings.CNET_EMBEDDED else None
         try:
@@ -83,6 +88,17 @@ class Command(BaseCommand):
             join = ["--server", f"http://127.0.0.1:{port}", "--join-token", join_token_create(ttl_seconds=3600, uses=1)]
             children["agent"] = [python, manage, "runagent", *where, *agent_args, *join]
         return supervise(children, self.stdout)
+
+
+def isolation_off_for_this_python() -> bool:
+    """A root agent runs each workload as a uid of its own, and ML workloads run this interpreter. On a
+    machine where it lives in a folder closed to others (a venv under a 0700 /root), every such
+    workload would exit 126: the one-machine system then runs workloads as this user, says so in the
+    banner, and its agent says so again at start. An explicit CNET_WORKLOAD_ISOLATION is obeyed."""
+    if "CNET_WORKLOAD_ISOLATION" in os.environ or os.geteuid() != 0 or others_may_run(sys.executable):
+        return False
+    os.environ["CNET_WORKLOAD_ISOLATION"] = "0"  # for the children: the agent reads it at start
+    return True
 
 
 def ensure_admin() -> tuple[str, str, str]:
