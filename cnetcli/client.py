@@ -1,6 +1,8 @@
 """The one conversation with the REST API: base URL, token, one keep-alive connection, and the
 API's own message on every refusal."""
 
+import json
+
 import httpx
 
 from . import __name__ as _package
@@ -62,7 +64,12 @@ def _refusal(response: httpx.Response, server: str) -> ApiError:
     except ValueError:
         body = None
     detail = body.get("detail") if isinstance(body, dict) else None
-    message = str(detail) if detail else (response.text.strip()[:500] or response.reason_phrase)
+    if detail:
+        message = str(detail)
+    elif body is not None:
+        message = json.dumps(body)[:500]
+    else:  # a page, not an answer of the API's (an unknown path): its status says enough
+        message = f"{response.reason_phrase}: {response.request.method} {response.request.url.path}"
     if response.status_code == 401 or (response.status_code == 403 and "credentials" in message.lower()):
         return ApiError(f"{server} refused the token ({message}): {LOGIN_HINT}", status=response.status_code)
     return ApiError(f"{message} (HTTP {response.status_code})", status=response.status_code)

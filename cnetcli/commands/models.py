@@ -2,6 +2,7 @@
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import click
@@ -24,6 +25,20 @@ def models():
 def list_models():
     """Models, newest first."""
     emit(api().get("/ml/models", limit=1000), _models_table)
+
+
+def model_id_of(name_or_id: str) -> str:
+    """MODEL as the user wrote it: a model's id, or its name (which the API lists by)."""
+    try:
+        return str(uuid.UUID(name_or_id))
+    except ValueError:
+        pass
+    listed = api().get("/ml/models", name=name_or_id, limit=2)
+    found = listed["results"] if isinstance(listed, dict) else listed
+    if len(found) != 1:
+        raise CliError(f"no model is named {name_or_id!r}" if not found else
+                       f"several models are named {name_or_id!r}: give its id (cnet models list)")
+    return found[0]["id"]
 
 
 def _models_table(listed: list[dict]):
@@ -71,12 +86,12 @@ def deploy(deploy_file, command, env, cpu, memory, **fields):
 @click.option("--mode", type=click.Choice(["auto", "sync", "async"]), default="auto", show_default=True)
 @output_option
 def predict(model_id, input_data, mode):
-    """Ask a model: INPUT is JSON (5.5, [1, 2] or [[1, 2]])."""
+    """Ask a model (MODEL: its id or name): INPUT is JSON (5.5, [1, 2] or [[1, 2]])."""
     try:
         value = json.loads(input_data)
     except ValueError:
         raise CliError(f"INPUT must be JSON (e.g. 5.5 or [[1, 2]]), not {input_data!r}", exit_code=2) from None
-    emit(api().post(f"/ml/models/{model_id}/predict", {"input_data": value, "mode": mode}),
+    emit(api().post(f"/ml/models/{model_id_of(model_id)}/predict", {"input_data": value, "mode": mode}),
          lambda answer: json.dumps(answer.get("prediction", answer)))
 
 
@@ -90,6 +105,7 @@ def predict(model_id, input_data, mode):
 @output_option
 def versions(model_id, upload, metrics, framework, promote):
     """A model's versions, newest first; or --upload FILE to add one."""
+    model_id = model_id_of(model_id)
     if upload is None:
         emit(api().get(f"/ml/models/{model_id}/versions"), _versions_table)
         return
@@ -145,5 +161,5 @@ def _versions_table(listed: list[dict]):
 @output_option
 def promote(model_id, version_id):
     """Serve VERSION (a version id) of MODEL from now on."""
-    emit(api().post(f"/ml/models/{model_id}/versions/{version_id}/promote"),
+    emit(api().post(f"/ml/models/{model_id_of(model_id)}/versions/{version_id}/promote"),
          lambda v: f"version {v['number']} of {model_id} promoted")

@@ -206,6 +206,9 @@ def test_models_versions_upload_with_progress_promote_and_list(cnet, tmp_path):
     assert promoted.returncode == 0 and promoted.stdout.strip() == f"version 2 of {model.pk} promoted"
     versions = cnet("models", "versions", str(model.pk), "-o", "json").json()
     assert [(v["number"], v["promoted"], v["metrics"]) for v in versions] == [(2, True, {}), (1, False, {"r2": 0.9})]
+    assert cnet("models", "versions", "lr", "-o", "json").json() == versions  # a model by its name
+    unknown = cnet("models", "versions", "no-such-model")
+    assert unknown.returncode == 1 and "no model is named 'no-such-model'" in unknown.stderr
     [listed] = cnet("models", "list", "-o", "json").json()
     assert listed["id"] == str(model.pk)
     assert str(model.pk) in cnet("models", "list").stdout
