@@ -4,6 +4,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,6 +52,26 @@ def wait_for(predicate, timeout: float = 10.0, every: float = 0.05, message: str
             return value
         time.sleep(every)
     raise AssertionError(f"{message} not met within {timeout}s")
+
+
+def at_once(count: int, step: Callable[[], object]) -> list:
+    """``step()`` run by ``count`` threads released together (a barrier), each with a database
+    connection of its own; what each returned. Races between control-loop passes are tested so."""
+    results, barrier = [], threading.Barrier(count)
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            results.append(step())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
 
 
 def free_port() -> int:

@@ -1,17 +1,15 @@
 """Node liveness on the control plane's clock: each beat writes its node's deadlines, the loop
 compares them with now, and a loop that was away hands out fresh ones before judging anyone."""
 
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
-from django.db import connection
 from django.utils import timezone
 
 from nodes.liveness import LIVENESS_LOOP, node_heartbeat, nodes_check_liveness
 from nodes.models import ControlLoopState, Node, NodeStatus
-from tests.helpers import make_node
+from tests.helpers import at_once, make_node
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 BEAT, BEATS, OFFLINE = 5.0, 3, 18.0
@@ -53,25 +51,6 @@ def deadlines(node_id: str) -> tuple[datetime, datetime]:
 
 def after(seconds: float) -> datetime:
     return timezone.now() + timedelta(seconds=seconds)
-
-
-def checks_at_once(count: int) -> list[list[str]]:
-    """``count`` liveness passes started together from threads; what each declared offline."""
-    results, barrier = [], threading.Barrier(count)
-
-    def run() -> None:
-        try:
-            barrier.wait()
-            results.append(check())
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
 
 
 @pytest.mark.django_db
@@ -205,7 +184,7 @@ def test_racing_passes_after_an_outage_declare_nobody_offline():
         check()
         run_loop(clock, 4, beating=nodes)
         clock.shift(60)
-        results = checks_at_once(4)
+        results = at_once(4, check)
         assert results == [[], [], [], []]
         assert set(Node.objects.values_list("status", flat=True)) == {NodeStatus.READY}
         assert set(Node.objects.values_list("offline_at", flat=True)) == {after(OFFLINE)}
@@ -221,7 +200,7 @@ def test_racing_passes_declare_each_silent_node_offline_exactly_once():
         run_loop(clock, 18, beating=["beating"])
         clock.shift(TICK)
         node_heartbeat(node_id="beating", usage={})
-        results = checks_at_once(4)
+        results = at_once(4, check)
         declared = [node_id for gone in results for node_id in gone]
         assert sorted(declared) == silent  # each once, by whichever pass won it
         assert status("beating") == NodeStatus.READY

@@ -1,7 +1,6 @@
 """Two control-loop passes at once (two beats, two workers) decide each slot once: one run row and
 one workload per slot. On Postgres, where the passes really overlap (SQLite takes one writer)."""
 
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,31 +8,12 @@ import time_machine
 from django.db import connection
 
 from nodes.resources import Resources
-from tests.helpers import GiB, make_node
+from tests.helpers import GiB, at_once, make_node
 from workloads.models import ScheduleRun, ScheduleRunOutcome, Workload
 from workloads.services import schedule_create, schedules_run_due
 
 START = datetime(2026, 12, 1, 11, 59, 30, tzinfo=UTC)
 PASSES = 2
-
-
-def passes_at_once() -> list[int]:
-    """``PASSES`` passes started together from threads; how many workloads each submitted."""
-    results, barrier = [], threading.Barrier(PASSES)
-
-    def run() -> None:
-        try:
-            barrier.wait()
-            results.append(schedules_run_due())
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run) for _ in range(PASSES)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="needs passes that overlap: Postgres")
@@ -47,9 +27,9 @@ def test_two_passes_at_once_create_exactly_one_run_per_slot():
                      for i in range(3)]
         for minute in range(5):
             clock.move_to(datetime(2026, 12, 1, 12, minute, tzinfo=UTC) + timedelta(seconds=1))
-            assert sum(passes_at_once()) == 3  # each schedule's slot won by one pass or the other
+            assert sum(at_once(PASSES, schedules_run_due)) == 3  # each schedule's slot won by one pass or the other
         clock.move_to(datetime(2026, 12, 1, 12, 8, 1, tzinfo=UTC))  # 12:05 … 12:08: four slots at once each
-        assert sum(passes_at_once()) == 12
+        assert sum(at_once(PASSES, schedules_run_due)) == 12
         for schedule in schedules:
             slots = list(ScheduleRun.objects.filter(schedule=schedule).values_list("slot", "outcome"))
             assert len(slots) == len(set(slots)) == 9
