@@ -1,6 +1,7 @@
 """Placement throughput: ``scheduler.placement.place()`` at 100 and 10,000 nodes on Postgres.
 
     .venv/bin/python bench/placement.py [--placements 10000] [--sizes 100,10000]
+    .venv/bin/python bench/placement.py --batch [--array 1000] [--placements 10000]
 
 Needs ``DATABASE_URL`` to a Postgres (default postgres://postgres@127.0.0.1:5432/cnet_bench,
 created if missing; its tables are wiped). Prints placements/s for each strategy and size,
@@ -11,6 +12,13 @@ records it. Both send their statements as ``place()`` does (``nodes.db.prepared_
 prepared once per connection on Postgres), so the comparison is like for like. Placements
 accumulate (nothing is released); capacities are sized so that all of them fit even at 100
 nodes. A figure, not a test: nothing here asserts a timing.
+
+``--batch``: arrays instead (issue 16): ``--placements`` instances in arrays of ``--array``, each
+array one transaction: ``place_batch()`` (one conditional UPDATE per node it fills) plus one row
+recording the batch's decision, as an array's event records it; then the same through
+``workload_array_place()`` itself, which also moves each node's share of real pending instances
+to scheduled (one UPDATE per node) with their transition events (one INSERT). Against the same
+ceiling, one placement per commit; aims: >= 10,000 instances/s and >= 5x that ceiling.
 """
 
 import argparse
@@ -212,6 +220,79 @@ def run_place(count: int, strategy_name: str) -> tuple[float, dict]:
     return rate, {"nodes_used": len(placed_on), "unplaced": unplaced}
 
 
+def run_batches(count: int, array: int, strategy_name: str) -> float:
+    """``count`` instances placed by ``place_batch``, ``array`` per transaction; instances/s."""
+    from django.db import transaction
+
+    from nodes.db import prepared_cursor
+    from nodes.resources import Resources
+    from scheduler.placement import place_batch
+    from scheduler.strategies import strategy_get
+
+    reset_allocations()
+    requirements, strategy = Resources(**REQUEST), strategy_get(strategy_name)
+    placed = 0
+    started = time.perf_counter()
+    for _ in range(count // array):
+        with transaction.atomic():
+            decision = place_batch(requirements=requirements, count=array, local_node_id="t0", strategy=strategy)
+            with prepared_cursor() as cursor:
+                record(cursor, None, decision.summary(), json.dumps(decision.reasons))
+        placed += decision.placed
+    rate = placed / (time.perf_counter() - started)
+    if placed != count // array * array:
+        print(f"  ({count // array * array - placed} instances not placed)")
+    return rate
+
+
+def run_array_place(count: int, array: int) -> float:
+    """``count`` real pending instances, in arrays of ``array``, placed by ``workload_array_place``
+    (the arrays are made first, untimed); instances/s."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from workloads.models import Workload, WorkloadArray
+    from workloads.services import workload_array_place
+
+    reset_allocations()
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE workloads_workload, workloads_workloadarray CASCADE")
+    owner, _ = get_user_model().objects.get_or_create(username="bench-placement")
+    arrays = []
+    for a in range(count // array):
+        made = WorkloadArray.objects.create(name=f"bench-{a}", type="process", count=array, owner=owner)
+        Workload.objects.bulk_create([
+            Workload(owner=owner, name=f"bench-{a}-{i}", type="process", config={"command": "true"}, array=made,
+                     array_index=i, cpu_millicores=REQUEST["cpu"], memory_bytes=REQUEST["memory"])
+            for i in range(array)], batch_size=2000)
+        arrays.append(made.pk)
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE workloads_workload")
+    started = time.perf_counter()
+    placed = sum(workload_array_place(array_id=array_id) for array_id in arrays)
+    return placed / (time.perf_counter() - started)
+
+
+def main_batch(args, sizes: list[int]) -> None:
+    count, array = args.placements, args.array
+    print(f"batch placement bench: {count} instances of {REQUEST['cpu'] / CORE:g} CPU / {REQUEST['memory'] // MIB} MiB "
+          f"in arrays of {array}, each array one transaction, submitted at 't0'")
+    for size in sizes:
+        info = build_cluster(size, random.Random(size))
+        print(f"\n{size} nodes: {info['roots']} trees of depth <= {info['max_depth']}, {info['peer_links']} peer links")
+        ceiling = run_ceiling(count, size)
+        print(f"  ceiling (one placement per commit: UPDATE one node row + INSERT one row): {ceiling:8.0f} /s")
+        for name in args.strategies.split(","):
+            rate = run_batches(count, array, name)
+            print(f"  place_batch() {name:<9} {rate:9.0f} instances/s  {rate / ceiling:5.1f}x the ceiling  "
+                  f"aims >= 10,000/s {'met' if rate >= 10_000 else 'NOT met'}, >= 5x "
+                  f"{'met' if rate >= 5 * ceiling else 'NOT met'}", flush=True)
+        rate = run_array_place(count, array)
+        print(f"  workload_array_place() (rows moved + events) {rate:9.0f} instances/s  {rate / ceiling:5.1f}x the "
+              f"ceiling  aims >= 10,000/s {'met' if rate >= 10_000 else 'NOT met'}, >= 5x "
+              f"{'met' if rate >= 5 * ceiling else 'NOT met'}", flush=True)
+
+
 def queries_of_one_place(strategy_name: str) -> list[tuple[str, list | None]]:
     """The SQL one placement sends once its origin is known (run in rolled-back transactions)."""
     from django.db import connection, transaction
@@ -251,6 +332,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,10000", help="node counts, comma separated")
     parser.add_argument("--strategies", default="default,best_fit")
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of each query")
+    parser.add_argument("--batch", action="store_true", help="arrays: instances/s of batch placement")
+    parser.add_argument("--array", type=int, default=1000, help="instances per array with --batch")
     args = parser.parse_args()
 
     url = os.environ.get("DATABASE_URL", DEFAULT_URL)
@@ -260,6 +343,9 @@ def main() -> None:
     setup_django(url)
     create_record_table()
     sizes = [int(size) for size in args.sizes.split(",")]
+    if args.batch:
+        main_batch(args, sizes)
+        return
     strategies = args.strategies.split(",")
     count = args.placements
     print(f"placement bench: {count} placements of {REQUEST['cpu'] / CORE:g} CPU / "
