@@ -10,6 +10,7 @@ call the services that call it.
 import logging
 
 from celery import current_app
+from django.db import transaction
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,16 @@ def dispatch_stop(*, workload_id, node_id: str) -> bool:
 def request_pending_placement() -> bool:
     """Ask the control worker to place pending work (resources were just released)."""
     return publish("workloads.place_pending", [], CONTROL_QUEUE)
+
+
+def request_pending_placement_on_commit() -> None:
+    """Ask for a pending pass once the current transaction commits: once per transaction, however
+    many releases it holds (a batch of exits rings one doorbell, and one pass uses all the room)."""
+    connection = transaction.get_connection()
+    if connection.in_atomic_block and any(func is request_pending_placement
+                                          for _savepoints, func, _robust in connection.run_on_commit):
+        return
+    transaction.on_commit(request_pending_placement)
 
 
 def publish(task_name: str, args: list, queue: str) -> bool:

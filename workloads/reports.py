@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from django.db import transaction
 
+from core.db import atomic_retried
 from core.errors import Forbidden
 from nodes.models import Node
 
@@ -45,6 +46,11 @@ def workload_reports_apply(*, node: Node, reports: Sequence[dict]) -> list[dict]
     (what the agent learned after the start, such as its limits). Returns, per report, whether
     it was applied and the status it left (a restart may since have taken the workload back to
     pending); a workload deleted meanwhile is not applied."""
+    return atomic_retried(lambda: _reports_apply(node=node, reports=reports))
+
+
+def _reports_apply(*, node: Node, reports: Sequence[dict]) -> list[dict]:
+    # One transaction for the batch: one commit, and one doorbell for the room its exits free.
     workloads = {
         workload.pk: workload for workload in Workload.objects.select_related("node")
         .only(*TRANSITION_FIELDS, "agent_epoch", "scheduled_at", "node__node_id")

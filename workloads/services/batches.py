@@ -16,7 +16,7 @@ from nodes.services import node_release
 from scheduler.placement import BatchDecision, place_batch
 from scheduler.strategies import TIER_NAMES, strategy_get
 
-from ..dispatch import dispatch_start, dispatch_stop, request_pending_placement
+from ..dispatch import dispatch_start, dispatch_stop, request_pending_placement_on_commit
 from ..kinds import kind_capability
 from ..models import ACTIVE, EventKind, Workload, WorkloadArrayEvent, WorkloadEvent, WorkloadStatus
 
@@ -118,7 +118,7 @@ def workloads_end_many(*, instances, to: str, reason: str, states: Iterable[str]
             if status in ACTIVE and node_pk:
                 node_release(node_pk=node_pk, requirements=Resources(
                     *(sum(row[4 + i] for row in group) for i in range(len(RESOURCE_FIELDS)))))
-                transaction.on_commit(request_pending_placement)
+                request_pending_placement_on_commit()
                 transaction.on_commit(lambda pk=ids[-1], node_id=node_id: dispatch_stop(workload_id=pk,
                                                                                          node_id=node_id))
         WorkloadEvent.objects.bulk_create(events, batch_size=5000)
