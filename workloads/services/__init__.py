@@ -1,5 +1,6 @@
 """Writes on workloads, by noun: the lifecycle (the one state machine, placement, stop, delete,
-what an end settles), submissions (one, an array, a graph), arrays, dependencies, schedules."""
+what an end settles), the pending pass, submissions (one, an array, a graph), arrays,
+dependencies, schedules."""
 
 from .arrays import workload_array_delete, workload_array_stop
 from .batches import workload_array_place, workloads_end_many
@@ -18,8 +19,8 @@ from .lifecycle import (
     workload_restart_if_due,
     workload_stop,
     workload_transition,
-    workloads_place_pending,
 )
+from .pending import workloads_place_pending
 from .schedules import schedule_create, schedule_delete, schedule_pause, schedule_resume, schedules_run_due
 from .submit import workload_array_submit, workload_submission_check, workload_submit, workloads_submit_graph
 

@@ -15,12 +15,11 @@ from core.errors import StateConflict
 from core.instruments import observe_placement
 from nodes.models import Node, NodeStatus
 from nodes.resources import Resources
-from nodes.selectors import node_largest_free
 from nodes.services import node_release
 from scheduler.placement import place
 from scheduler.strategies import strategy_get
 
-from ..dispatch import dispatch_start, dispatch_stop, request_pending_placement
+from ..dispatch import dispatch_start, dispatch_stop, request_pending_placement_on_commit
 from ..kinds import kind_capability
 from ..models import (
     ACTIVE,
@@ -37,7 +36,7 @@ from ..models import (
     WorkloadStatus,
 )
 from ..selectors import TRANSITION_FIELDS, dependency_list
-from .batches import ARRAY_PENDING_BATCH, slices, workload_array_place, workloads_end_many
+from .batches import slices, workload_array_place, workloads_end_many
 from .dependencies import CONDITION_WORDS, Target, dependencies_waiting_on, waiting_reason
 
 logger = logging.getLogger(__name__)
@@ -128,7 +127,7 @@ def workload_transition(
         )])
         if current in ACTIVE and to not in ACTIVE and row["node_id"]:
             node_release(node_pk=row["node_id"], requirements=_requirements(row))
-            transaction.on_commit(request_pending_placement)
+            request_pending_placement_on_commit()
         logger.info("workload %s: %s -> %s (%s)", workload_id, current, to, reason)
     if workload is not None:
         for name, value in changes.items():
@@ -333,33 +332,6 @@ def workload_place_loaded(workload: Workload, *, earlier_events: Sequence[Worklo
         workload.node = Node.from_db(None, ["id", "node_id"], [node_pk, node_id])  # as .only("node_id") reads it
         transaction.on_commit(lambda: dispatch_start(workload_id=workload_id, node_id=node_id))
     return True
-
-
-def workloads_place_pending(*, limit: int = 200) -> int:
-    """Place pending workloads, highest priority first, then oldest. Returns how many were placed.
-
-    Only requests that fit the largest free slot of some ready node are tried, so a backlog
-    of big requests never hides a small one that would fit now. Workloads still waiting for
-    dependencies are not tried. An array instance met in that order places its array's pending
-    instances in one batch (up to ``ARRAY_PENDING_BATCH``)."""
-    room = node_largest_free()
-    rows = list(
-        Workload.objects.filter(
-            status=S.PENDING, dependencies_waiting=0, cpu_millicores__lte=room.cpu, gpu_count__lte=room.gpu,
-            memory_bytes__lte=room.memory, storage_bytes__lte=room.storage,
-        )
-        .order_by("-priority", "created_at")
-        .values_list("pk", "array_id")[:limit]
-    )
-    placed = 0
-    arrays_tried: set = set()
-    for workload_id, array_id in rows:
-        if array_id is None:
-            placed += workload_place(workload_id=workload_id)
-        elif array_id not in arrays_tried:
-            arrays_tried.add(array_id)
-            placed += workload_array_place(array_id=array_id, limit=ARRAY_PENDING_BATCH)
-    return placed
 
 
 def workload_stop(*, workload: Workload, reason: str = "stopped by user") -> Workload:
