@@ -36,7 +36,7 @@ class StateFile:
         with self._write_lock:
             state = snapshot()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
+            tmp = self.path.with_name(self.path.name + ".tmp")  # not the spool's tmp, beside it
             tmp.write_text(json.dumps(state))
             tmp.replace(self.path)
 

@@ -11,6 +11,7 @@ a doorbell only makes the agent ask (``start``).
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from django.utils.dateparse import parse_datetime
@@ -25,6 +26,10 @@ from .config import AgentSettings
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
 MAX_FLUSH_BACKOFF = 5.0
+# Threads that spawn a burst of starts (each mostly waits on fork/exec and cgroup set-up).
+START_THREADS = 4
+# Threads that clean up after exits (a workspace's unmount and removal, cgroups, leases).
+FINISH_THREADS = 4
 
 
 @dataclass
@@ -41,6 +46,8 @@ class Supervised:
     # left (so it holds across an agent restart, by the control plane's clock).
     max_runtime_seconds: int | None = None
     time_limit_at: float | None = None
+    # Its exit was seen and its clean-up runs beside the loop (``_finish``): not supervised again.
+    finishing: bool = False
     # The runtime() the control plane was last given (for re-adopted work, what it was adopted
     # from): set-up finished after the start (a process's cgroups) is reported by the supervisor.
     recorded: dict = field(default_factory=dict)
@@ -91,6 +98,7 @@ class Supervision:
         self._flush_after = 0.0  # after a failed delivery: not before then (bounded backoff)
         self._flush_backoff = 0.25
         self._look_due = False
+        self._finisher = ThreadPoolExecutor(FINISH_THREADS, thread_name_prefix="finish")
         self.context = AgentContext(
             node_id=self.config.node_id,
             work_dir=self.config.work_dir,
@@ -120,30 +128,43 @@ class Supervision:
         self.start_work(work)
 
     def start_work(self, work: list[dict]) -> None:
-        for details in work:
-            self._start_listed(details)
-
-    def _start_listed(self, details: dict) -> None:
-        """Start one listed workload here. Idempotent: what is supervised or starting is skipped.
+        """Start every listed workload not supervised or starting yet, together: the processes are
+        spawned by a few threads (a cgroup's set-up waits on the kernel, not on the CPU), and their
+        starts (or failures) go to the control plane in one batch of reports, not one request
+        each, so a burst of starts does not queue behind one round trip per start. Idempotent.
         The lock guards only the bookkeeping: a slow start (an image pull) must not stall the
         supervisor's log shipping, exits and stop deadlines for everything else."""
-        workload_id = str(details["id"])
         with self.lock:
-            if not self.accepting or workload_id in self.handles or workload_id in self.starting:
+            if not self.accepting:
                 return
-            self.starting.add(workload_id)
+            claimed = [details for details in work
+                       if str(details["id"]) not in self.handles and str(details["id"]) not in self.starting]
+            self.starting.update(str(details["id"]) for details in claimed)
+        if not claimed:
+            return
         try:
-            started = self._start(details)
-            if started is not None:
-                with self.lock:
-                    self.handles[workload_id] = started
+            if len(claimed) == 1:
+                spawned = [self._spawn(claimed[0])]
+            else:
+                with ThreadPoolExecutor(min(START_THREADS, len(claimed)), thread_name_prefix="start") as pool:
+                    spawned = list(pool.map(self._spawn, claimed))
+            results = self.flush(now=True)
+            answers = {str(result["workload_id"]): result for result in results or []}  # the last one counts
+            started = False
+            for details, run in zip(claimed, spawned, strict=True):
+                if run is not None and self._accepted(str(details["id"]), run, answers):
+                    with self.lock:
+                        self.handles[str(details["id"])] = run
+                    started = True
+            if started:
                 self.wake()
                 self._save_state()
         finally:
             with self.lock:
-                self.starting.discard(workload_id)
+                self.starting.difference_update(str(details["id"]) for details in claimed)
 
-    def _start(self, details: dict) -> Supervised | None:
+    def _spawn(self, details: dict) -> Supervised | None:
+        """Start one workload and spool its report (running, or failed to start); None if it failed."""
         workload = workload_from(details)
         workload_id = str(workload.pk)
         run = Supervised(handle=None, workload_type=workload.type, scheduled_at=details["scheduled_at"],
@@ -157,23 +178,24 @@ class Supervision:
             if not isinstance(error, ExecutorError):
                 logger.exception("workload %s: start failed", workload_id)
             self._report(workload_id, run, S.FAILED, reason=str(error) or type(error).__name__)
-            self.flush(now=True)
             return None
         run.handle = handle
         run.recorded = handle.early_runtime()
         self._report(workload_id, run, S.RUNNING, reason=f"started on {self.config.node_id}", runtime=run.recorded)
-        results = self.flush(now=True)
-        answer = next((result for result in reversed(results or []) if str(result["workload_id"]) == workload_id),
-                      None)
+        return run
+
+    def _accepted(self, workload_id: str, run: Supervised, answers: dict) -> bool:
+        """Whether a started workload is to run on: not if the control plane refused its start."""
+        answer = answers.get(workload_id)
         if answer is not None and not answer["accepted"] and answer["status"] != S.RUNNING:
             # Stopped or re-placed while we were starting it: it must not run.
             logger.info("workload %s: its start was not accepted (%s); killing it", workload_id, answer["status"])
-            handle.kill()
-            handle.cleanup()
-            return None
+            run.handle.kill()
+            run.handle.cleanup()
+            return False
         # Not delivered (the control plane is out of reach): it runs, its report is spooled, and
         # a heartbeat's ``kill`` ends it if the control plane no longer wants it here.
-        return run
+        return True
 
     def stop(self, workload_id: str) -> None:
         """Begin a graceful stop: SIGTERM now, SIGKILL after the grace period (in ``supervise_once``)."""
@@ -218,6 +240,8 @@ class Supervision:
         with self.lock:
             items = list(self.handles.items())
         for workload_id, supervised in items:
+            if supervised.finishing:
+                continue
             # One workload's failure (a vanished cgroup) must not stall the others.
             try:
                 busy |= self._supervise_one(workload_id, supervised)
@@ -298,9 +322,24 @@ class Supervision:
             to, reason = S.SUCCEEDED, exit_.reason
         else:
             to, reason = S.FAILED, exit_.reason
-        # After its last output (spooled above): the control plane gets the lines, then the exit.
-        self._report(workload_id, supervised, to, reason=reason, exit_code=exit_.code,
-                     runtime=supervised.runtime_news())  # a quick exit does not wait for its limits
-        supervised.handle.cleanup()
-        with self.lock:
-            self.handles.pop(workload_id, None)
+        supervised.finishing = True
+        # Beside the loop: a burst of exits must not hold up heartbeats, log shipping and the
+        # other exits behind its clean-ups (an overlay's unmount and removal take milliseconds each).
+        self._finisher.submit(self._clean_up_and_report, workload_id, supervised, to, reason, exit_.code,
+                              supervised.runtime_news())  # a quick exit does not wait for its limits
+
+    def _clean_up_and_report(self, workload_id: str, supervised: Supervised, to: str, reason: str,
+                             exit_code: int | None, runtime: dict | None) -> None:
+        """Clean up after an exit, then report it: once the control plane counts the exit, the run's
+        uid, GPUs and workspace are free for what it places here next."""
+        try:
+            supervised.handle.cleanup()
+        except Exception:
+            logger.exception("workload %s: clean-up after its exit failed", workload_id)
+        finally:
+            # After its last output (spooled before): the control plane gets the lines, then the exit.
+            self._report(workload_id, supervised, to, reason=reason, exit_code=exit_code, runtime=runtime)
+            with self.lock:
+                self.handles.pop(workload_id, None)
+            self._save_state()
+            self.wake()
