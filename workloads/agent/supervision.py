@@ -98,6 +98,7 @@ class Supervision:
         self._flush_after = 0.0  # after a failed delivery: not before then (bounded backoff)
         self._flush_backoff = 0.25
         self._look_due = False
+        self._state_changed = False  # what is supervised changed beside the loop: save it
         self._finisher = ThreadPoolExecutor(FINISH_THREADS, thread_name_prefix="finish")
         self.context = AgentContext(
             node_id=self.config.node_id,
@@ -247,7 +248,8 @@ class Supervision:
                 busy |= self._supervise_one(workload_id, supervised)
             except Exception:
                 logger.exception("workload %s: supervising failed; will retry", workload_id)
-        if busy:
+        if busy or self._state_changed:
+            self._state_changed = False
             self._save_state()
         self.flush()
         if self._look_due and self.accepting:
@@ -341,5 +343,6 @@ class Supervision:
             self._report(workload_id, supervised, to, reason=reason, exit_code=exit_code, runtime=runtime)
             with self.lock:
                 self.handles.pop(workload_id, None)
-            self._save_state()
+            # Saved by the loop's next pass, once for a burst of exits (each save writes them all).
+            self._state_changed = True
             self.wake()
