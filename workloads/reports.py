@@ -2,18 +2,24 @@
 node and counted only for that node's own workloads."""
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 
 from django.db import transaction
+from django.utils import timezone
 
 from core.db import atomic_retried
 from core.errors import Forbidden
 from nodes.models import Node
+from nodes.resources import Resources
+from nodes.services import node_release
 
+from .dispatch import request_pending_placement_on_commit
 from .logs import workload_logs_append
-from .models import Workload, WorkloadStatus
+from .models import ACTIVE, TERMINAL, EventKind, RestartPolicy, Workload, WorkloadEvent, WorkloadStatus
 from .selectors import TRANSITION_FIELDS, workloads_foreign_to
-from .services import workload_note, workload_record_runtime, workload_transition
+from .services import ALLOWED, workload_note, workload_record_runtime, workload_transition
+from .services.batches import RESOURCE_FIELDS, slices
 
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
@@ -51,14 +57,87 @@ def workload_reports_apply(*, node: Node, reports: Sequence[dict]) -> list[dict]
 
 def _reports_apply(*, node: Node, reports: Sequence[dict]) -> list[dict]:
     # One transaction for the batch: one commit, and one doorbell for the room its exits free.
+    # The rows are locked as they are read, so what is decided from them holds until the commit.
     workloads = {
         workload.pk: workload for workload in Workload.objects.select_related("node")
+        .select_for_update(of=("self",))
         .only(*TRANSITION_FIELDS, "agent_epoch", "scheduled_at", "node__node_id")
         .filter(pk__in={report["workload_id"] for report in reports})
     }
     _refuse_foreign(node=node, placed={pk: workload.node_id for pk, workload in workloads.items()})
-    return [_report_apply(node=node, workload=workloads.get(report["workload_id"]), report=report)
-            for report in reports]
+    reports_per_workload = Counter(report["workload_id"] for report in reports)
+    batch = _Moves(node=node)
+    answers = []
+    for report in reports:
+        workload = workloads.get(report["workload_id"])
+        if workload is not None and reports_per_workload[workload.pk] == 1 and batch.add(workload, report):
+            answers.append({"workload_id": str(workload.pk), "accepted": True, "status": report["status"]})
+        else:
+            answers.append(_report_apply(node=node, workload=workload, report=report))
+    batch.apply()
+    return answers
+
+
+class _Moves:
+    """The plain moves of a batch, applied together: starts (scheduled → running) and ends that
+    settle nothing else (no restart policy, no dependents), each group of equal changes in one
+    UPDATE, their events in one INSERT and the room the ends free in one release. The rest goes
+    through ``workload_transition`` one by one. The rows are locked (``_reports_apply``), so each
+    move the table allows here is made; the UPDATE still names the state and node it moves from."""
+
+    def __init__(self, *, node: Node):
+        self.node = node
+        self.groups: dict[tuple, list[Workload]] = {}
+        self.runtimes: list[Workload] = []
+
+    def add(self, workload: Workload, report: dict) -> bool:
+        """Take the report if it is a plain move of a workload reported once in the batch."""
+        to, current = report["status"], workload.status
+        plain = (
+            report["scheduled_at"] == workload.scheduled_at and workload.node_id == self.node.pk
+            and current in AGENT_REPORTS[to] and to in ALLOWED[current]
+            and (to == S.RUNNING or (to in TERMINAL and workload.restart_policy == RestartPolicy.NEVER
+                                     and not workload.has_dependents))
+            and not (current == S.RUNNING and workload.agent_epoch is not None
+                     and report["epoch"] < workload.agent_epoch)
+        )
+        if not plain:
+            return False
+        default_reason = f"started on {self.node.node_id}" if to == S.RUNNING else f"{to} on {self.node.node_id}"
+        key = (current, to, report.get("reason") or default_reason, report.get("exit_code"),
+               report["epoch"] if to == S.RUNNING else None)
+        self.groups.setdefault(key, []).append(workload)
+        if report.get("runtime") is not None:
+            workload.runtime = report["runtime"]
+            self.runtimes.append(workload)
+        return True
+
+    def apply(self) -> None:
+        now = timezone.now()
+        events, ended = [], []
+        for (current, to, reason, exit_code, epoch), group in self.groups.items():
+            changes = {"status": to, "updated_at": now, "reason": reason}
+            if to == S.RUNNING:
+                changes.update(started_at=now, agent_epoch=epoch)
+            else:
+                changes.update(finished_at=now, **({"exit_code": exit_code} if exit_code is not None else {}))
+            ids = [workload.pk for workload in group]
+            moved = sum(Workload.objects.filter(pk__in=part, status=current, node_id=self.node.pk).update(**changes)
+                        for part in slices(ids))
+            if moved != len(ids):  # the rows are locked: only a bug gets here
+                raise RuntimeError(f"{moved} of {len(ids)} reported moves made on node {self.node.node_id}")
+            events += [WorkloadEvent(workload_id=pk, kind=EventKind.TRANSITION, from_status=current, to_status=to,
+                                     node_id=self.node.node_id, reason=reason) for pk in ids]
+            if current in ACTIVE and to not in ACTIVE:
+                ended += group
+            logger.info("%d workloads on node %s: %s -> %s (%s)", len(ids), self.node.node_id, current, to, reason)
+        if self.runtimes:
+            Workload.objects.bulk_update(self.runtimes, ["runtime"], batch_size=500)
+        WorkloadEvent.objects.bulk_create(events, batch_size=5000)
+        if ended:
+            node_release(node_pk=self.node.pk, requirements=Resources(*(
+                sum(getattr(workload, field) for workload in ended) for field in RESOURCE_FIELDS)))
+            request_pending_placement_on_commit()
 
 
 def _refuse_foreign(*, node: Node, placed: dict) -> None:
