@@ -16,7 +16,8 @@ Each figure is jobs/s from the first submit to the last exit recorded (the datab
 postgres://postgres@127.0.0.1:5432/cnet_tput_bench, made anew) and ``CELERY_BROKER_URL`` (default
 redis://127.0.0.1:6379/5, flushed); ``embedded``: SQLite and the filesystem broker in a temporary
 data folder. Every job asks 0.001 CPU and 16 MiB, and the agent offers 2 CPU and 64 GiB, so all of
-them fit at once: nothing waits pending.
+them fit at once: nothing waits pending. ``--isolation off`` runs the workloads as the agent's
+user (no uid lease, overlay workspace or uid sweep each), to show what that isolation costs.
 
 ``--backlog N`` measures issue 16's point 5 instead: N single ``true`` jobs of 0.01 CPU are
 submitted (8 threads) while the agent is away, so all wait pending; then the agent starts with
