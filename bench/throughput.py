@@ -20,11 +20,12 @@ them fit at once: nothing waits pending. ``--isolation off`` runs the workloads 
 user (no uid lease, overlay workspace or uid sweep each), to show what that isolation costs.
 
 ``--backlog N`` measures issue 16's point 5 instead: N single ``true`` jobs of 0.01 CPU are
-submitted (8 threads) while the agent is away, so all wait pending; then the agent starts with
-2 CPU (200 fit at once, the rest drain as room frees) and, in a second round, with 100 CPU (all
-fit: no queue). The figure is jobs/s from the first placement to the last exit, and the ratio of
-the backlog's rate to the no-queue one (aim >= 90 %). A figure, not a test: nothing here asserts
-a timing. Every child is stopped, and the data folder removed, however the bench ends.
+submitted (8 threads) while a ``sleep`` holds the whole node, so all wait pending; then it is
+stopped and they drain: with the agent offering 2 CPU (200 fit at once, the rest wait as room
+frees) and, in a second round, N x 0.01 CPU (all fit at once: no queue). The figure is jobs/s
+from the first placement to the last exit, and the ratio of the backlog's rate to the no-queue
+one (aim >= 90 %). A figure, not a test: nothing here asserts a timing. Every child is
+stopped, and the data folder removed, however the bench ends.
 """
 
 import argparse
@@ -264,10 +265,15 @@ def backlog(backend: str, count: int, ceiling: float, data_dir: Path) -> None:
     rates = {}
     try:
         for label, cpu in (("backlog", 2), ("noqueue", max(2, count * 0.01))):
-            plane.agent(cpu=cpu)  # registers the node (a submission needs one that could hold it)
-            plane.agent_stop()
-            submit_singles(plane.token, label, count, job)
+            if plane.agents:
+                plane.agent_stop()
             plane.agent(cpu=cpu)
+            # A blocker holding the whole node while the jobs are submitted: they all wait pending.
+            blocker = _session(plane.token).post(f"http://127.0.0.1:{PORT}/api/workloads", timeout=60, json={
+                "name": f"blocker-{label}", "type": "process", "config": {"command": "sleep", "args": ["3600"]},
+                "requirements": {"cpu": cpu, "memory": GIB}}).json()["id"]
+            submit_singles(plane.token, label, count, job)
+            _session(plane.token).post(f"http://127.0.0.1:{PORT}/api/workloads/{blocker}/stop", timeout=60)
             figures = wait_ended(plane, label, count, timeout=max(300.0, count / 2))
             seconds = (figures["last_exit"] - figures["first_placed"]).total_seconds()
             rates[label] = count / seconds
@@ -276,7 +282,6 @@ def backlog(backend: str, count: int, ceiling: float, data_dir: Path) -> None:
                   f"{seconds:6.2f} s, {rates[label]:7.1f} jobs/s = {rates[label] / ceiling:6.1%} of the ceiling"
                   + (f"  ({figures['not_succeeded']} did not succeed)" if figures["not_succeeded"] else ""),
                   flush=True)
-            plane.agent_stop()
     finally:
         plane.stop()
     ratio = rates["backlog"] / rates["noqueue"]

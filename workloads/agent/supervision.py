@@ -28,6 +28,8 @@ S = WorkloadStatus
 MAX_FLUSH_BACKOFF = 5.0
 # Threads that spawn a burst of starts (each mostly waits on fork/exec and cgroup set-up).
 START_THREADS = 4
+# Starts per burst at most: a burst runs in its caller's thread, sometimes the main loop's.
+START_BURST = 100
 # Threads that clean up after exits (a workspace's unmount and removal, cgroups, leases).
 FINISH_THREADS = 4
 
@@ -140,6 +142,12 @@ class Supervision:
                 return
             claimed = [details for details in work
                        if str(details["id"]) not in self.handles and str(details["id"]) not in self.starting]
+            if len(claimed) > START_BURST:
+                # The main loop (a heartbeat's work list) must beat again soon: the rest go in
+                # bursts of their own, one per pass.
+                claimed = claimed[:START_BURST]
+                self._look_due = True
+                self.wake()
             self.starting.update(str(details["id"]) for details in claimed)
         if not claimed:
             return
