@@ -4,18 +4,20 @@ would stand in the queue and when room is expected, or why it never could; nothi
 The placement itself is ``scheduler.plan``'s; what it needs to know of workloads (the queue, the
 work holding resources and its time limits) is read here."""
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import Count, JSONField, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from nodes.resources import Resources
 from nodes.services import node_resolve
-from scheduler.plan import Release, expected_room, never_fits, place_dry_run
+from scheduler.plan import Release, RoomAsked, expected_room, expected_rooms, never_fits, place_dry_run
 from scheduler.strategies import strategy_get
 
 from .kinds import kind_capability
-from .models import ACTIVE, Workload, WorkloadStatus
+from .models import ACTIVE, EventKind, Workload, WorkloadArrayEvent, WorkloadEvent, WorkloadStatus
 
 PLACED, WAITS, NEVER = "placed", "waits", "never"
 UNKNOWN = "unknown"
@@ -48,16 +50,89 @@ def workload_plan(*, type: str, requirements: Resources, node: str | None = None
         return answer | {"outcome": NEVER, "never_fits": short}
     room = expected_room(requirements=requirements, node_ids=[reason["node"] for reason in decision.reasons],
                          capability=capability, releases_on=_releases_on)
-    return answer | {"outcome": WAITS, "queue": _queue_place(priority),
-                     "estimated_start": max(room, timezone.now()).isoformat() if room else UNKNOWN}
+    [queue] = queue_places(queued=[Queued(priority=priority)])
+    return answer | {"outcome": WAITS, "queue": queue, "estimated_start": _estimate(room)}
 
 
-def _queue_place(priority: int) -> dict:
-    """Where a new request of this priority joins the pending queue (highest priority first, then
-    oldest): behind every pending one of its priority and above."""
-    pending = Workload.objects.filter(status=WorkloadStatus.PENDING, dependencies_waiting=0, priority__gte=priority)
-    same = pending.filter(priority=priority).count()
-    return {"priority": priority, "position": same + 1, "ahead": pending.count()}
+def _estimate(room: datetime | None) -> str:
+    # A time limit already past (its agent is about to stop it) makes room now, not in the past.
+    return max(room, timezone.now()).isoformat() if room else UNKNOWN
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A place in the pending queue: a pending workload's (its priority, creation time and id, the
+    queue's order), or a new request's (no ``created_at``: behind all of its priority)."""
+
+    priority: int
+    created_at: datetime | None = None
+    pk: object = None
+
+
+def queue_places(*, queued: list[Queued]) -> list[dict]:
+    """Where each stands in the pending queue, highest priority first, then oldest (the order
+    ``workloads_place_pending`` takes): ``position`` among pending work of its priority (1-based),
+    ``of`` how many of its priority wait (itself included), ``ahead`` how many are placed before
+    it. Work still waiting for dependencies is not in the queue yet. One query for them all,
+    filtered counts over pending rows only (the ``workload_pending_queue`` partial index), of the
+    lowest priority asked and above."""
+    if not queued:
+        return []
+    priorities = sorted({one.priority for one in queued})
+    counts = {}
+    for number, priority in enumerate(priorities):
+        counts[f"level{number}"] = Count("pk", filter=Q(priority=priority))
+        counts[f"higher{number}"] = Count("pk", filter=Q(priority__gt=priority))
+    for number, one in enumerate(queued):
+        if one.created_at is not None:  # a new request is behind all of its level: ``level`` says
+            counts[f"before{number}"] = Count("pk", filter=Q(priority=one.priority) & (
+                Q(created_at__lt=one.created_at) | Q(created_at=one.created_at, pk__lt=one.pk)))
+    got = Workload.objects.filter(status=WorkloadStatus.PENDING, dependencies_waiting=0,
+                                  priority__gte=priorities[0]).aggregate(**counts)
+    places = []
+    for number, one in enumerate(queued):
+        level = priorities.index(one.priority)
+        new = one.created_at is None
+        before = got[f"level{level}"] if new else got[f"before{number}"]
+        places.append({"priority": one.priority, "position": before + 1,
+                       "of": got[f"level{level}"] + new, "ahead": got[f"higher{level}"] + before})
+    return places
+
+
+def workload_queues(*, workloads: list[Workload]) -> dict:
+    """For each pending workload (by id): where it stands in the queue and when it is expected to
+    start, as a plan would answer for it now, and the reason it waits; None for one not pending.
+    One waiting for its dependencies has no place yet (``position`` None). Four queries whatever
+    the number (the queue, the nodes its last placement considered, those nodes, the releases on
+    them), so a page of a list costs what one workload does."""
+    answers: dict = {workload.pk: None for workload in workloads}
+    pending = [w for w in workloads if w.status == WorkloadStatus.PENDING]
+    queued = [w for w in pending if w.dependencies_waiting == 0]
+    places = queue_places(queued=[Queued(w.priority, w.created_at, w.pk) for w in queued])
+    considered = _nodes_considered(queued)
+    rooms = expected_rooms(asked=[RoomAsked(w.requirements, considered.get(w.pk, []), kind_capability(w.type))
+                                  for w in queued], releases_on=_releases_on)
+    for workload, place, room in zip(queued, places, rooms, strict=True):
+        answers[workload.pk] = place | {"estimated_start": _estimate(room), "reason": workload.reason}
+    for workload in pending:
+        if workload.dependencies_waiting:
+            answers[workload.pk] = {"priority": workload.priority, "position": None, "of": None, "ahead": None,
+                                    "estimated_start": UNKNOWN, "reason": workload.reason}
+    return answers
+
+
+def _nodes_considered(workloads: list[Workload]) -> dict:
+    """The nodes each workload's latest placement attempt gave a reason for (an array instance:
+    its array's latest batch), in one query on the event indexes."""
+    if not workloads:
+        return {}
+    own = WorkloadEvent.objects.filter(workload=OuterRef("pk"), kind=EventKind.PLACEMENT).order_by("-id")
+    batch = WorkloadArrayEvent.objects.filter(array=OuterRef("array_id")).order_by("-id")
+    rows = Workload.objects.filter(pk__in=[w.pk for w in workloads]).annotate(
+        own=Subquery(own.values("details")[:1], output_field=JSONField()),
+        batch=Subquery(batch.values("details")[:1], output_field=JSONField()),
+    ).values_list("pk", "own", "batch")
+    return {pk: [reason["node"] for reason in (own or batch or []) if "node" in reason] for pk, own, batch in rows}
 
 
 def _releases_on(node_pks: list[int]) -> list[Release]:

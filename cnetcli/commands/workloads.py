@@ -1,6 +1,7 @@
 """Workloads: run (and follow), plan, ps, show, logs, stop, rm."""
 
 import time
+from datetime import datetime
 
 import click
 from rich.console import Group
@@ -9,7 +10,7 @@ from rich.text import Text
 from ..client import CliError
 from ..context import api
 from ..jobs import bodies, dependency
-from ..output import STATUS_STYLES, age, emit, new_table, output_format, output_option, status_text
+from ..output import STATUS_STYLES, age, emit, new_table, output_format, output_option, status_text, until
 from ..sizes import Size, human_bytes
 from .watching import watch
 
@@ -170,23 +171,52 @@ def ps(status, type_, node, name, array, limit, watching):
 
 
 def _ps_table(workloads: list[dict]):
-    table = new_table("ID", "NAME", "TYPE", "STATUS", "NODE", "CPU", "MEMORY", "AGE", "REASON")
+    table = new_table("ID", "NAME", "TYPE", "STATUS", "NODE", "CPU", "MEMORY", "AGE", "QUEUE", "REASON")
     for workload in workloads:
         requirements = workload.get("requirements") or {}
         table.add_row(workload["id"], workload["name"], workload["type"], status_text(workload["status"]),
                       workload.get("node") or "-", f"{requirements.get('cpu', 0):g}",
-                      human_bytes(requirements.get("memory")), age(workload.get("created_at")), _why(workload))
+                      human_bytes(requirements.get("memory")), age(workload.get("created_at")),
+                      _queue_cell(workload.get("queue")), _why(workload))
     return table
 
 
+def _queue_cell(queue: dict | None) -> str:
+    """``#3 · ~14:05`` (its place among its priority, and when it is expected to start)."""
+    if not queue:
+        return "-"
+    if queue["position"] is None:
+        return "after deps"
+    return f"#{queue['position']} · {_when(queue['estimated_start'], short=True)}"
+
+
+def _when(estimate: str | None, *, short: bool = False) -> str:
+    """An estimated start in the reader's time zone: ``~14:05`` today, with the date otherwise."""
+    if not estimate or estimate == "unknown":
+        return "unknown"
+    then = datetime.fromisoformat(estimate).astimezone()
+    if short:
+        return f"~{then:%H:%M}" if then.date() == datetime.now().astimezone().date() else f"~{then:%b %d %H:%M}"
+    return f"{then:%Y-%m-%d %H:%M:%S %Z} (in {until(estimate)})"
+
+
 def _why(workload: dict) -> str:
-    """The reason, and while it waits where it stands in the queue (where the API says)."""
     reason = workload.get("reason") or ""
-    queue = workload.get("queue")
-    if workload["status"] == "pending" and isinstance(queue, dict) and queue.get("position"):
-        estimate = queue.get("estimated_start")
-        reason = f"#{queue['position']} in queue{f', starts by {estimate}' if estimate else ''}; {reason}"
     return reason if len(reason) <= 120 else reason[:119] + "…"
+
+
+def _queue_facts(queue: dict | None) -> tuple:
+    """What ``show`` says of a pending workload's place and start."""
+    if not queue:
+        return ()
+    if queue["position"] is None:
+        return (("queue", "not queued yet: it waits for its dependencies"),)
+    place = (f"#{queue['position']} of {queue['of']} pending at priority {queue['priority']}"
+             f" ({queue['ahead']} placed before it)")
+    start = _when(queue["estimated_start"])
+    if start == "unknown":
+        start = "unknown (work in its way has no time limit)"
+    return (("queue", place), ("estimated start", start))
 
 
 @click.command()
@@ -211,6 +241,7 @@ def _show_view(shown: dict):
                      f"{requirements.get('gpu', 0)} GPU"),
         ("strategy", workload.get("strategy")), ("priority", str(workload.get("priority"))),
         ("exit code", "-" if workload.get("exit_code") is None else str(workload["exit_code"])),
+        *_queue_facts(workload.get("queue")),
         ("reason", _why(workload) or "-"), ("created", workload.get("created_at")),
     ):
         facts.add_row(Text(label, style="bold"), value if isinstance(value, Text) else str(value or "-"))

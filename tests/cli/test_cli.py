@@ -221,3 +221,32 @@ def test_shell_completion(cnet):
     assert script.returncode == 0 and "_CNET_COMPLETE" in script.stdout
     completed = cnet(COMP_WORDS="cnet mo", COMP_CWORD="1", _CNET_COMPLETE="bash_complete")
     assert completed.stdout.split() == ["plain,models"]
+
+
+def test_ps_and_show_say_where_pending_work_stands_and_when_it_should_start(cnet, agent):
+    holder = submitted(cnet("run", "--cpu", "1", "--max-runtime", "600", "--", "sleep", "60"))
+    started = wait_status(holder, WorkloadStatus.RUNNING).started_at
+    first, second = (submitted(cnet("run", "--name", name, "--cpu", "1", "--", "true")) for name in ("first", "second"))
+    limit = started + timedelta(seconds=600)
+    by = limit.astimezone()  # as the user's terminal shows it
+
+    def queue_cells() -> dict:
+        listed = cnet("ps", "--status", "pending")
+        assert listed.returncode == 0, listed.stderr
+        header, *rows = listed.stdout.splitlines()
+        assert "QUEUE" in header.split()
+        return {row.split()[0]: row for row in rows}
+
+    rows = queue_cells()
+    assert f"#1 · ~{by:%H:%M}" in rows[first] and f"#2 · ~{by:%H:%M}" in rows[second]
+    shown = cnet("show", second)
+    assert shown.returncode == 0, shown.stderr
+    assert "#2 of 2 pending at priority 0 (1 placed before it)" in shown.stdout
+    assert f"estimated start  {by:%Y-%m-%d %H:%M:%S}" in shown.stdout
+    assert cnet("show", second, "-o", "json").json()["workload"]["queue"]["estimated_start"] == limit.isoformat()
+
+    assert cnet("stop", first).returncode == 0
+    assert f"#1 · ~{by:%H:%M}" in queue_cells()[second]  # the queue moved up
+    Workload.objects.filter(pk=holder).update(max_runtime_seconds=None)
+    assert "#1 · unknown" in queue_cells()[second]
+    assert "estimated start  unknown (work in its way has no time limit)" in cnet("show", second).stdout

@@ -18,7 +18,8 @@ class NodeReasonSerializer(serializers.Serializer):
 class QueuePlaceSerializer(serializers.Serializer):
     priority = serializers.IntegerField()
     position = serializers.IntegerField(help_text="1-based, among pending work of this priority")
-    ahead = serializers.IntegerField(help_text="pending work of this priority and above")
+    of = serializers.IntegerField(help_text="pending work of this priority, itself included")
+    ahead = serializers.IntegerField(help_text="pending work placed before it: of a higher priority, or older")
 
 
 class NeverFitsSerializer(serializers.Serializer):

@@ -25,6 +25,7 @@ from ..models import (
     WorkloadDependency,
     WorkloadEvent,
 )
+from ..plan import workload_queues
 from ..selectors import array_status, dependency_list, schedule_next_runs, schedule_workload, workload_array_counts
 from ..services.schedules import RUN_SUFFIX_LENGTH
 
@@ -163,6 +164,9 @@ class WorkloadSerializer(serializers.ModelSerializer):
     node = serializers.CharField(source="node.node_id", default=None, read_only=True)
     submitted_node = serializers.CharField(source="submitted_node.node_id", default=None, read_only=True)
     owner = serializers.CharField(source="owner.username", default=None, read_only=True)
+    # While pending: its queue place, estimated start and why it waits (``queue`` in the context,
+    # by id, for a page; else read for this one); null otherwise.
+    queue = serializers.SerializerMethodField()
 
     class Meta:
         model = Workload
@@ -170,12 +174,18 @@ class WorkloadSerializer(serializers.ModelSerializer):
             "id", "name", "type", "status", "requirements", "config", "node", "submitted_node",
             "strategy", "priority", "owner", "restart_policy", "max_restarts", "restart_count",
             "max_runtime_seconds", "exit_code", "reason", "runtime", "created_at", "scheduled_at", "started_at",
-            "finished_at", "stop_requested_at", "array", "array_index",
+            "finished_at", "stop_requested_at", "array", "array_index", "queue",
         ]
         read_only_fields = fields
 
     def get_requirements(self, workload: Workload) -> dict:
         return workload.requirements.to_api()
+
+    def get_queue(self, workload: Workload) -> dict | None:
+        known = self.context.setdefault("queue", {})
+        if workload.pk not in known:
+            known |= workload_queues(workloads=[workload])
+        return known[workload.pk]
 
 
 class WorkloadDependenciesSerializer(serializers.Serializer):

@@ -5,6 +5,7 @@ from rest_framework.response import Response
 
 from ..logs import workload_log_read
 from ..models import WorkloadArray
+from ..plan import workload_queues
 from ..selectors import (
     schedule_list,
     schedule_runs,
@@ -67,6 +68,18 @@ class WorkloadViewSet(
 
     def get_queryset(self):
         return workload_list(user=self.request.user)
+
+    def paginate_queryset(self, queryset):
+        # The page's queue places and estimates in a few queries, not a few per pending row.
+        self._page = super().paginate_queryset(queryset)
+        return self._page
+
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        page = getattr(self, "_page", None)
+        if page is not None:
+            context["queue"] = workload_queues(workloads=page)
+        return context
 
     @extend_schema(request=WorkloadSubmitSerializer, responses={201: WorkloadSerializer})
     def create(self, request):
