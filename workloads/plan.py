@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, JSONField, OuterRef, Q, Subquery
+from django.db import connection
+from django.db.models import Count, F, JSONField, OuterRef, Q, Subquery, ValueRange, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from nodes.resources import Resources
@@ -69,13 +71,34 @@ class Queued:
     pk: object = None
 
 
+# Up to this many pending workloads are placed by filtered counts (one pass over the queue, a few
+# comparisons a row for each: the cheapest for a workload's own page); more by window functions
+# (one pass whose cost per row does not grow with them: a list's page).
+COUNTED_AT_MOST = 4
+
+
 def queue_places(*, queued: list[Queued]) -> list[dict]:
     """Where each stands in the pending queue, highest priority first, then oldest (the order
     ``workloads_place_pending`` takes): ``position`` among pending work of its priority (1-based),
     ``of`` how many of its priority wait (itself included), ``ahead`` how many are placed before
-    it. Work still waiting for dependencies is not in the queue yet. One query for them all,
-    filtered counts over pending rows only (the ``workload_pending_queue`` partial index), of the
-    lowest priority asked and above."""
+    it. Work still waiting for dependencies is not in the queue yet. At most two queries whatever
+    their number, each reading pending rows only, of the lowest priority asked and above."""
+    existing = [one for one in queued if one.created_at is not None]
+    ranked = _ranked(existing) if len(existing) > COUNTED_AT_MOST else {}
+    counted = iter(_counted([one for one in queued if one.pk not in ranked]))
+    return [ranked[one.pk] if one.pk in ranked else next(counted) for one in queued]
+
+
+def _queue(*, lowest: int):
+    return Workload.objects.filter(status=WorkloadStatus.PENDING, dependencies_waiting=0, priority__gte=lowest)
+
+
+def _place(one: Queued, *, position: int, of: int, ahead: int) -> dict:
+    return {"priority": one.priority, "position": position, "of": of, "ahead": ahead}
+
+
+def _counted(queued: list[Queued]) -> list[dict]:
+    """Queue places by filtered counts, in one query."""
     if not queued:
         return []
     priorities = sorted({one.priority for one in queued})
@@ -87,15 +110,42 @@ def queue_places(*, queued: list[Queued]) -> list[dict]:
         if one.created_at is not None:  # a new request is behind all of its level: ``level`` says
             counts[f"before{number}"] = Count("pk", filter=Q(priority=one.priority) & (
                 Q(created_at__lt=one.created_at) | Q(created_at=one.created_at, pk__lt=one.pk)))
-    got = Workload.objects.filter(status=WorkloadStatus.PENDING, dependencies_waiting=0,
-                                  priority__gte=priorities[0]).aggregate(**counts)
+    got = _queue(lowest=priorities[0]).aggregate(**counts)
     places = []
     for number, one in enumerate(queued):
-        level = priorities.index(one.priority)
-        new = one.created_at is None
-        before = got[f"level{level}"] if new else got[f"before{number}"]
-        places.append({"priority": one.priority, "position": before + 1,
-                       "of": got[f"level{level}"] + new, "ahead": got[f"higher{level}"] + before})
+        level, higher = (got[f"{name}{priorities.index(one.priority)}"] for name in ("level", "higher"))
+        if one.created_at is None:  # joins behind every one of its priority
+            places.append(_place(one, position=level + 1, of=level + 1, ahead=higher + level))
+        else:
+            before = got[f"before{number}"]
+            places.append(_place(one, position=before + 1, of=level, ahead=higher + before))
+    return places
+
+
+def _ranked(queued: list[Queued]) -> dict:
+    """Pending workloads' queue places (by id) by window functions, in one query. Every window is
+    ordered by a prefix of the queue's order, so the rows are sorted once at most."""
+    by_priority = [F("priority").desc()]
+    ranked = _queue(lowest=min(one.priority for one in queued)).order_by().annotate(
+        in_queue=Window(RowNumber(), order_by=[*by_priority, F("created_at").asc(), F("pk").asc()]),
+        # Those of its priority or a higher one, and those of its priority (its peers in that order).
+        through=Window(Count("pk"), order_by=by_priority),
+        level=Window(Count("pk"), order_by=by_priority, frame=ValueRange(start=0, end=0)),
+    ).values_list("pk", "in_queue", "through", "level")
+    # The ids are picked after the windows are counted, so in an outer query: a filter of the
+    # queryset itself would go inside, and rank them among themselves.
+    sql, params = ranked.query.sql_with_params()
+    column = Workload._meta.pk
+    marks = ", ".join(["%s"] * len(queued))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT * FROM ({sql}) ranked WHERE ranked.pk IN ({marks})",
+                       [*params, *(column.get_db_prep_value(one.pk, connection) for one in queued)])
+        rows = {column.to_python(pk): counts for pk, *counts in cursor.fetchall()}
+    places = {}
+    for one in queued:
+        if one.pk in rows:  # not if it left the queue since it was read: it is counted instead
+            in_queue, through, level = rows[one.pk]
+            places[one.pk] = _place(one, position=in_queue - (through - level), of=level, ahead=in_queue - 1)
     return places
 
 
