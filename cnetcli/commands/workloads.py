@@ -115,8 +115,7 @@ def _plan_headline(plan: dict) -> str:
     queue = plan["queue"]
     if queue is None:  # it waits for its dependencies, not for room
         return f"would wait: {plan['summary']}"
-    return (f"would wait: #{queue['position']} among pending work of priority {queue['priority']}"
-            f" ({queue['ahead']} pending ahead or level); estimated start: {plan['estimated_start']}")
+    return f"would wait: {_place(queue)}; estimated start: {plan['estimated_start']}"
 
 
 def follow_logs(workload_id: str, *, printed: int) -> int:
@@ -211,12 +210,15 @@ def _queue_facts(queue: dict | None) -> tuple:
         return ()
     if queue["position"] is None:
         return (("queue", "not queued yet: it waits for its dependencies"),)
-    place = (f"#{queue['position']} of {queue['of']} pending at priority {queue['priority']}"
-             f" ({queue['ahead']} placed before it)")
     start = _when(queue["estimated_start"])
     if start == "unknown":
         start = "unknown (work in its way has no time limit)"
-    return (("queue", place), ("estimated start", start))
+    return (("queue", _place(queue)), ("estimated start", start))
+
+
+def _place(queue: dict) -> str:
+    return (f"#{queue['position']} of {queue['of']} pending at priority {queue['priority']}"
+            f" ({queue['ahead']} placed before it)")
 
 
 @click.command()
@@ -274,21 +276,25 @@ def logs(workload_id, follow, tail):
 
 
 def _each(ids, act, done: str):
-    """``act(id)`` for every id; one that fails is reported and the rest still go."""
-    failed = 0
+    """``act(id)`` for every id; one that fails is reported and the rest still go. A table says
+    ``ID done`` per line; json/yaml give one entry per id, ``done`` or ``error``."""
+    failed, results = 0, []
     for workload_id in ids:
         try:
             act(workload_id)
-            click.echo(f"{workload_id} {done}")
+            results.append({"id": workload_id, "done": done})
         except CliError as error:
             failed += 1
+            results.append({"id": workload_id, "error": str(error)})
             click.echo(click.style("error: ", fg="red", bold=True) + f"{workload_id}: {error}", err=True)
+    emit(results, lambda listed: "\n".join(f"{r['id']} {done}" for r in listed if "done" in r) or None)
     if failed:
         raise SystemExit(1)
 
 
 @click.command()
 @click.argument("ids", nargs=-1, required=True, metavar="ID…")
+@output_option
 def stop(ids):
     """Stop workloads (SIGTERM, SIGKILL after the grace period)."""
     _each(ids, lambda workload_id: api().post(f"/workloads/{workload_id}/stop"), "stopping")
@@ -296,6 +302,7 @@ def stop(ids):
 
 @click.command()
 @click.argument("ids", nargs=-1, required=True, metavar="ID…")
+@output_option
 def rm(ids):
     """Delete workloads (a running one is stopped first)."""
     _each(ids, lambda workload_id: api().delete(f"/workloads/{workload_id}"), "deleted")
