@@ -283,6 +283,8 @@ CNET_LOCAL_NODE_ID = env_str("CNET_LOCAL_NODE_ID", socket.gethostname())
 # Where an agent finds the control plane (its node API is under /api/node/): runagent --server wins.
 # CNET_SERVER_URL is read above, with the hosts the web answers to.
 CNET_DEFAULT_STRATEGY = env_str("CNET_DEFAULT_STRATEGY", "default")
+# The highest priority a user without staff rights may give a submission (issue 15: no queue jumping).
+CNET_MAX_USER_PRIORITY = env_int("CNET_MAX_USER_PRIORITY", 100)
 # Heartbeat every 5 s while the fleet is small (one row write a beat; CNET_MAX_HEARTBEATS_PER_SECOND
 # stretches it for a large one). Offline after 18 s of silence puts the work of a host cut off on
 # another host within ~20 s (tests/cluster measures it); a cut-off agent kills its own work one
