@@ -178,6 +178,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("CNET_MAX_BODY_BYTES", 1024 * 1024)
 # Model artifacts: the largest one the registry stores (uploaded or written by training).
 CNET_ML_MAX_ARTIFACT_BYTES = env_int("CNET_ML_MAX_ARTIFACT_BYTES", 512 * 1024 * 1024)
 CNET_MAX_UPLOAD_BYTES = CNET_ML_MAX_ARTIFACT_BYTES + 1024 * 1024  # the file plus its form fields
+# The ports model servers may listen on (mlmodels/serving.py); the default holds the seed's 9000.
+CNET_ML_SERVE_PORTS = env_str("CNET_ML_SERVE_PORTS", "9000-9999")
 # The only paths that take multipart uploads that big (core.middleware): a model's new version.
 CNET_UPLOAD_PATHS = [r"^/api/ml/models/[^/]+/versions/?$"]
 
