@@ -193,6 +193,7 @@ class TrainingHandle(Wrapping):
             return None
         if ended is None:
             self.evaluation.kill()
+            self.evaluation.popen.wait()  # reaped here: nothing polls it again
             self._note(f"evaluate did not finish in {EVALUATE_TIMEOUT_SECONDS}s; stored without metrics")
         if self.stopping:
             return self._end(Exit(ended and ended.code, "stopped during evaluation"))
