@@ -178,6 +178,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("CNET_MAX_BODY_BYTES", 1024 * 1024)
 # Model artifacts: the largest one the registry stores (uploaded or written by training).
 CNET_ML_MAX_ARTIFACT_BYTES = env_int("CNET_ML_MAX_ARTIFACT_BYTES", 512 * 1024 * 1024)
 CNET_MAX_UPLOAD_BYTES = CNET_ML_MAX_ARTIFACT_BYTES + 1024 * 1024  # the file plus its form fields
+# The ports model servers may listen on (mlmodels/serving.py); the default holds the seed's 9000.
+CNET_ML_SERVE_PORTS = env_str("CNET_ML_SERVE_PORTS", "9000-9999")
 # The only paths that take multipart uploads that big (core.middleware): a model's new version.
 CNET_UPLOAD_PATHS = [r"^/api/ml/models/[^/]+/versions/?$"]
 
@@ -283,6 +285,8 @@ CNET_LOCAL_NODE_ID = env_str("CNET_LOCAL_NODE_ID", socket.gethostname())
 # Where an agent finds the control plane (its node API is under /api/node/): runagent --server wins.
 # CNET_SERVER_URL is read above, with the hosts the web answers to.
 CNET_DEFAULT_STRATEGY = env_str("CNET_DEFAULT_STRATEGY", "default")
+# The highest priority a user without staff rights may give a submission (issue 15: no queue jumping).
+CNET_MAX_USER_PRIORITY = env_int("CNET_MAX_USER_PRIORITY", 100)
 # Heartbeat every 5 s while the fleet is small (one row write a beat; CNET_MAX_HEARTBEATS_PER_SECOND
 # stretches it for a large one). Offline after 18 s of silence puts the work of a host cut off on
 # another host within ~20 s (tests/cluster measures it); a cut-off agent kills its own work one

@@ -16,21 +16,24 @@ from django.utils import timezone
 from nodes.resources import Resources
 from nodes.services import node_resolve
 from scheduler.plan import Release, RoomAsked, expected_room, expected_rooms, never_fits, place_dry_run
+from scheduler.quotas import priority_check, quota_never_fits
 from scheduler.strategies import strategy_get
 
 from .kinds import kind_capability
 from .models import ACTIVE, EventKind, Workload, WorkloadArrayEvent, WorkloadEvent, WorkloadStatus
+from .services.quotas import owner_quota_wait
 
 PLACED, WAITS, NEVER = "placed", "waits", "never"
 UNKNOWN = "unknown"
 
 
-def workload_plan(*, type: str, requirements: Resources, node: str | None = None, strategy: str | None = None,
-                  priority: int = 0, depends_on: list | None = None, **_rest) -> dict:
+def workload_plan(*, owner=None, type: str, requirements: Resources, node: str | None = None,
+                  strategy: str | None = None, priority: int = 0, depends_on: list | None = None, **_rest) -> dict:
     """What a submission of this body would meet now. It checks the rules a submission checks (the
     strategy and node exist) and decides with the same placement code; the rest of the body (name,
     config, restart policy…) does not change where it goes. One with dependencies waits for them
     first: its reasons say where it would go if they held now."""
+    priority_check(user=owner, priority=priority)
     strategy_name = strategy or settings.CNET_DEFAULT_STRATEGY
     ranked_by = strategy_get(strategy_name)
     local = node_resolve(node).node_id if node else settings.CNET_LOCAL_NODE_ID
@@ -45,6 +48,9 @@ def workload_plan(*, type: str, requirements: Resources, node: str | None = None
     if depends_on:
         return answer | {"outcome": WAITS, "node": None, "estimated_start": UNKNOWN,
                          "summary": f"waits for its dependencies first; then, as things stand: {decision.summary()}"}
+    held = owner_quota_wait(owner_id=getattr(owner, "pk", None), requirements=requirements, lock=False)
+    if held is not None:  # its owner's quota holds it back, whatever the nodes have
+        return _quota_answer(answer, held.summary(), owner, requirements, priority)
     if decision.placed:
         return answer
     short = never_fits(requirements)
@@ -183,6 +189,16 @@ def _nodes_considered(workloads: list[Workload]) -> dict:
         batch=Subquery(batch.values("details")[:1], output_field=JSONField()),
     ).values_list("pk", "own", "batch")
     return {pk: [reason["node"] for reason in (own or batch or []) if "node" in reason] for pk, own, batch in rows}
+
+
+def _quota_answer(answer: dict, why: str, owner, requirements: Resources, priority: int) -> dict:
+    """It waits until its owner's own work ends (when, nothing here knows), or, past a cap even
+    with none of theirs running, never runs (a submission is refused)."""
+    if quota_never_fits(owner_id=owner.pk, requirements=requirements):
+        return answer | {"outcome": NEVER, "node": None, "summary": why,
+                         "never_fits": {"node": None, "capacity": None, "short": [why]}}
+    [queue] = queue_places(queued=[Queued(priority=priority)])
+    return answer | {"outcome": WAITS, "node": None, "summary": why, "queue": queue, "estimated_start": UNKNOWN}
 
 
 def _releases_on(node_pks: list[int]) -> list[Release]:

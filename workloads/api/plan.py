@@ -51,4 +51,4 @@ class WorkloadPlanView(APIView):
     def post(self, request):
         submission = WorkloadSubmitSerializer(data=request.data)
         submission.is_valid(raise_exception=True)
-        return Response(PlanSerializer(workload_plan(**submission.validated_data)).data)
+        return Response(PlanSerializer(workload_plan(owner=request.user, **submission.validated_data)).data)

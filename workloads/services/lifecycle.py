@@ -39,6 +39,7 @@ from ..models import (
 from ..selectors import TRANSITION_FIELDS, dependency_list
 from .batches import ARRAY_PENDING_BATCH, slices, workload_array_place, workloads_end_many
 from .dependencies import CONDITION_WORDS, Target, dependencies_waiting_on, waiting_reason
+from .quotas import pending_over_quota, workload_quota_wait
 
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
@@ -303,7 +304,7 @@ def workload_place_loaded(workload: Workload, *, earlier_events: Sequence[Worklo
     with transaction.atomic(savepoint=False):
         local = workload.submitted_node.node_id if workload.submitted_node else settings.CNET_LOCAL_NODE_ID
         started = time.perf_counter()
-        decision = place(
+        decision = workload_quota_wait(workload=workload) or place(  # over quota: waits, whatever the nodes
             requirements=workload.requirements,
             local_node_id=local,
             strategy=strategy_get(workload.strategy),
@@ -347,7 +348,7 @@ def workloads_place_pending(*, limit: int = 200) -> int:
         Workload.objects.filter(
             status=S.PENDING, dependencies_waiting=0, cpu_millicores__lte=room.cpu, gpu_count__lte=room.gpu,
             memory_bytes__lte=room.memory, storage_bytes__lte=room.storage,
-        )
+        ).exclude(pending_over_quota())
         .order_by("-priority", "created_at")
         .values_list("pk", "array_id")[:limit]
     )

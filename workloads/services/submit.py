@@ -16,6 +16,7 @@ from nodes.models import Node
 from nodes.resources import Resources, human
 from nodes.selectors import node_could_ever_hold, node_find, node_largest
 from nodes.services import node_resolve
+from scheduler.quotas import priority_check, quota_never_fits
 from scheduler.strategies import strategy_get
 
 from ..models import EventKind, RestartPolicy, Workload, WorkloadArray, WorkloadEvent, WorkloadStatus
@@ -92,6 +93,7 @@ class _Spec:
         self.priority, self.restart_policy, self.max_restarts = priority, restart_policy, max_restarts
         self.max_runtime_seconds = max_runtime_seconds
         self.count = count
+        priority_check(user=owner, priority=priority)
         self.strategy = strategy or settings.CNET_DEFAULT_STRATEGY
         strategy_get(self.strategy)
         self.submitted_at = _submitted_node(node)
@@ -156,6 +158,8 @@ class _Spec:
     def _refuse_if_never_fits(self) -> None:
         if not node_could_ever_hold(requirements=self.requirements):
             raise InvalidRequest(_never_fits_message(self.requirements), field="requirements")
+        if over := quota_never_fits(owner_id=getattr(self.owner, "pk", None), requirements=self.requirements):
+            raise InvalidRequest(f"{over}, so it could never run", field="requirements")
 
 
 def _instance_config(config: dict, array_id, index: int) -> dict:
