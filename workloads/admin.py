@@ -250,7 +250,7 @@ class WorkloadAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
     @staticmethod
     def _submit(request, form, payload) -> Workload | None:
         """The API's create, step for step: its serializer, then its service."""
-        submission = WorkloadSubmitSerializer(data=payload)
+        submission = WorkloadSubmitSerializer(data=payload, context={"request": request})
         if not submission.is_valid():
             form.add_api_errors(submission.errors)
             return None

@@ -49,6 +49,6 @@ class WorkloadPlanView(APIView):
 
     @extend_schema(request=WorkloadSubmitSerializer, responses=PlanSerializer, operation_id="workloads_plan")
     def post(self, request):
-        submission = WorkloadSubmitSerializer(data=request.data)
+        submission = WorkloadSubmitSerializer(data=request.data, context={"request": request})
         submission.is_valid(raise_exception=True)
         return Response(PlanSerializer(workload_plan(owner=request.user, **submission.validated_data)).data)

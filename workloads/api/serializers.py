@@ -94,7 +94,10 @@ class WorkloadSubmitSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     depends_on = DependencySerializer(many=True, required=False, max_length=MAX_DEPENDENCIES)
 
     def validate(self, attrs):
-        config = kind_get(attrs["type"]).config_serializer(data=attrs["config"])
+        # The submitter's name: a container may use the named volumes "<username>-…" as its own.
+        user = getattr(self.context.get("request"), "user", None)
+        config = kind_get(attrs["type"]).config_serializer(data=attrs["config"],
+                                                           context={"owner": getattr(user, "username", None)})
         if not config.is_valid():
             raise serializers.ValidationError({"config": config.errors})
         requirements = RequirementsSerializer(data=attrs.get("requirements", {}))

@@ -89,7 +89,7 @@ class WorkloadViewSet(
             return self._create_graph(request)
         if isinstance(request.data, dict) and "schedule" in request.data:
             return _create_schedule(request)
-        submission = WorkloadSubmitSerializer(data=request.data)
+        submission = WorkloadSubmitSerializer(data=request.data, context={"request": request})
         submission.is_valid(raise_exception=True)
         if "count" in submission.validated_data:
             array = workload_array_submit(owner=request.user, **submission.validated_data)
@@ -98,7 +98,7 @@ class WorkloadViewSet(
         return Response(WorkloadSerializer(workload).data, status=status.HTTP_201_CREATED)
 
     def _create_graph(self, request):
-        graph = WorkloadGraphSerializer(data=request.data)
+        graph = WorkloadGraphSerializer(data=request.data, context={"request": request})
         graph.is_valid(raise_exception=True)
         items = graph.validated_data["workloads"]
         recorded = workloads_submit_graph(owner=request.user, items=items)
@@ -139,7 +139,7 @@ class WorkloadViewSet(
 
 
 def _create_schedule(request) -> Response:
-    submission = ScheduleSubmitSerializer(data=request.data)
+    submission = ScheduleSubmitSerializer(data=request.data, context={"request": request})
     submission.is_valid(raise_exception=True)
     schedule = schedule_create(owner=request.user, **submission.validated_data)
     return Response(ScheduleSerializer(schedule).data, status=status.HTTP_201_CREATED)
