@@ -373,8 +373,11 @@ CNET_WORKLOAD_ACCOUNTS = env_list("CNET_WORKLOAD_ACCOUNTS")
 # Outside the data folder (which workloads may not enter), on a filesystem overlayfs accepts as
 # an upper layer (ext4, xfs; not overlayfs itself).
 CNET_WORKSPACE_DIR = Path(env_str("CNET_WORKSPACE_DIR", "/var/lib/cnet-workspaces"))
-# Processes and threads a workload may have at once, unless it asks (its config.pids).
+# Processes and threads a workload may have at once, unless it asks (requirements.pids, or config.pids).
 CNET_WORKLOAD_PIDS_LIMIT = env_int("CNET_WORKLOAD_PIDS_LIMIT", 4096)
+# The most a submission may ask for (its requirements.pids or config.pids): the default pid_max of
+# a machine with few cores, so no one workload may hold every pid a node has.
+CNET_WORKLOAD_PIDS_MAX = env_int("CNET_WORKLOAD_PIDS_MAX", 32768)
 # Containers: named volumes allowed to everyone (a volume named "<username>-…" is its user's own),
 # networks a container may join, and the capabilities kept of the engine's set (all others dropped).
 CNET_CONTAINER_VOLUMES = env_list("CNET_CONTAINER_VOLUMES")

@@ -8,6 +8,7 @@ from core.fields import NoUnknownFieldsMixin, StrictCharField, StrictIntegerFiel
 from nodes.api.fields import BytesField, CoresField
 from nodes.resources import Resources
 
+from ..executors.process_kind import pids_field
 from ..kinds import kind_choices, kind_get
 from ..models import (
     ARRAY_MAX_COUNT,
@@ -37,15 +38,17 @@ DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 class RequirementsSerializer(NoUnknownFieldsMixin, serializers.Serializer):
-    """The seed's ``requirements``: cpu in cores (may be fractional), memory and storage in bytes."""
+    """The seed's ``requirements``: cpu in cores (may be fractional), memory and storage in bytes;
+    ``pids``, the process count limit, is no resource to place by: it travels as ``config.pids``."""
 
     cpu = CoresField(required=False, default=DEFAULT_CPU_MILLICORES)
     memory = BytesField(required=False, default=DEFAULT_MEMORY_BYTES, min_value=1)
     gpu = StrictIntegerField(required=False, default=0, min_value=0, max_value=MAX_GPUS)
     storage = BytesField(required=False, default=0)
+    pids = pids_field()
 
     def to_resources(self) -> Resources:
-        return Resources(**self.validated_data)
+        return Resources(**{name: value for name, value in self.validated_data.items() if name != "pids"})
 
 
 class KindField(serializers.ChoiceField):
@@ -105,6 +108,12 @@ class WorkloadSubmitSerializer(NoUnknownFieldsMixin, serializers.Serializer):
             raise serializers.ValidationError({"requirements": requirements.errors})
         attrs["config"] = config.validated_data
         attrs["requirements"] = requirements.to_resources()
+        pids = requirements.validated_data.get("pids")
+        if pids is not None:
+            if attrs["config"].get("pids") not in (None, pids):
+                raise serializers.ValidationError({"requirements": {"pids": [
+                    f"{pids} differs from config.pids ({attrs['config']['pids']}); give one of them"]}})
+            attrs["config"] = {**attrs["config"], "pids": pids}  # where the executors read it
         return attrs
 
 
