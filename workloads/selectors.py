@@ -272,7 +272,7 @@ def workload_active_counts_by_node(*, user) -> dict[int, int]:
 WORK_FIELDS = (
     "id", "name", "type", "status", "config", "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes",
     "restart_policy", "restart_count", "priority", "runtime", "agent_epoch", "scheduled_at", "started_at",
-    "stop_requested_at", "max_runtime_seconds",
+    "stop_requested_at", "max_runtime_seconds", "on_disconnect",
 )
 
 

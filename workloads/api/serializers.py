@@ -16,6 +16,7 @@ from ..models import (
     SCHEDULE_MAX_DEADLINE_SECONDS,
     ConcurrencyPolicy,
     DependencyCondition,
+    OnDisconnect,
     RestartPolicy,
     Schedule,
     ScheduleEvent,
@@ -89,6 +90,11 @@ class WorkloadSubmitSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     priority = StrictIntegerField(required=False, default=0, min_value=-1000, max_value=1000)
     restart_policy = serializers.ChoiceField(choices=RestartPolicy.choices, required=False, default="never")
     max_restarts = StrictIntegerField(required=False, default=3, min_value=0, max_value=100)
+    on_disconnect = serializers.ChoiceField(
+        choices=OnDisconnect.choices, required=False,
+        help_text="once its agent has not reached the control plane for its fence time: stop it, or keep it "
+                  "running (and not replaced while its node is unreachable); default: stop if its restart policy "
+                  "would replace it, else keep")
     # Seconds a run may last before its agent stops it (it then ends failed); null: no limit.
     max_runtime_seconds = StrictIntegerField(required=False, allow_null=True, default=None, min_value=1,
                                              max_value=MAX_RUNTIME_SECONDS)
@@ -179,6 +185,7 @@ class WorkloadSerializer(serializers.ModelSerializer):
     # While pending: its queue place, estimated start and why it waits (``queue`` in the context,
     # by id, for a page; else read for this one); null otherwise.
     queue = serializers.SerializerMethodField()
+    on_disconnect = serializers.CharField(source="disconnect_action", read_only=True)  # chosen or implied
 
     class Meta:
         model = Workload
@@ -186,7 +193,7 @@ class WorkloadSerializer(serializers.ModelSerializer):
             "id", "name", "type", "status", "requirements", "config", "node", "submitted_node",
             "strategy", "priority", "owner", "restart_policy", "max_restarts", "restart_count",
             "max_runtime_seconds", "exit_code", "reason", "runtime", "created_at", "scheduled_at", "started_at",
-            "finished_at", "stop_requested_at", "array", "array_index", "queue",
+            "finished_at", "stop_requested_at", "array", "array_index", "queue", "on_disconnect",
         ]
         read_only_fields = fields
 

@@ -24,6 +24,7 @@ from ..dispatch import dispatch_start, dispatch_stop, request_pending_placement
 from ..kinds import kind_capability
 from ..models import (
     ACTIVE,
+    REPLACED_WHEN_LOST,
     TERMINAL,
     DependencyState,
     EventKind,
@@ -56,7 +57,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 # Which restart policy restarts a workload that reached this state.
 RESTARTS_ON = {
-    S.LOST: {RestartPolicy.ON_FAILURE, RestartPolicy.ALWAYS},
+    S.LOST: REPLACED_WHEN_LOST,
     S.FAILED: {RestartPolicy.ON_FAILURE, RestartPolicy.ALWAYS},
     S.SUCCEEDED: {RestartPolicy.ALWAYS},
 }

@@ -32,11 +32,12 @@ ARRAY_ID_ENV, ARRAY_INDEX_ENV, INDEX_PLACEHOLDER = "CNET_ARRAY_ID", "CNET_ARRAY_
 def workload_submit(*, owner, name: str, type: str, config: dict, requirements: Resources,
                     node: str | None = None, strategy: str | None = None, priority: int = 0,
                     restart_policy: str = RestartPolicy.NEVER, max_restarts: int = 3,
-                    max_runtime_seconds: int | None = None, depends_on: Sequence[dict] = ()) -> Workload:
+                    max_runtime_seconds: int | None = None, on_disconnect: str | None = None,
+                    depends_on: Sequence[dict] = ()) -> Workload:
     """Record one workload and try to place it at once (when it waits on no dependency)."""
     spec = _Spec(owner=owner, name=name, type=type, config=config, requirements=requirements, node=node,
                  strategy=strategy, priority=priority, restart_policy=restart_policy, max_restarts=max_restarts,
-                 max_runtime_seconds=max_runtime_seconds)
+                 max_runtime_seconds=max_runtime_seconds, on_disconnect=on_disconnect)
     return atomic_retried(lambda: spec.record(dependency_targets(user=owner, depends_on=depends_on,
                                                                  field="depends_on")))
 
@@ -88,10 +89,11 @@ class _Spec:
     def __init__(self, *, owner, name: str, type: str, config: dict, requirements: Resources,
                  node: str | None = None, strategy: str | None = None, priority: int = 0,
                  restart_policy: str = RestartPolicy.NEVER, max_restarts: int = 3,
-                 max_runtime_seconds: int | None = None, count: int | None = None):
+                 max_runtime_seconds: int | None = None, on_disconnect: str | None = None,
+                 count: int | None = None):
         self.owner, self.name, self.type, self.config, self.requirements = owner, name, type, config, requirements
         self.priority, self.restart_policy, self.max_restarts = priority, restart_policy, max_restarts
-        self.max_runtime_seconds = max_runtime_seconds
+        self.max_runtime_seconds, self.on_disconnect = max_runtime_seconds, on_disconnect
         self.count = count
         priority_check(user=owner, priority=priority)
         self.strategy = strategy or settings.CNET_DEFAULT_STRATEGY
@@ -110,7 +112,7 @@ class _Spec:
             "owner": self.owner, "name": self.name, "type": self.type, "config": self.config,
             "strategy": self.strategy, "priority": self.priority, "submitted_node": self.submitted_at,
             "restart_policy": self.restart_policy, "max_restarts": self.max_restarts,
-            "max_runtime_seconds": self.max_runtime_seconds,
+            "max_runtime_seconds": self.max_runtime_seconds, "on_disconnect": self.on_disconnect,
             "cpu_millicores": self.requirements.cpu, "gpu_count": self.requirements.gpu,
             "memory_bytes": self.requirements.memory, "storage_bytes": self.requirements.storage, **extra,
         })
