@@ -90,7 +90,7 @@ def node_register(
     """
     if parent == node_id:
         raise InvalidRequest(f"{node_id} cannot be its own parent", field="parent")
-    _registrations_serialized()
+    _registrations_serialized(node_id=node_id, names_others=bool(parent or any(peers)))
     node, _created = Node.objects.select_for_update().get_or_create(node_id=node_id)
     node.address, node.port = address, port
     for name, (column, allocated) in RESOURCES.items():
@@ -138,24 +138,33 @@ def _registered(node: Node | None) -> Node | None:
 REGISTRATION_LOCK = 0x636E6574726567
 
 
-def _registrations_serialized() -> None:
-    """Registrations run one at a time, to the end of their transaction.
+def _registrations_serialized(*, node_id: str, names_others: bool) -> None:
+    """Registrations that may link nodes run one at a time, to the end of their transaction.
 
     Two nodes that name each other and register at once would otherwise each miss the other
     (neither sees the other's uncommitted row), both keep the name pending, and neither is
     linked. SQLite serializes writers already (IMMEDIATE transactions); on Postgres a
-    transaction-scoped advisory lock does. Agents register once per start, so the queue is short.
+    transaction-scoped advisory lock does. A registration that names no node, while no node
+    waits for one and none is this node's child, changes no other row: it takes the lock shared,
+    so a fleet of such nodes registers side by side (one at a time, 10,000 agents queued behind
+    each other's commits, and a wave of re-registrations held every web thread, beats starving).
     """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [REGISTRATION_LOCK])
+    if connection.vendor != "postgresql":
+        return
+    linking = names_others or Node.objects.filter(
+        Q(parent__node_id=node_id) | ~Q(pending_parent="") | ~Q(pending_peers=[])).exists()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT pg_advisory_xact_lock{'' if linking else '_shared'}(%s)", [REGISTRATION_LOCK])
 
 
 def _link_waiting_for(node: Node) -> None:
     """Link every node whose pending parent or peer names ``node`` (by node_id or address:port,
     as ``node_find`` resolves that name for the waiting node), and forget those names."""
-    waiting = Node.objects.filter(~Q(pending_parent="") | ~Q(pending_peers=[])).exclude(pk=node.pk)
-    for other in waiting:  # registrations are serialized: no other one changes these meanwhile
+    # Locked: a node that began waiting after a shared registration looked (it waited for that
+    # one's lock) may be seen by two shared ones at once; the second reads the first's update.
+    waiting = (Node.objects.select_for_update().filter(~Q(pending_parent="") | ~Q(pending_peers=[]))
+               .exclude(pk=node.pk).order_by("pk"))
+    for other in waiting:
         parent_name = other.pending_parent
         if parent_name and _names(parent_name, node, waiting=other):
             try:
