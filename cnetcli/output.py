@@ -86,7 +86,16 @@ def age(stamp: str | None) -> str:
         then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
         return stamp
-    seconds = max((datetime.now(UTC) - then).total_seconds(), 0)
+    return _span((datetime.now(UTC) - then).total_seconds())
+
+
+def until(stamp: str) -> str:
+    """How long until an ISO time: "5s", "3m", "2h", "4d" (0s once it has passed)."""
+    return _span((datetime.fromisoformat(stamp.replace("Z", "+00:00")) - datetime.now(UTC)).total_seconds())
+
+
+def _span(seconds: float) -> str:
+    seconds = max(seconds, 0)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"

@@ -178,6 +178,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("CNET_MAX_BODY_BYTES", 1024 * 1024)
 # Model artifacts: the largest one the registry stores (uploaded or written by training).
 CNET_ML_MAX_ARTIFACT_BYTES = env_int("CNET_ML_MAX_ARTIFACT_BYTES", 512 * 1024 * 1024)
 CNET_MAX_UPLOAD_BYTES = CNET_ML_MAX_ARTIFACT_BYTES + 1024 * 1024  # the file plus its form fields
+# The ports model servers may listen on (mlmodels/serving.py); the default holds the seed's 9000.
+CNET_ML_SERVE_PORTS = env_str("CNET_ML_SERVE_PORTS", "9000-9999")
 # The only paths that take multipart uploads that big (core.middleware): a model's new version.
 CNET_UPLOAD_PATHS = [r"^/api/ml/models/[^/]+/versions/?$"]
 
@@ -283,22 +285,24 @@ CNET_LOCAL_NODE_ID = env_str("CNET_LOCAL_NODE_ID", socket.gethostname())
 # Where an agent finds the control plane (its node API is under /api/node/): runagent --server wins.
 # CNET_SERVER_URL is read above, with the hosts the web answers to.
 CNET_DEFAULT_STRATEGY = env_str("CNET_DEFAULT_STRATEGY", "default")
+# The highest priority a user without staff rights may give a submission (issue 15: no queue jumping).
+CNET_MAX_USER_PRIORITY = env_int("CNET_MAX_USER_PRIORITY", 100)
 # Heartbeat every 5 s while the fleet is small (one row write a beat; CNET_MAX_HEARTBEATS_PER_SECOND
-# stretches it for a large one). Offline after 18 s of silence puts the work of a host cut off on
-# another host within ~20 s (tests/cluster measures it); a cut-off agent kills its own work one
-# heartbeat before that (Agent.fence_once).
+# stretches it for a large one). Offline after 15 s of silence (the 5 s interval and Nomad's 10 s
+# heartbeat_grace) puts the work of a host cut off on another host within ~17 s (tests/cluster
+# measures it); a cut-off agent kills its own work just before that (Agent.fence_once).
 CNET_HEARTBEAT_SECONDS = env_float("CNET_HEARTBEAT_SECONDS", 5.0)
 # Beats the control plane takes per second, fleet-wide (Nomad's max_heartbeats_per_second): each
-# node beats every max(CNET_HEARTBEAT_SECONDS, live nodes / this) s and goes offline after
-# max(CNET_OFFLINE_AFTER_SECONDS, 1.4 intervals) of silence (nodes/heartbeats.py). 250: up to
-# 1,250 nodes beat every 5 s (1,000: 200/s, offline after 18 s, declared within 20 s with the 2 s
-# tick); 10,000 beat every 40 s (250/s, offline after 56 s, declared within 58 s, a late beat has
-# 16 s). Nomad's 50 would make 10,000 nodes beat every 200 s; at 200 a 58 s deadline would leave a
-# late beat 8 s (50 s interval); 500 would double the load a 2-core control plane carries.
+# node beats every max(CNET_HEARTBEAT_SECONDS, live nodes / this) s and goes offline after that
+# interval and a grace of max(10 s, 0.3 intervals) (nodes/heartbeats.py). 250: up to 1,250 nodes
+# beat every 5 s (1,000: 200/s, declared offline within 17 s with the 2 s tick); 10,000 beat every
+# 40 s (offline after 52 s, declared within 54 s). A beat costs this 2-core machine ~2 ms of CPU
+# (bench/fleet_heartbeat_cost.py), so 250/s is half a core; Nomad's 50 would make 10,000 nodes beat
+# every 200 s; 200 would need a 50 s interval and leave a 60 s detection no room for a late beat.
 CNET_MAX_HEARTBEATS_PER_SECOND = env_float("CNET_MAX_HEARTBEATS_PER_SECOND", 250.0)
 # Silent for this many heartbeats: unhealthy. Silent for the grace period: offline, work lost.
 CNET_UNHEALTHY_AFTER_BEATS = env_int("CNET_UNHEALTHY_AFTER_BEATS", 3)
-CNET_OFFLINE_AFTER_SECONDS = env_float("CNET_OFFLINE_AFTER_SECONDS", 18.0)
+CNET_OFFLINE_AFTER_SECONDS = env_float("CNET_OFFLINE_AFTER_SECONDS", 15.0)
 CNET_REDISPATCH_AFTER_SECONDS = env_float("CNET_REDISPATCH_AFTER_SECONDS", 30.0)
 CNET_STOP_GRACE_SECONDS = env_float("CNET_STOP_GRACE_SECONDS", 10.0)
 # Agent environment variables a workload sees although they look like configuration or credentials.
@@ -369,8 +373,11 @@ CNET_WORKLOAD_ACCOUNTS = env_list("CNET_WORKLOAD_ACCOUNTS")
 # Outside the data folder (which workloads may not enter), on a filesystem overlayfs accepts as
 # an upper layer (ext4, xfs; not overlayfs itself).
 CNET_WORKSPACE_DIR = Path(env_str("CNET_WORKSPACE_DIR", "/var/lib/cnet-workspaces"))
-# Processes and threads a workload may have at once, unless it asks (its config.pids).
+# Processes and threads a workload may have at once, unless it asks (requirements.pids, or config.pids).
 CNET_WORKLOAD_PIDS_LIMIT = env_int("CNET_WORKLOAD_PIDS_LIMIT", 4096)
+# The most a submission may ask for (its requirements.pids or config.pids): the default pid_max of
+# a machine with few cores, so no one workload may hold every pid a node has.
+CNET_WORKLOAD_PIDS_MAX = env_int("CNET_WORKLOAD_PIDS_MAX", 32768)
 # Containers: named volumes allowed to everyone (a volume named "<username>-…" is its user's own),
 # networks a container may join, and the capabilities kept of the engine's set (all others dropped).
 CNET_CONTAINER_VOLUMES = env_list("CNET_CONTAINER_VOLUMES")

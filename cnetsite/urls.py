@@ -14,6 +14,7 @@ api = [
     re_path(r"^health/?$", views.health, name="health"),
     re_path(r"^health/live/?$", views.health_live, name="health-live"),
     path("", include("nodes.api.urls")),
+    path("", include("scheduler.api.urls")),
     path("", include("workloads.api.urls")),
     path("", include("mlmodels.api.urls")),
     path("node/", include("workloads.nodeapi.urls")),

@@ -5,8 +5,9 @@ its ``ControlPlane`` client, and never loading an artifact in its own process.
   checked against its sha256 (model servers and predictions load it from there);
 - ``prediction_run``: a prediction task sent to this node (the ``mlmodels.run_prediction``
   doorbell): claim it, fetch its version, predict in a one-shot ``python -m
-  mlmodels.predict_once`` under workload limits (a cgroup, the workload environment, its own
-  session, a timeout), post the answer.
+  mlmodels.predict_once`` started as a workload of the task's owner is (under a root agent a uid
+  of its own and a workspace holding a copy of the artifact; its cgroups, the workload
+  environment, its own session, a timeout), post the answer.
 
 A process start and the framework's import cost about a second (measured here), which an
 asynchronous task can afford; a model served for low latency runs as a model server instead.
@@ -15,7 +16,7 @@ asynchronous task can afford; a model served for low latency runs as a model ser
 import json
 import logging
 import os
-import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,8 +28,9 @@ from django.conf import settings
 
 from workloads.agent.client import ControlPlane, ControlPlaneError, Refused
 from workloads.agent.runtime import current_agent
-from workloads.executors.base import AgentContext, workload_env
+from workloads.executors.base import AgentContext, ExecutorError, WorkloadContext, workload_env
 from workloads.executors.limits import Limits
+from workloads.executors.process import log_path, spawn
 
 from .inference import sha256_file
 
@@ -40,15 +42,24 @@ MAX_ERROR_CHARACTERS = 4000
 SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def ml_python() -> str:
+    """The interpreter "python"/"python3" means in an ML deployment, and the one model servers and
+    predictions run: the agent's own, which has the ML requirements installed (the system python3
+    usually has no scikit-learn). Under a root agent, workload uids must be able to run it."""
+    return getattr(settings, "CNET_ML_PYTHON", "") or os.environ.get("CNET_ML_PYTHON") or sys.executable
+
+
 def this_agent():
     """The agent this process runs (``runagent`` sets it; tests set their in-process one)."""
     return current_agent()
 
 
 def prediction_limits() -> tuple[Limits, float]:
-    """What one prediction process may use: memory, cpu and seconds (settings, with defaults)."""
+    """What one prediction process may use: memory, cpu, processes (a workload's default) and
+    seconds (settings, with defaults)."""
     limits = Limits(memory_bytes=int(getattr(settings, "CNET_ML_PREDICT_MEMORY_BYTES", 1024**3)),
-                    cpu_millicores=int(getattr(settings, "CNET_ML_PREDICT_CPU_MILLICORES", 1000)))
+                    cpu_millicores=int(getattr(settings, "CNET_ML_PREDICT_CPU_MILLICORES", 1000)),
+                    pids=settings.CNET_WORKLOAD_PIDS_LIMIT)
     return limits, float(getattr(settings, "CNET_ML_PREDICT_TIMEOUT_SECONDS", 60))
 
 
@@ -95,7 +106,8 @@ def prediction_run(agent, task_id: str) -> bool:
     try:
         artifact = registry_artifact(client, version, cache_dir=agent.config.data_dir / "models")
         outcome = predict_in_subprocess(artifact=artifact, input_data=claim["input_data"],
-                                        name=f"prediction-{task_id}", context=agent.context)
+                                        name=f"prediction-{task_id}", context=agent.context,
+                                        owner=claim.get("owner"))
     except ArtifactUnavailable as error:
         outcome = {"error": str(error), "stage": "load"}
     if outcome.pop("stage", None) == "load":
@@ -108,52 +120,57 @@ def prediction_run(agent, task_id: str) -> bool:
         return False
 
 
-def predict_in_subprocess(*, artifact: Path, input_data, name: str, context: AgentContext) -> dict:
-    """One prediction by ``python -m mlmodels.predict_once`` under ``prediction_limits()``: its
-    answer (``prediction``, or ``error`` with ``error_status``, or ``error`` with ``stage`` "load").
-    The process is confined before it is given its input, and it loads nothing before that."""
+def predict_in_subprocess(*, artifact: Path, input_data, name: str, context: AgentContext,
+                          owner: str | None = None) -> dict:
+    """One prediction by ``python -m mlmodels.predict_once`` under ``prediction_limits()``, started as
+    a workload of ``owner``'s is (``spawn``: its own uid and workspace under a root agent, its own
+    cgroups, the workload environment): its answer (``prediction``, or ``error`` with
+    ``error_status``, or ``error`` with ``stage`` "load"). It is confined before it is given its
+    input, and it loads nothing before that."""
     limits, timeout = prediction_limits()
-    env = workload_env(SimpleNamespace(pk=name, config={}, gpu_count=0), context, **SINGLE_THREADED)
-    argv = [sys.executable, "-m", "mlmodels.predict_once", str(artifact)]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    scope = context.for_workload(name, owner=owner)
+    try:
+        env = workload_env(SimpleNamespace(pk=name, config={}, gpu_count=0), scope, **SINGLE_THREADED)
+        argv = [ml_python(), "-m", "mlmodels.predict_once", str(readable_artifact(scope, artifact))]
+        handle = spawn(workload_id=name, argv=argv, env=env, cwd=Path(settings.BASE_DIR), context=scope,
+                       limits=limits, stdin=subprocess.PIPE)
+    except ExecutorError as error:
+        scope.release()
+        return {"error": f"the prediction process could not start: {error}", "error_status": 503}
+    try:
+        handle.runtime()  # waits until it is in its cgroups (v2: moved there after the spawn)
         try:
-            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err, env=env,
-                                       cwd=settings.BASE_DIR, start_new_session=True, close_fds=True)
-        except OSError as error:
-            return {"error": f"the prediction process could not start: {error}", "error_status": 503}
-        confined = _confine(context, name=name, pid=process.pid, limits=limits)
-        try:
-            try:
-                process.communicate(json.dumps({"input_data": input_data}).encode(), timeout=timeout)
-            except subprocess.TimeoutExpired:
-                return {"error": f"the prediction did not finish in {timeout:g} s", "error_status": 504}
-            except BrokenPipeError:
-                process.wait(timeout=timeout)  # it ended before reading its input: its stderr says why
-            finally:
-                _kill_group(process)
-            if context.limiter.oom_killed(confined):
-                return {"error": f"the model went over its memory limit of {limits.memory_bytes} bytes",
-                        "error_status": 422}
-            return _answer(out, err, code=process.returncode)
+            handle.popen.communicate(json.dumps({"input_data": input_data}).encode(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"the prediction did not finish in {timeout:g} s", "error_status": 504}
         finally:
-            context.limiter.cleanup(confined)
+            handle.kill()  # whatever the model started dies with it
+            handle.popen.wait()
+        ended = handle.poll()
+        if ended.oom:
+            return {"error": f"the model went over its memory limit of {limits.memory_bytes} bytes",
+                    "error_status": 422}
+        with open(log_path(scope.log_dir, name, "stdout"), "rb") as out, \
+                open(log_path(scope.log_dir, name, "stderr"), "rb") as err:
+            return _answer(out, err, code=handle.popen.returncode)
+    finally:
+        handle.cleanup()  # its cgroups, output files, workspace and uid
 
 
-def _confine(context: AgentContext, *, name: str, pid: int, limits: Limits) -> dict:
+def readable_artifact(scope: WorkloadContext, artifact: Path) -> Path:
+    """``artifact`` (in the agent's private cache) where the workload's uid can read it: a copy in
+    its own workspace, 0400 and its own, when it has a uid of its own; else the cached file."""
+    identity = scope.identity
+    if identity is None:
+        return artifact
+    copy = scope.work_dir / f".cnet-model-{artifact.name}"
     try:
-        return context.limiter.apply(workload_id=name, pid=pid, limits=limits)
-    except OSError as error:  # it runs under its timeout alone; say so
-        logger.warning("%s: limits not applied (%s); bounded by its timeout only", name, error)
-        return {}
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    """Whatever the model started in the process's session dies with it."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+        shutil.copyfile(artifact, copy)
+        os.chown(copy, identity.uid, identity.gid)
+        os.chmod(copy, 0o400)
+    except OSError as error:
+        raise ExecutorError(f"its artifact could not be put in its workspace: {error}") from error
+    return copy
 
 
 def _answer(out, err, *, code: int) -> dict:

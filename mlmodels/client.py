@@ -28,10 +28,10 @@ def _drop(host: str, port: int) -> None:
         conn.close()
 
 
-def post_json(host: str, port: int, path: str, body: dict) -> tuple[int, object]:
+def post_json(host: str, port: int, path: str, body: dict, *, headers: dict | None = None) -> tuple[int, object]:
     """POST JSON, return (status, decoded body). Raises OSError when the server cannot be reached."""
     data = json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", "Content-Length": str(len(data))}
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}
     for attempt in (1, 2):
         conn = _connection(host, port)
         try:

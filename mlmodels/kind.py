@@ -13,12 +13,13 @@ from core.fields import (
     NoUnknownFieldsMixin,
     RelativePathField,
     StrictCharField,
-    StrictIntegerField,
     StringListField,
     StringMapField,
 )
 from workloads.forms import COMMAND_LINE, ENV, WORKING_DIR, NumberField, argv_config, filled
 from workloads.kinds import Kind
+
+from .serving import ServingPortField
 
 MLMODEL = "mlmodel"
 
@@ -36,7 +37,7 @@ class MLModelConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     model_path = RelativePathField(max_length=4096)
     model_type = StrictCharField(required=False, max_length=64, default="sklearn")
     framework = StrictCharField(required=False, max_length=64, default="scikit-learn")
-    port = StrictIntegerField(required=False, min_value=1, max_value=65535)
+    port = ServingPortField(required=False)
     command = StrictCharField(required=False, max_length=4096)
     args = StringListField(required=False, default=list)
     env = StringMapField(required=False, default=dict)

@@ -6,6 +6,8 @@ its models, with its node's credential, and only about its own node's work.
 - ``GET ml/versions/<id>`` and ``GET ml/versions/<id>/artifact``: a registry version's facts and
   bytes, while a workload placed here serves it or a prediction task sent here runs it.
 - ``POST ml/notes``: a note in the history of a workload placed here.
+- ``GET ml/servers/<workload id>/secret``: the secret of the current run of a model server placed
+  here (scheduled or running), which the agent hands to that server alone (``mlmodels.serving``).
 - ``POST ml/predictions/<id>/claim`` and ``.../result``: run a prediction task sent to this node.
 
 Anything about another node's workloads or tasks is 403, and nothing is written. Views only
@@ -26,7 +28,7 @@ from workloads.nodeapi.views import REFUSED, TAGS, NodeView
 
 from .api.views import UUID  # the pattern the user API matches ids with
 from .predictions import prediction_task_answer_from_node, prediction_task_claim_on_node
-from .selectors import node_version
+from .selectors import node_server_secret, node_version
 from .services import model_version_store_from_node, workload_note_from_node
 
 NOT_HERE = OpenApiResponse(description="not this node's: the workload or task is another node's, or the version "
@@ -62,10 +64,16 @@ class NoteSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     reason = StrictCharField(max_length=4000)
 
 
+class ServerSecretSerializer(serializers.Serializer):
+    secret = serializers.CharField(help_text="what the server requires: Authorization: Bearer <secret>")
+
+
 class ClaimAnswerSerializer(serializers.Serializer):
     task_id = serializers.UUIDField()
     attempt = serializers.IntegerField(help_text="send it back with the result")
     input_data = serializers.JSONField()
+    owner = serializers.CharField(allow_null=True,
+                                  help_text="who asked: the prediction runs as that owner's workloads do")
     version = serializers.DictField(help_text="id, number, checksum, filename, size_bytes of the version to run")
 
 
@@ -139,6 +147,18 @@ class NoteView(NodeView):
         return Response(status=204)
 
 
+class ServerSecretView(NodeView):
+    """The secret a model server placed here must require of every request (its current run's)."""
+
+    @extend_schema(tags=TAGS, responses={200: ServerSecretSerializer, 401: REFUSED[401], 403: NOT_HERE})
+    def get(self, request, workload_id):
+        secret = node_server_secret(node=request.auth, workload_id=workload_id)
+        if secret is None:
+            raise Forbidden(f"workload {workload_id} is no model server scheduled or running on node "
+                            f"{request.auth.node_id}", field="workload_id")
+        return Response({"secret": secret})
+
+
 class PredictionClaimView(NodeView):
     """Take a prediction task sent to this node: its input, the attempt, the version to run."""
 
@@ -168,6 +188,8 @@ urlpatterns = [
     re_path(rf"^ml/versions/(?P<version_id>{UUID})/artifact/?$", VersionArtifactView.as_view(),
             name="node-ml-version-artifact"),
     re_path(r"^ml/notes/?$", NoteView.as_view(), name="node-ml-notes"),
+    re_path(rf"^ml/servers/(?P<workload_id>{UUID})/secret/?$", ServerSecretView.as_view(),
+            name="node-ml-server-secret"),
     re_path(rf"^ml/predictions/(?P<task_id>{UUID})/claim/?$", PredictionClaimView.as_view(),
             name="node-ml-prediction-claim"),
     re_path(rf"^ml/predictions/(?P<task_id>{UUID})/result/?$", PredictionResultView.as_view(),

@@ -33,6 +33,7 @@ from .errors import PayloadTooLarge, PredictionFailed
 from .kind import KIND
 from .models import MLModel, PredictionTask, TaskStatus
 from .selectors import model_serving_endpoints
+from .serving import secret_header
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def predict_remote(*, model: MLModel, endpoints: list[dict], input_data) -> dict
         started = time.perf_counter()
         try:
             status, body = client.post_json(endpoint["address"], endpoint["port"], "/predict",
-                                            {"input_data": input_data})
+                                            {"input_data": input_data}, headers=secret_header(endpoint["secret"]))
         except OSError as error:
             last_error = f"{endpoint['node']}:{endpoint['port']}: {error}"
             continue
@@ -180,7 +181,7 @@ def prediction_task_claim_on_node(*, node: Node, task_id) -> dict:
     attempt = prediction_task_claim(task_id=task_id, node_id=node.node_id)
     if attempt is None:
         raise StateConflict(f"prediction {task_id} is not pending: another attempt has it, or it has ended")
-    task = PredictionTask.objects.select_related("version").defer("version__artifact").get(pk=task_id)
+    task = PredictionTask.objects.select_related("version", "owner").defer("version__artifact").get(pk=task_id)
     if task.version is None:
         PredictionTask.objects.filter(pk=task_id, status=TaskStatus.RUNNING, attempts=attempt).update(
             status=TaskStatus.FAILED, finished_at=timezone.now(), error_status=409,
@@ -188,6 +189,7 @@ def prediction_task_claim_on_node(*, node: Node, task_id) -> dict:
         raise StateConflict(f"prediction {task_id}: the model version it was asked of no longer exists; failed")
     version = task.version
     return {"task_id": str(task.pk), "attempt": attempt, "input_data": task.input_data,
+            "owner": task.owner.username if task.owner else None,
             "version": {"id": str(version.pk), "number": version.number, "checksum": version.checksum,
                         "filename": version.filename, "size_bytes": version.size_bytes}}
 

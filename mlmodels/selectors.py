@@ -2,13 +2,14 @@
 
 from dataclasses import dataclass
 
-from django.db.models import CharField, Exists, OuterRef, QuerySet, Subquery, Value
+from django.db.models import CharField, Exists, OuterRef, Q, QuerySet, Subquery, Value
 
 from workloads.models import ACTIVE, Workload, WorkloadStatus
 from workloads.selectors import workload_log_tail, workload_log_tails
 
 from .kind import MLMODEL
 from .models import MLModel, ModelRun, ModelVersion, PredictionTask, RunKind, TaskStatus
+from .serving import server_secret
 
 
 def model_list(*, user) -> QuerySet[MLModel]:
@@ -93,19 +94,39 @@ def node_version(*, node, version_id, with_artifact: bool = False) -> dict | Non
 
 
 def model_serving_endpoints(*, model_id) -> list[dict]:
-    """Running model servers of a model: address, port, node, version number. One query."""
+    """Running model servers of a model that answered their health check (their agent recorded
+    ``runtime["serving"]`` then): address, port, node, version number and the run's secret. One query."""
     rows = ModelRun.objects.filter(
         model_id=model_id, kind=RunKind.SERVING, workload__status=WorkloadStatus.RUNNING,
-    ).order_by("-created_at").values("workload__runtime", "workload__node__node_id", "workload__node__address",
-                                     "version__number")
+    ).order_by("-created_at").values("workload_id", "workload__scheduled_at", "workload__runtime",
+                                     "workload__node__node_id", "workload__node__address", "version__number")
     endpoints = []
     for row in rows:
         serving = (row["workload__runtime"] or {}).get("serving") or {}
         if serving.get("port"):
             endpoints.append({"address": serving.get("address") or row["workload__node__address"] or "127.0.0.1",
                               "port": serving["port"], "node": row["workload__node__node_id"],
-                              "version": row["version__number"]})
+                              "version": row["version__number"],
+                              "secret": server_secret(workload_id=row["workload_id"],
+                                                      scheduled_at=row["workload__scheduled_at"])})
     return endpoints
+
+
+def serving_port_holder(*, node_id: int, port: int, other_than) -> Workload | None:
+    """An active model server on the node (pk ``node_id``) that asked for ``port`` or was given it."""
+    holders = Workload.objects.filter(Q(config__port=port) | Q(runtime__server__port=port), node_id=node_id,
+                                      status__in=ACTIVE, type=MLMODEL).exclude(pk=other_than)
+    return holders.select_related("node").only("pk", "status", "node__node_id").first()
+
+
+def node_server_secret(*, node, workload_id) -> str | None:
+    """The secret of the current run of a model server placed on ``node`` (scheduled or running
+    there), as its agent asks for it; None for any other workload."""
+    workload = Workload.objects.filter(pk=workload_id, node=node, status__in=ACTIVE, type=MLMODEL).only(
+        "pk", "scheduled_at", "config").first()
+    if workload is None or workload.config.get("command") or workload.scheduled_at is None:
+        return None
+    return server_secret(workload_id=workload.pk, scheduled_at=workload.scheduled_at)
 
 
 def model_serving_runs(*, model: MLModel) -> QuerySet[ModelRun]:

@@ -19,7 +19,7 @@ from .errors import PayloadTooLarge
 from .kind import MLMODEL
 from .models import MLModel, ModelRun, ModelVersion, RunKind, VersionSource
 from .predictions import predict_remote, prediction_task_create
-from .selectors import model_serving_endpoints, model_training_run
+from .selectors import model_serving_endpoints, model_training_run, serving_port_holder
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +190,11 @@ def model_serve(*, model: MLModel, version: ModelVersion | None = None, port: in
     with transaction.atomic():
         workload = workload_submit(owner=model.owner, name=f"{model.name}:serve:v{version.number}",
                                    type=MLMODEL, config=config, requirements=resources, node=node)
+        holder = port and workload.node_id and serving_port_holder(node_id=workload.node_id, port=port,
+                                                                   other_than=workload.pk)
+        if holder:  # refused whole: the placement rolls back with it
+            raise InvalidRequest(f"port {port} is held on node {holder.node.node_id} by workload {holder.pk} "
+                                 f"({holder.status})", field="port")
         run = ModelRun.objects.create(model=model, workload=workload, kind=RunKind.SERVING, version=version)
     logger.info("model %s: serving v%s as workload %s", model.pk, version.number, workload.pk)
     return run

@@ -9,7 +9,8 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.permissions import BasePermission
 
 from .models import Node
-from .services import HOW_TO_JOIN, node_credential_authenticate
+from .selectors import key_hash
+from .services import CREDENTIAL_REFUSED, HOW_TO_JOIN, node_credential_authenticate
 
 KEYWORD = b"node"
 
@@ -24,8 +25,9 @@ class NodeUser:
     is_staff = False
     is_superuser = False
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, *, credential_hash: str = "") -> None:
         self.node = node
+        self.credential_hash = credential_hash  # key_hash of the credential it presented
 
     @property
     def username(self) -> str:
@@ -54,6 +56,8 @@ class NodeCredentialAuthentication(BaseAuthentication):
     treated as anonymous, so an agent learns at once that it must join again.
     """
 
+    cached = False  # see HeartbeatCredentialAuthentication
+
     def authenticate(self, request):
         parts = get_authorization_header(request).split()
         if not parts or parts[0].lower() != KEYWORD:
@@ -66,16 +70,22 @@ class NodeCredentialAuthentication(BaseAuthentication):
             key = parts[1].decode()
         except UnicodeError:
             raise exceptions.AuthenticationFailed("Invalid Node header: the key contains invalid characters.") from None
-        node = node_credential_authenticate(key=key)
+        node = node_credential_authenticate(key=key, cached=self.cached)
         if node is None:
-            raise exceptions.AuthenticationFailed(
-                f"Unknown or revoked node credential. An agent gets a credential by joining once with a join "
-                f"token: {HOW_TO_JOIN}."
-            )
-        return NodeUser(node), node
+            raise exceptions.AuthenticationFailed(CREDENTIAL_REFUSED)
+        return NodeUser(node, credential_hash=key_hash(key)), node
 
     def authenticate_header(self, request) -> str:
         return 'Node realm="cnet"'
+
+
+class HeartbeatCredentialAuthentication(NodeCredentialAuthentication):
+    """For the heartbeat alone: the credential's node is looked up once per process, not on every
+    beat. ``request.auth`` is then that node as read at the lookup (its pk and node_id hold; its
+    status may not), and the beat must be written with ``credential_hash``, which re-checks the
+    credential in the same UPDATE: a revoked one beats no more from its revocation on."""
+
+    cached = True
 
 
 class IsNode(BasePermission):

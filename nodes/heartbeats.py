@@ -12,18 +12,23 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import Q
 from django.utils import timezone
 
-from .models import Node, NodeStatus
+from .db import prepared_cursor
+from .models import Node, NodeCredential, NodeStatus
 
-# Offline after this many intervals (never sooner than CNET_OFFLINE_AFTER_SECONDS). With the
-# default rate, 250/s: 10,000 nodes beat every 40 s and go offline after 56 s of silence (a stopped
-# node is declared within 56 s + one 2 s control tick = 58 s, under the 60 s aim), leaving a late
-# beat 16 s; 1,000 nodes beat every 5 s and the 18 s floor governs (within 20 s with the tick).
-OFFLINE_AFTER_INTERVALS = 1.4
+# A late beat's room (the grace past its interval before the node is offline) is the small
+# fleet's, CNET_OFFLINE_AFTER_SECONDS - CNET_HEARTBEAT_SECONDS (10 s by default, Nomad's
+# heartbeat_grace), or this share of a long interval, whichever is more: beats queue longer at a
+# busy control plane. With the defaults (5 s, 15 s, 250/s): 1,000 nodes beat every 5 s and go
+# offline after 15 s (declared within 15 + one 2 s control tick = 17 s, under the 20 s aim);
+# 10,000 beat every 40 s and go offline after 40 + 12 = 52 s (declared within 54 s, under 60 s).
+GRACE_PER_INTERVAL = 0.3
 # A process counts live nodes at most this often: the count moves the interval by 1/rate s a node.
 COUNT_CACHE_SECONDS = 5.0
 # A node heard from this recently counts as beating even if it was declared offline: its agent
@@ -58,13 +63,63 @@ def heartbeat_timing_for(
     *, live_nodes: int, base_seconds: float, max_per_second: float, unhealthy_after_beats: int,
     offline_after_seconds: float,
 ) -> HeartbeatTiming:
-    """The timing a fleet of ``live_nodes`` hands each node. Unhealthy after that many intervals,
-    but never after offline (at a large fleet the offline deadline comes first: 1.4 < 3 intervals)."""
+    """The timing a fleet of ``live_nodes`` hands each node: offline after its interval and a
+    grace (``GRACE_PER_INTERVAL``), never sooner than ``offline_after_seconds``; unhealthy after
+    that many intervals, but never after offline (at a large fleet offline comes first)."""
     interval = heartbeat_interval(live_nodes=live_nodes, base_seconds=base_seconds, max_per_second=max_per_second)
-    offline = max(offline_after_seconds, interval * OFFLINE_AFTER_INTERVALS)
+    grace = max(offline_after_seconds - base_seconds, interval * GRACE_PER_INTERVAL)
+    offline = max(offline_after_seconds, interval + grace)
     return HeartbeatTiming(interval_seconds=interval, unhealthy_after_seconds=min(interval * unhealthy_after_beats,
                                                                                   offline),
                            offline_after_seconds=offline)
+
+
+def heartbeat_write(*, usage: dict, timing: HeartbeatTiming, now: datetime, epoch: int | None = None,
+                    node_pk: int | None = None, node_id: str | None = None,
+                    credential_hash: str | None = None) -> str | None:
+    """The one statement a beat costs: the usage, the control plane's time, the deadlines of
+    ``timing`` and unhealthy → ready, ``RETURNING`` the status that leaves (an offline node stays
+    offline). None when nothing matched: no such node, not ``epoch``, or (``credential_hash``
+    given) that credential is not the node's or is revoked, so a cached credential lookup can
+    never let a revoked one beat. Written out once, not built by the ORM on every beat: building
+    the ORM UPDATE and the read after it cost more than running them (bench/fleet_heartbeat_cost.py).
+    """
+    db = connections[DEFAULT_DB_ALIAS]
+    deadlines = timing.deadlines(now)
+    params = [Node._meta.get_field("usage").get_db_prep_value(usage, db),
+              *(db.ops.adapt_datetimefield_value(at) for at in (now, deadlines["unhealthy_at"],
+                                                                 deadlines["offline_at"])),
+              NodeStatus.UNHEALTHY.value, NodeStatus.READY.value,
+              node_pk if node_pk is not None else node_id]
+    if epoch is not None:
+        params.append(epoch)
+    if credential_hash is not None:
+        params.append(credential_hash)
+    with prepared_cursor() as cursor:
+        cursor.execute(_heartbeat_sql(by_pk=node_pk is not None, epoch=epoch is not None,
+                                      credential=credential_hash is not None), params)
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+@lru_cache
+def _heartbeat_sql(*, by_pk: bool, epoch: bool, credential: bool) -> str:
+    """``UPDATE node SET usage, last_heartbeat, deadlines, status WHERE ... RETURNING status``
+    (Postgres, and SQLite from 3.35)."""
+    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
+    node, pk = quote(Node._meta.db_table), quote(Node._meta.pk.column)
+    status = quote("status")
+    where = [f"{node}.{pk if by_pk else quote('node_id')} = %s"]
+    if epoch:
+        where.append(f"{quote('agent_epoch')} = %s")
+    if credential:
+        credentials = quote(NodeCredential._meta.db_table)
+        where.append(f"EXISTS (SELECT 1 FROM {credentials} WHERE {credentials}.{quote('node_id')} = {node}.{pk} "
+                     f"AND {quote('key_hash')} = %s AND {quote('revoked_at')} IS NULL)")
+    return (f"UPDATE {node} SET {quote('usage')} = %s, {quote('last_heartbeat')} = %s, "
+            f"{quote('unhealthy_at')} = %s, {quote('offline_at')} = %s, "
+            f"{status} = CASE WHEN {status} = %s THEN %s ELSE {status} END "
+            f"WHERE {' AND '.join(where)} RETURNING {status}")
 
 
 _count_lock = threading.Lock()

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Case, CharField, DateTimeField, ExpressionWrapper, F, Q, Value, When
+from django.db.models import DateTimeField, ExpressionWrapper, F, Value
 from django.utils import timezone
 
 from core.instruments import HEARTBEATS
 
-from .heartbeats import HeartbeatTiming, heartbeat_timing_now
+from .heartbeats import HeartbeatTiming, heartbeat_timing_now, heartbeat_write
 from .models import ControlLoopState, Node, NodeStatus
 
 logger = logging.getLogger(__name__)
@@ -29,29 +29,18 @@ class Beat:
 
 
 def node_heartbeat_apply(*, usage: dict, epoch: int | None = None, node_pk: int | None = None,
-                         node_id: str | None = None, known_status: str | None = None) -> Beat | None:
+                         node_id: str | None = None, credential_hash: str | None = None) -> Beat | None:
     """The one writer of a heartbeat, for the database path and the node API alike: one UPDATE
-    records the usage, the time, the deadlines of the interval handed out and unhealthy → ready;
-    then one read of the status, unless the caller read the row just before (``known_status``).
-    None when no node matches (unknown, or ``epoch`` is not its current agent's). An offline node
-    stays offline: its work was lost, so its agent registers again. (Marked offline between that
-    read and this write, it is answered ready once; its next beat says offline.)
+    (``heartbeat_write``) records the usage, the time, the deadlines of the interval handed out
+    and unhealthy → ready, and returns the status. None when no node matches (unknown, ``epoch``
+    is not its current agent's, or ``credential_hash`` is not its unrevoked credential). An
+    offline node stays offline: its work was lost, so its agent registers again.
     """
-    match = Q(pk=node_pk) if node_pk is not None else Q(node_id=node_id)
     now = timezone.now()
     timing = heartbeat_timing_now()
-    updated = Node.objects.filter(match if epoch is None else match & Q(agent_epoch=epoch)).update(
-        usage=usage, last_heartbeat=now, **timing.deadlines(now),
-        status=Case(When(status=NodeStatus.UNHEALTHY, then=Value(NodeStatus.READY)), default=F("status"),
-                    output_field=CharField()),
-    )
-    HEARTBEATS.labels(outcome="recorded" if updated else "refused").inc()
-    if not updated:
-        return None
-    if known_status is not None:
-        status = NodeStatus.READY if known_status == NodeStatus.UNHEALTHY else known_status
-    else:
-        status = Node.objects.filter(match).values_list("status", flat=True).first()
+    status = heartbeat_write(usage=usage, timing=timing, now=now, epoch=epoch, node_pk=node_pk, node_id=node_id,
+                             credential_hash=credential_hash)
+    HEARTBEATS.labels(outcome="recorded" if status is not None else "refused").inc()
     return Beat(status=status, at=now, timing=timing) if status is not None else None
 
 

@@ -11,7 +11,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from core.errors import Forbidden, InvalidRequest, NotFound, StateConflict
+from core.errors import Forbidden, InvalidRequest, NotFound, StateConflict, Unauthorized
 
 from .db import prepared_cursor
 from .heartbeats import HeartbeatTiming, heartbeat_timing_now
@@ -90,7 +90,7 @@ def node_register(
     """
     if parent == node_id:
         raise InvalidRequest(f"{node_id} cannot be its own parent", field="parent")
-    _registrations_serialized()
+    _registrations_serialized(node_id=node_id, names_others=bool(parent or any(peers)))
     node, _created = Node.objects.select_for_update().get_or_create(node_id=node_id)
     node.address, node.port = address, port
     for name, (column, allocated) in RESOURCES.items():
@@ -138,24 +138,33 @@ def _registered(node: Node | None) -> Node | None:
 REGISTRATION_LOCK = 0x636E6574726567
 
 
-def _registrations_serialized() -> None:
-    """Registrations run one at a time, to the end of their transaction.
+def _registrations_serialized(*, node_id: str, names_others: bool) -> None:
+    """Registrations that may link nodes run one at a time, to the end of their transaction.
 
     Two nodes that name each other and register at once would otherwise each miss the other
     (neither sees the other's uncommitted row), both keep the name pending, and neither is
     linked. SQLite serializes writers already (IMMEDIATE transactions); on Postgres a
-    transaction-scoped advisory lock does. Agents register once per start, so the queue is short.
+    transaction-scoped advisory lock does. A registration that names no node, while no node
+    waits for one and none is this node's child, changes no other row: it takes the lock shared,
+    so a fleet of such nodes registers side by side (one at a time, 10,000 agents queued behind
+    each other's commits, and a wave of re-registrations held every web thread, beats starving).
     """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [REGISTRATION_LOCK])
+    if connection.vendor != "postgresql":
+        return
+    linking = names_others or Node.objects.filter(
+        Q(parent__node_id=node_id) | ~Q(pending_parent="") | ~Q(pending_peers=[])).exists()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT pg_advisory_xact_lock{'' if linking else '_shared'}(%s)", [REGISTRATION_LOCK])
 
 
 def _link_waiting_for(node: Node) -> None:
     """Link every node whose pending parent or peer names ``node`` (by node_id or address:port,
     as ``node_find`` resolves that name for the waiting node), and forget those names."""
-    waiting = Node.objects.filter(~Q(pending_parent="") | ~Q(pending_peers=[])).exclude(pk=node.pk)
-    for other in waiting:  # registrations are serialized: no other one changes these meanwhile
+    # Locked: a node that began waiting after a shared registration looked (it waited for that
+    # one's lock) may be seen by two shared ones at once; the second reads the first's update.
+    waiting = (Node.objects.select_for_update().filter(~Q(pending_parent="") | ~Q(pending_peers=[]))
+               .exclude(pk=node.pk).order_by("pk"))
+    for other in waiting:
         parent_name = other.pending_parent
         if parent_name and _names(parent_name, node, waiting=other):
             try:
@@ -266,6 +275,8 @@ JOIN_TOKEN_MAX_TTL_SECONDS = 366 * 86400  # longer than a year: make one that ne
 CREDENTIAL_TOUCH_SECONDS = 60
 HOW_TO_JOIN = ("ask staff for a join token (python manage.py create_join_token, or Make a join token "
                "on the console's Nodes page)")
+CREDENTIAL_REFUSED = ("Unknown or revoked node credential. An agent gets a credential by joining once with a join "
+                      f"token: {HOW_TO_JOIN}.")
 
 
 def _new_key(prefix: str) -> str:
@@ -372,14 +383,27 @@ def _join_token_refusal(token, now) -> str:
     return "it has been used up"
 
 
-def node_credential_authenticate(*, key: str) -> Node | None:
-    """The node whose unrevoked credential ``key`` is, else None."""
+def node_credential_authenticate(*, key: str, cached: bool = False) -> Node | None:
+    """The node whose unrevoked credential ``key`` is, else None.
+
+    ``cached`` (heartbeats only): the lookup is kept in this process and ``last_used_at`` is not
+    written (the node's ``last_heartbeat`` says when it beat), so a beat reads and writes nothing
+    to authenticate. That is safe only because the beat's one UPDATE re-checks the credential
+    (``heartbeat_write``), and a refused beat forgets the lookup (``node_credential_refused``)."""
     if not isinstance(key, str) or not key.startswith(NODE_CREDENTIAL_PREFIX):
         return None
+    digest = key_hash(key)
+    if cached and (node := _credentials_seen.get(digest)) is not None:
+        return node
     credential = (NodeCredential.objects.select_related("node")
-                  .filter(key_hash=key_hash(key), revoked_at__isnull=True).first())
+                  .filter(key_hash=digest, revoked_at__isnull=True).first())
     if credential is None:
         return None
+    if cached:
+        if len(_credentials_seen) >= CREDENTIALS_SEEN_MAX:
+            _credentials_seen.clear()
+        _credentials_seen[digest] = credential.node
+        return credential.node
     now = timezone.now()
     stale = now - timedelta(seconds=CREDENTIAL_TOUCH_SECONDS)
     if credential.last_used_at is None or credential.last_used_at < stale:
@@ -387,6 +411,21 @@ def node_credential_authenticate(*, key: str) -> Node | None:
         NodeCredential.objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale),
                                       pk=credential.pk).update(last_used_at=now)
     return credential.node
+
+
+# Heartbeats' credential lookups (key hash -> its node as read then: trust only pk and node_id).
+# Bounded: past this many, it starts afresh (10,000 nodes fit many times over).
+CREDENTIALS_SEEN_MAX = 100_000
+_credentials_seen: dict[str, Node] = {}
+
+
+def node_credential_refused(*, node: Node, credential_hash: str) -> None:
+    """A beat with the credential of ``credential_hash`` (``key_hash``) matched nothing: forget its
+    cached lookup, and raise Unauthorized if it is no longer ``node``'s unrevoked credential
+    (otherwise the beat's epoch was stale)."""
+    _credentials_seen.pop(credential_hash, None)
+    if not NodeCredential.objects.filter(node=node, key_hash=credential_hash, revoked_at__isnull=True).exists():
+        raise Unauthorized(CREDENTIAL_REFUSED)
 
 
 @transaction.atomic

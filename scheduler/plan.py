@@ -48,6 +48,16 @@ class Release:
     by: datetime | None
 
 
+@dataclass(frozen=True)
+class RoomAsked:
+    """A request waiting for room: what it needs, the nodes placement considered for it and the
+    capability they must offer."""
+
+    requirements: Resources
+    node_ids: list[str]
+    capability: str | None
+
+
 def expected_room(*, requirements: Resources, node_ids: list[str], capability: str | None,
                   releases_on) -> datetime | None:
     """The earliest time by which one of ``node_ids`` (the nodes placement considered) will have
@@ -56,17 +66,26 @@ def expected_room(*, requirements: Resources, node_ids: list[str], capability: s
     gives the ``Release`` of every workload holding resources on those nodes.
 
     Work queued ahead may take the room first, so it is an estimate, not a promise."""
-    nodes = [node for node in Node.objects.filter(node_id__in=node_ids, status=NodeStatus.READY)
-             if not capability or node.capabilities.get(capability, {}).get("available")]
+    [room] = expected_rooms(asked=[RoomAsked(requirements, node_ids, capability)], releases_on=releases_on)
+    return room
+
+
+def expected_rooms(*, asked: list[RoomAsked], releases_on) -> list[datetime | None]:
+    """``expected_room`` for each of several requests (a page of pending work), in two reads
+    whatever their number: the nodes, and the releases on them."""
+    wanted = {node_id for one in asked for node_id in one.node_ids}
+    nodes = {node.node_id: node for node in Node.objects.filter(node_id__in=wanted, status=NodeStatus.READY)}
     by_node: dict[int, list[Release]] = {}
-    for release in releases_on([node.pk for node in nodes]):
+    for release in releases_on([node.pk for node in nodes.values()]) if nodes else ():
         by_node.setdefault(release.node_pk, []).append(release)
-    earliest = None
-    for node in nodes:
-        when = _room_on(node, requirements, by_node.get(node.pk, []))
-        if when is not None and (earliest is None or when < earliest):
-            earliest = when
-    return earliest
+    rooms = []
+    for one in asked:
+        considered = [nodes[node_id] for node_id in one.node_ids if node_id in nodes and (
+            not one.capability or nodes[node_id].capabilities.get(one.capability, {}).get("available"))]
+        times = [when for node in considered
+                 if (when := _room_on(node, one.requirements, by_node.get(node.pk, []))) is not None]
+        rooms.append(min(times, default=None))
+    return rooms
 
 
 def _room_on(node: Node, requirements: Resources, releases: list[Release]) -> datetime | None:

@@ -28,7 +28,7 @@ from nodes.resources import human_bytes, human_cores
 from scheduler.strategies import STRATEGIES
 
 from .api.serializers import WorkloadSubmitSerializer
-from .console import array_progress, dependency_graph_drawing
+from .console import array_progress, dependency_graph_drawing, workload_queue_facts
 from .forms import WorkloadSubmitForm
 from .kinds import kind_choices
 from .models import TERMINAL, Schedule, Workload, WorkloadLog
@@ -250,7 +250,7 @@ class WorkloadAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
     @staticmethod
     def _submit(request, form, payload) -> Workload | None:
         """The API's create, step for step: its serializer, then its service."""
-        submission = WorkloadSubmitSerializer(data=payload)
+        submission = WorkloadSubmitSerializer(data=payload, context={"request": request})
         if not submission.is_valid():
             form.add_api_errors(submission.errors)
             return None
@@ -277,6 +277,7 @@ class WorkloadAdmin(OwnedOnly, DeletesThroughService, admin.ModelAdmin):
             "terminal": workload.status in TERMINAL,
             "can_delete": self.has_delete_permission(request, workload),
             "graph_url": _graph_url(workload, workload.array_id),
+            "queue": workload_queue_facts(workload=workload),
         }
 
     def array_view(self, request, array_id):

@@ -3,8 +3,10 @@ instances by status), a dependency graph laid out in layers as server-rendered S
 schedule's coming and past runs. Reads only, through the selectors; the ModelAdmins serve them."""
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from .models import TERMINAL, WorkloadArray, WorkloadStatus
+from .models import TERMINAL, Workload, WorkloadArray, WorkloadStatus
+from .plan import UNKNOWN, workload_queues
 from .selectors import array_status, dependency_graph, workload_array_counts
 
 # The bar's segments, in the order they are drawn (ended first, so the bar fills from the left).
@@ -49,6 +51,16 @@ class Progress:
 def array_progress(*, array_ids: list) -> dict:
     """Each array's ``Progress``, by id, in one query."""
     return {pk: Progress(counts) for pk, counts in workload_array_counts(array_ids=array_ids).items()}
+
+
+def workload_queue_facts(*, workload: Workload) -> dict | None:
+    """A pending workload's queue place and expected start as the API answers them (None when
+    it is not pending), the start as a time for the template (None: unknown)."""
+    queue = workload_queues(workloads=[workload])[workload.pk]
+    if queue is None:
+        return None
+    known = queue["estimated_start"] != UNKNOWN
+    return queue | {"estimated_start": datetime.fromisoformat(queue["estimated_start"]) if known else None}
 
 
 # --- the dependency graph --------------------------------------------------------------------

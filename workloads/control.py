@@ -12,13 +12,14 @@ from nodes.liveness import nodes_check_liveness
 from nodes.models import NodeStatus
 
 from .dispatch import dispatch_start
-from .models import ACTIVE, Workload, WorkloadStatus
+from .models import Workload, WorkloadStatus
 from .services import (
     schedules_run_due,
     workload_counts_fold,
     workload_mark_redispatched,
-    workload_transition,
+    workloads_lose_on_offline_nodes,
     workloads_place_pending,
+    workloads_reconnected,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,20 +44,11 @@ FAILOVER_AFTER_TICKS = 3
 
 
 def mark_lost_on_offline_nodes() -> int:
+    """Judge liveness, then lose the work of offline nodes (what chose ``on_disconnect: keep``
+    waits for its node instead) and note the kept work whose node is back."""
     nodes_check_liveness(failover_after_seconds=FAILOVER_AFTER_TICKS * settings.CNET_CONTROL_TICK_SECONDS)
-    lost = 0
-    stranded = Workload.objects.filter(status__in=ACTIVE, node__status=NodeStatus.OFFLINE)
-    for workload_id, node_id, heard, deadline in stranded.values_list(
-        "pk", "node__node_id", "node__last_heartbeat", "node__offline_at"
-    ):
-        # The silence it was allowed: what its last beat was handed (a failover's fresh deadline
-        # counts from the control plane's return, so it reads longer), else the floor.
-        allowed = ((deadline - heard).total_seconds() if heard and deadline and deadline > heard
-                   else settings.CNET_OFFLINE_AFTER_SECONDS)
-        lost += workload_transition(
-            workload_id=workload_id, to=WorkloadStatus.LOST,
-            reason=f"node {node_id} went offline (no heartbeat for {round(allowed, 1):g}s)",
-        )
+    lost = workloads_lose_on_offline_nodes()
+    workloads_reconnected()
     return lost
 
 

@@ -17,11 +17,11 @@ from nodes.heartbeats import HeartbeatTiming
 from nodes.liveness import node_heartbeat_apply
 from nodes.models import Node
 from nodes.resources import Resources
-from nodes.services import node_mark_offline, node_register, node_set_schedulable
+from nodes.services import node_credential_refused, node_mark_offline, node_register, node_set_schedulable
 
 from .dispatch import request_pending_placement
 from .models import Workload, WorkloadStatus
-from .selectors import node_work, with_log_next_seq
+from .selectors import node_work, node_work_states, with_log_next_seq
 from .services import workload_note, workload_request_stop, workload_requeue
 
 logger = logging.getLogger(__name__)
@@ -57,29 +57,34 @@ def node_register_own(
     return registered
 
 
-def node_heartbeat_record(*, node: Node, epoch: int, usage: dict, running: Collection[UUID]) -> Heartbeat:
-    """Record a node's beat (``nodes.services.node_heartbeat_apply``: one UPDATE of its usage, the
-    control plane's time, the deadlines of the interval it is handed, and unhealthy → ready), then
-    read what the answer lists. An offline node stays offline: its work was handed on, so its agent
-    kills what it runs and registers again.
+def node_heartbeat_record(*, node: Node, credential_hash: str, epoch: int, usage: dict,
+                          running: Collection[UUID]) -> Heartbeat:
+    """Record a node's beat (``nodes.liveness.node_heartbeat_apply``: one UPDATE of its usage, the
+    control plane's time, the deadlines of the interval it is handed, and unhealthy → ready, which
+    matches only while ``credential_hash`` is the node's unrevoked credential), then read what
+    the answer lists. An offline node stays offline: its work was handed on, so its agent kills
+    what it runs and registers again.
 
     ``epoch`` is the one its agent got when it registered; an older one means another agent has
     registered for the node since (or this one restarted), so the beat is refused with
-    ``StateConflict`` and nothing is written."""
-    # ``node`` was read by authentication a moment ago: its status saves a read after the write.
-    beat = node_heartbeat_apply(node_pk=node.pk, epoch=epoch, usage=usage, known_status=node.status)
+    ``StateConflict`` and nothing is written; a credential revoked since it was looked up gets
+    ``Unauthorized``."""
+    beat = node_heartbeat_apply(node_pk=node.pk, epoch=epoch, usage=usage, credential_hash=credential_hash)
     if beat is None:
+        node_credential_refused(node=node, credential_hash=credential_hash)
         raise StateConflict(f"epoch {epoch} is not node {node.node_id}'s current one: another agent registered "
                             "for it since; register again (POST /api/node/register)", field="epoch")
-    here = {workload.pk: workload for workload in node_work(node_pk=node.pk)}
     running = set(running)
+    here = node_work_states(node_pk=node.pk)
+    to_start = {pk for pk, status, _asked in here if status == WorkloadStatus.SCHEDULED and pk not in running}
+    placed = {pk for pk, _status, _asked in here}
     return Heartbeat(
         status=beat.status, at=beat.at, timing=beat.timing,
-        kill=sorted((pk for pk in running if pk not in here), key=str),
-        stop=[pk for pk, workload in here.items()
-              if pk in running and workload.status == WorkloadStatus.RUNNING and workload.stop_requested_at],
-        work=with_log_next_seq([workload for pk, workload in here.items()
-                                if pk not in running and workload.status == WorkloadStatus.SCHEDULED]),
+        kill=sorted((pk for pk in running if pk not in placed), key=str),
+        stop=[pk for pk, status, asked in here if pk in running and status == WorkloadStatus.RUNNING and asked],
+        # Most beats start nothing: the details of what to start are read only when there is some.
+        work=with_log_next_seq([workload for workload in node_work(node_pk=node.pk) if workload.pk in to_start])
+        if to_start else [],
     )
 
 

@@ -30,6 +30,27 @@ class RestartPolicy(models.TextChoices):
     ALWAYS = "always", "Always"
 
 
+# The restart policies that replace lost work: such work may run elsewhere once its node is
+# declared offline.
+REPLACED_WHEN_LOST = frozenset({RestartPolicy.ON_FAILURE, RestartPolicy.ALWAYS})
+
+
+class OnDisconnect(models.TextChoices):
+    """What happens to a workload whose agent has not reached the control plane for its fence
+    time (Nomad's ``stop_after_client_disconnect`` and ``max_client_disconnect``)."""
+
+    STOP = "stop", "Stop it (it may then run elsewhere)"
+    KEEP = "keep", "Keep it running; not replaced while its node is unreachable"
+
+
+def disconnect_action(*, on_disconnect: str | None, restart_policy: str) -> str:
+    """``on_disconnect`` if chosen, else what the restart policy implies: work the control plane
+    would replace is stopped (never two copies), other work keeps running."""
+    if on_disconnect:
+        return on_disconnect
+    return OnDisconnect.STOP if restart_policy in REPLACED_WHEN_LOST else OnDisconnect.KEEP
+
+
 def _one_of_both(first: str, second: str, *, both: bool = False) -> Q:
     """Exactly one of two columns is set (or, ``both``: both or neither)."""
     if both:
@@ -98,6 +119,11 @@ class Workload(models.Model):
         max_length=16, choices=RestartPolicy.choices, default=RestartPolicy.NEVER
     )
     max_restarts = models.PositiveIntegerField(default=3)
+    # Chosen at submission (null: as its restart policy implies, see ``disconnect_action``). Only
+    # an explicit "keep" holds the work while its node is offline instead of losing it. Nullable,
+    # and no CheckConstraint: SQLite rebuilds the table to add either a NOT NULL column or a
+    # constraint, and the rebuild drops migration 0009's count triggers.
+    on_disconnect = models.CharField(max_length=8, choices=OnDisconnect.choices, null=True, blank=True)
     restart_count = models.PositiveIntegerField(default=0)
     # A run past this many seconds is stopped by its agent and ends failed (null: no limit).
     max_runtime_seconds = models.PositiveIntegerField(null=True, blank=True)
@@ -162,6 +188,10 @@ class Workload(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.id})"
+
+    @property
+    def disconnect_action(self) -> str:
+        return disconnect_action(on_disconnect=self.on_disconnect, restart_policy=self.restart_policy)
 
     @property
     def requirements(self) -> Resources:

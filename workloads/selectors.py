@@ -1,7 +1,12 @@
+from functools import lru_cache
+from uuid import UUID
+
+from django.db import connection
 from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery, Sum, Value, Window
 from django.db.models.functions import Length, Replace
 
 from core.errors import InvalidRequest
+from nodes.db import prepared_cursor
 from nodes.resources import Resources
 
 from .cron import cron_slots_after
@@ -272,7 +277,7 @@ def workload_active_counts_by_node(*, user) -> dict[int, int]:
 WORK_FIELDS = (
     "id", "name", "type", "status", "config", "cpu_millicores", "gpu_count", "memory_bytes", "storage_bytes",
     "restart_policy", "restart_count", "priority", "runtime", "agent_epoch", "scheduled_at", "started_at",
-    "stop_requested_at", "max_runtime_seconds",
+    "stop_requested_at", "max_runtime_seconds", "on_disconnect",
 )
 
 
@@ -284,6 +289,30 @@ def node_work(*, node_pk: int) -> list[Workload]:
         .only(*WORK_FIELDS, "owner__username")
         .order_by("-priority", "scheduled_at", "id")
     )
+
+
+def node_work_states(*, node_pk: int) -> list[tuple[UUID, str, bool]]:
+    """(id, status, whether a stop was asked) of the workloads scheduled or running on a node, in
+    ``node_work``'s order: what
+    a heartbeat compares with what its agent runs. One statement written out once (building
+    ``node_work``'s ORM query cost a beat more than running it); ``node_work`` reads the rest
+    only when there is work to start."""
+    with prepared_cursor() as cursor:
+        cursor.execute(_node_work_states_sql(), [node_pk, *sorted(ACTIVE)])
+        rows = cursor.fetchall()
+    return [(_WORKLOAD_ID.to_python(pk), status, asked) for pk, status, asked in rows]
+
+
+_WORKLOAD_ID = Workload._meta.pk
+
+
+@lru_cache(maxsize=1)
+def _node_work_states_sql() -> str:
+    quote = connection.ops.quote_name
+    return (f"SELECT {quote(_WORKLOAD_ID.column)}, {quote('status')}, {quote('stop_requested_at')} IS NOT NULL "
+            f"FROM {quote(Workload._meta.db_table)} WHERE {quote('node_id')} = %s "
+            f"AND {quote('status')} IN ({', '.join(['%s'] * len(ACTIVE))}) "
+            f"ORDER BY {quote('priority')} DESC, {quote('scheduled_at')}, {quote(_WORKLOAD_ID.column)}")  # as node_work
 
 
 def with_log_next_seq(workloads: list[Workload]) -> list[Workload]:

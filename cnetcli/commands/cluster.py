@@ -1,4 +1,4 @@
-"""The cluster: nodes (capacity, health, parent) and top (a live view)."""
+"""The cluster: nodes (capacity, health, parent), top (a live view) and the control plane's health."""
 
 import click
 from rich.console import Group
@@ -79,4 +79,11 @@ def _top_view(cluster: dict):
     return Group(headline, summary, Text(""), _nodes_table(cluster["nodes"]), Text(""), running)
 
 
-COMMANDS = (nodes, top)
+@click.command()
+@output_option
+def health():
+    """Whether the control plane's database and broker answer (exit 1, naming the part, when not)."""
+    emit(api().get("/health"), lambda answer: ", ".join(f"{part} {state}" for part, state in answer["checks"].items()))
+
+
+COMMANDS = (nodes, top, health)

@@ -1,4 +1,4 @@
-"""ML models: list, deploy, predict, versions (and uploads, with progress), promote."""
+"""ML models: list, deploy, predict, versions (and uploads, with progress), promote, logs, tasks."""
 
 import json
 import os
@@ -11,7 +11,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from ..client import CliError
 from ..context import api
 from ..jobs import read_job_file
-from ..output import age, console, emit, new_table, output_option, status_text
+from ..output import age, console, emit, new_table, output_format, output_option, status_text
 from ..sizes import Size, human_bytes
 
 
@@ -163,3 +163,30 @@ def promote(model_id, version_id):
     """Serve VERSION (a version id) of MODEL from now on."""
     emit(api().post(f"/ml/models/{model_id_of(model_id)}/versions/{version_id}/promote"),
          lambda v: f"version {v['number']} of {model_id} promoted")
+
+
+@models.command("logs")
+@click.argument("model_id", metavar="MODEL")
+@click.option("--tail", type=int, metavar="N", help="only the last N lines")
+@output_option
+def model_logs(model_id, tail):
+    """The output of MODEL's latest training run (the seed's …/ml/models/ID/logs)."""
+    emit(api().get(f"/ml/models/{model_id_of(model_id)}/logs", lines=tail),
+         lambda log: "\n".join(log["lines"]) or None)
+
+
+@models.command()
+@click.option("--limit", type=int, default=50, show_default=True)
+@output_option
+def tasks(limit):
+    """Training runs, model servers and predictions, newest first, each with its log file (the seed's /api/tasks)."""
+    lines = 0 if output_format() == "table" else None  # a table shows no output: read none
+    emit(api().get("/tasks", limit=limit, lines=lines), _tasks_table)
+
+
+def _tasks_table(listed: list[dict]):
+    table = new_table("ID", "KIND", "NAME", "STATUS", "NODE", "LOG FILE")
+    for task in listed:
+        table.add_row(str(task["id"]), task.get("kind") or "-", task.get("name") or "-",
+                      status_text(task.get("status")), task.get("node") or "-", task.get("log_file") or "-")
+    return table

@@ -1,6 +1,7 @@
 """Workloads: run (and follow), plan, ps, show, logs, stop, rm."""
 
 import time
+from datetime import datetime
 
 import click
 from rich.console import Group
@@ -9,7 +10,7 @@ from rich.text import Text
 from ..client import CliError
 from ..context import api
 from ..jobs import bodies, dependency
-from ..output import STATUS_STYLES, age, emit, new_table, output_format, output_option, status_text
+from ..output import STATUS_STYLES, age, emit, new_table, output_format, output_option, status_text, until
 from ..sizes import Size, human_bytes
 from .watching import watch
 
@@ -114,8 +115,7 @@ def _plan_headline(plan: dict) -> str:
     queue = plan["queue"]
     if queue is None:  # it waits for its dependencies, not for room
         return f"would wait: {plan['summary']}"
-    return (f"would wait: #{queue['position']} among pending work of priority {queue['priority']}"
-            f" ({queue['ahead']} pending ahead or level); estimated start: {plan['estimated_start']}")
+    return f"would wait: {_place(queue)}; estimated start: {plan['estimated_start']}"
 
 
 def follow_logs(workload_id: str, *, printed: int) -> int:
@@ -170,23 +170,55 @@ def ps(status, type_, node, name, array, limit, watching):
 
 
 def _ps_table(workloads: list[dict]):
-    table = new_table("ID", "NAME", "TYPE", "STATUS", "NODE", "CPU", "MEMORY", "AGE", "REASON")
+    table = new_table("ID", "NAME", "TYPE", "STATUS", "NODE", "CPU", "MEMORY", "AGE", "QUEUE", "REASON")
     for workload in workloads:
         requirements = workload.get("requirements") or {}
         table.add_row(workload["id"], workload["name"], workload["type"], status_text(workload["status"]),
                       workload.get("node") or "-", f"{requirements.get('cpu', 0):g}",
-                      human_bytes(requirements.get("memory")), age(workload.get("created_at")), _why(workload))
+                      human_bytes(requirements.get("memory")), age(workload.get("created_at")),
+                      _queue_cell(workload.get("queue")), _why(workload))
     return table
 
 
+def _queue_cell(queue: dict | None) -> str:
+    """``#3 · ~14:05`` (its place among its priority, and when it is expected to start)."""
+    if not queue:
+        return "-"
+    if queue["position"] is None:
+        return "after deps"
+    return f"#{queue['position']} · {_when(queue['estimated_start'], short=True)}"
+
+
+def _when(estimate: str | None, *, short: bool = False) -> str:
+    """An estimated start in the reader's time zone: ``~14:05`` today, with the date otherwise."""
+    if not estimate or estimate == "unknown":
+        return "unknown"
+    then = datetime.fromisoformat(estimate).astimezone()
+    if short:
+        return f"~{then:%H:%M}" if then.date() == datetime.now().astimezone().date() else f"~{then:%b %d %H:%M}"
+    return f"{then:%Y-%m-%d %H:%M:%S %Z} (in {until(estimate)})"
+
+
 def _why(workload: dict) -> str:
-    """The reason, and while it waits where it stands in the queue (where the API says)."""
     reason = workload.get("reason") or ""
-    queue = workload.get("queue")
-    if workload["status"] == "pending" and isinstance(queue, dict) and queue.get("position"):
-        estimate = queue.get("estimated_start")
-        reason = f"#{queue['position']} in queue{f', starts by {estimate}' if estimate else ''}; {reason}"
     return reason if len(reason) <= 120 else reason[:119] + "…"
+
+
+def _queue_facts(queue: dict | None) -> tuple:
+    """What ``show`` says of a pending workload's place and start."""
+    if not queue:
+        return ()
+    if queue["position"] is None:
+        return (("queue", "not queued yet: it waits for its dependencies"),)
+    start = _when(queue["estimated_start"])
+    if start == "unknown":
+        start = "unknown (work in its way has no time limit)"
+    return (("queue", _place(queue)), ("estimated start", start))
+
+
+def _place(queue: dict) -> str:
+    return (f"#{queue['position']} of {queue['of']} pending at priority {queue['priority']}"
+            f" ({queue['ahead']} placed before it)")
 
 
 @click.command()
@@ -211,6 +243,7 @@ def _show_view(shown: dict):
                      f"{requirements.get('gpu', 0)} GPU"),
         ("strategy", workload.get("strategy")), ("priority", str(workload.get("priority"))),
         ("exit code", "-" if workload.get("exit_code") is None else str(workload["exit_code"])),
+        *_queue_facts(workload.get("queue")),
         ("reason", _why(workload) or "-"), ("created", workload.get("created_at")),
     ):
         facts.add_row(Text(label, style="bold"), value if isinstance(value, Text) else str(value or "-"))
@@ -243,21 +276,25 @@ def logs(workload_id, follow, tail):
 
 
 def _each(ids, act, done: str):
-    """``act(id)`` for every id; one that fails is reported and the rest still go."""
-    failed = 0
+    """``act(id)`` for every id; one that fails is reported and the rest still go. A table says
+    ``ID done`` per line; json/yaml give one entry per id, ``done`` or ``error``."""
+    failed, results = 0, []
     for workload_id in ids:
         try:
             act(workload_id)
-            click.echo(f"{workload_id} {done}")
+            results.append({"id": workload_id, "done": done})
         except CliError as error:
             failed += 1
+            results.append({"id": workload_id, "error": str(error)})
             click.echo(click.style("error: ", fg="red", bold=True) + f"{workload_id}: {error}", err=True)
+    emit(results, lambda listed: "\n".join(f"{r['id']} {done}" for r in listed if "done" in r) or None)
     if failed:
         raise SystemExit(1)
 
 
 @click.command()
 @click.argument("ids", nargs=-1, required=True, metavar="ID…")
+@output_option
 def stop(ids):
     """Stop workloads (SIGTERM, SIGKILL after the grace period)."""
     _each(ids, lambda workload_id: api().post(f"/workloads/{workload_id}/stop"), "stopping")
@@ -265,6 +302,7 @@ def stop(ids):
 
 @click.command()
 @click.argument("ids", nargs=-1, required=True, metavar="ID…")
+@output_option
 def rm(ids):
     """Delete workloads (a running one is stopped first)."""
     _each(ids, lambda workload_id: api().delete(f"/workloads/{workload_id}"), "deleted")

@@ -8,7 +8,6 @@ from core.fields import (
     NoUnknownFieldsMixin,
     RelativePathField,
     StrictCharField,
-    StrictIntegerField,
     StringListField,
     StringMapField,
 )
@@ -19,6 +18,7 @@ from workloads.models import Workload
 
 from ..models import MLModel, ModelRun, ModelVersion, PredictionTask
 from ..selectors import model_status, model_version_get
+from ..serving import ServingPortField
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -52,7 +52,7 @@ class DeploySerializer(NoUnknownFieldsMixin, serializers.Serializer):
     node = StrictCharField(required=False, max_length=128)
     strategy = StrictCharField(required=False, max_length=64)
     serve = serializers.BooleanField(required=False, default=False)
-    port = StrictIntegerField(required=False, min_value=1, max_value=65535)
+    port = ServingPortField(required=False)
 
     def validate_model_type(self, value: str) -> str:
         if not NAME_RE.match(value):
@@ -84,7 +84,7 @@ class ServeSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     """POST …/serve; ``version`` (a version of the model in ``context["model"]``) defaults to the promoted one."""
 
     version = serializers.UUIDField(required=False)
-    port = StrictIntegerField(required=False, min_value=1, max_value=65535)
+    port = ServingPortField(required=False)
     node = StrictCharField(required=False, max_length=128)
     resources = serializers.JSONField(required=False)
 

@@ -15,8 +15,14 @@ def write_marker(path: str):
     import json
     import os
 
+    try:
+        with open(f"/proc/{os.getppid()}/environ", "rb"):  # its parent: the agent that started it
+            parent_environ = "readable"
+    except OSError as error:
+        parent_environ = type(error).__name__
     with open(path, "w") as marker:
-        json.dump({"pid": os.getpid(), "uid": os.getuid(), "environ": sorted(os.environ)}, marker)
+        json.dump({"pid": os.getpid(), "ppid": os.getppid(), "uid": os.getuid(), "environ": sorted(os.environ),
+                   "parent_environ": parent_environ}, marker)
     return object()  # not a model: predicting with it fails
 
 
@@ -26,3 +32,32 @@ class WritesMarker:
 
     def __reduce__(self):
         return write_marker, (self.path,)
+
+
+class Doubles:
+    """A one-feature model: twice its input."""
+
+    n_features_in_ = 1
+
+    def predict(self, rows):
+        return rows[:, 0] * 2
+
+
+def load_once_open(gate: str, loading: str):
+    """What unpickling an ``OpensLate`` runs: a load that lasts until ``gate`` exists (a big
+    artifact's), saying at ``loading`` that it began."""
+    import os
+    import time
+
+    open(loading, "w").close()
+    while not os.path.exists(gate):
+        time.sleep(0.02)  # the model's own slow load, not the test's synchronisation: the test waits on `loading`
+    return Doubles()
+
+
+class OpensLate:
+    def __init__(self, gate: str, loading: str):
+        self.gate, self.loading = gate, loading
+
+    def __reduce__(self):
+        return load_once_open, (self.gate, self.loading)

@@ -79,7 +79,7 @@ def test_training_then_serving_from_the_registry_with_no_database_on_the_agent(a
         agent.start(str(serving.workload_id))
         assert str(serving.workload_id) in agent.handles
     running = Workload.objects.get(pk=serving.workload_id)
-    assert running.status == WorkloadStatus.RUNNING and running.runtime["serving"]["address"] == "127.0.0.2"
+    assert running.status == WorkloadStatus.RUNNING and running.runtime["server"]["address"] == "127.0.0.2"
 
     def answered():
         with current(agent), no_database():

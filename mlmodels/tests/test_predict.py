@@ -85,7 +85,7 @@ def test_oversized_batch_is_413(api, admin_user):
 def test_a_model_that_raises_is_422_with_its_message(api, agent, admin_user):
     model = make_model(admin_user, raising_artifact(), name="broken")
     serve(agent, model)
-    response = supervise_until(agent, lambda: (r := predict(api, model, {"input_data": -1}))
+    response = supervise_until(agent, lambda: (r := predict(api, model, {"input_data": -1, "mode": "sync"}))
                                and r.status_code != 409 and r, timeout=30, message="broken server up")
     assert response.status_code == 422
     assert "negative inputs are not supported" in response.data["detail"]

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from nodes.heartbeats import (
-    OFFLINE_AFTER_INTERVALS,
+    GRACE_PER_INTERVAL,
     heartbeat_interval,
     heartbeat_timing_for,
     heartbeat_timing_now,
@@ -48,8 +48,9 @@ def bulk_nodes(count: int, *, status: str = NodeStatus.READY, prefix: str = "bul
 
 @pytest.mark.parametrize(("nodes", "interval", "offline"), [
     (0, 5.0, 18.0), (1_000, 5.0, 18.0), (1_250, 5.0, 18.0),  # 250/s at 5 s: the base holds
-    (2_500, 10.0, 18.0),                                      # the 18 s floor still governs
-    (5_000, 20.0, 28.0), (10_000, 40.0, 56.0), (50_000, 200.0, 280.0),
+    (2_500, 10.0, 23.0),                                      # the small fleet's 13 s grace
+    (10_000, 40.0, 53.0),                                     # 0.3 of 40 s is 12 s: still 13 s
+    (20_000, 80.0, 104.0), (50_000, 200.0, 260.0),           # 0.3 of the interval
 ])
 def test_the_interval_is_the_base_until_the_fleet_would_pass_the_rate_then_grows_with_it(nodes, interval, offline):
     handed = timing(nodes)
@@ -60,7 +61,8 @@ def test_the_fleet_never_beats_faster_than_the_rate_and_nobody_goes_offline_befo
     for nodes in range(0, 100_001, 250):
         handed = timing(nodes)
         assert nodes / handed.interval_seconds <= 250.0 + 1e-9
-        assert handed.offline_after_seconds >= max(18.0, handed.interval_seconds * OFFLINE_AFTER_INTERVALS)
+        assert handed.offline_after_seconds >= max(18.0, handed.interval_seconds * (1 + GRACE_PER_INTERVAL),
+                                                   handed.interval_seconds + 13.0) - 1e-9
         assert handed.unhealthy_after_seconds <= handed.offline_after_seconds
 
 
@@ -77,7 +79,7 @@ def test_the_defaults_meet_the_detection_aims_and_keep_the_agents_fencing_margin
             offline_after_seconds=django_settings.CNET_OFFLINE_AFTER_SECONDS,
         )
         assert handed.offline_after_seconds + tick <= aim, (nodes, handed)
-        assert handed.offline_after_seconds - handed.interval_seconds >= 13.0, (nodes, handed)  # a late beat's room
+        assert handed.offline_after_seconds - handed.interval_seconds >= 10.0, (nodes, handed)  # a late beat's room
         assert handed.offline_after_seconds >= django_settings.CNET_OFFLINE_AFTER_SECONDS
         assert nodes / handed.interval_seconds <= django_settings.CNET_MAX_HEARTBEATS_PER_SECOND
 
@@ -107,11 +109,11 @@ def test_a_beat_in_a_large_fleet_is_handed_a_longer_interval_and_its_deadlines_c
     live_node_count_forget()
     with time_machine.travel(START, tick=False):
         beat = node_heartbeat_apply(node_id="n", usage={})
-    assert (beat.timing.interval_seconds, beat.timing.offline_after_seconds) == (30.0, 42.0)
-    assert beat.timing.unhealthy_after_seconds == 42.0  # 3 beats would be 90 s: never after offline
+    assert (beat.timing.interval_seconds, beat.timing.offline_after_seconds) == (30.0, 43.0)  # 30 + 13 s
+    assert beat.timing.unhealthy_after_seconds == 43.0  # 3 beats would be 90 s: never after offline
     node = Node.objects.get(node_id="n")
     assert (node.last_heartbeat, node.unhealthy_at, node.offline_at) == (
-        START, START + timedelta(seconds=42), START + timedelta(seconds=42))
+        START, START + timedelta(seconds=43), START + timedelta(seconds=43))
 
 
 @pytest.mark.django_db
@@ -152,16 +154,18 @@ def test_the_fleet_is_counted_once_per_few_seconds_not_per_beat():
 
 
 @pytest.mark.django_db
-def test_a_database_heartbeat_is_one_write_and_one_read_and_brings_an_unhealthy_node_back():
+def test_a_database_heartbeat_is_one_statement_and_brings_an_unhealthy_node_back():
     make_node("n")
     Node.objects.filter(node_id="n").update(status=NodeStatus.UNHEALTHY)
     live_node_count()  # the count is taken at most every few seconds, not on this beat
     with time_machine.travel(START, tick=False), CaptureQueriesContext(connection) as queries:
         assert node_heartbeat(node_id="n", usage={"cpu_percent": 3.0}) == NodeStatus.READY
-    assert len(writes(queries)) == 1 and len(queries) == 2, [q["sql"][:90] for q in queries]
+    # the write returns the status it leaves: no read after it
+    assert len(writes(queries)) == 1 and len(queries) == 1, [q["sql"][:90] for q in queries]
     node = Node.objects.get(node_id="n")
     assert (node.status, node.usage, node.last_heartbeat) == (NodeStatus.READY, {"cpu_percent": 3.0}, START)
-    assert (node.unhealthy_at, node.offline_at) == (START + timedelta(seconds=15), START + timedelta(seconds=18))
+    # the defaults: unhealthy after 3 beats of 5 s, offline after 15 s
+    assert (node.unhealthy_at, node.offline_at) == (START + timedelta(seconds=15), START + timedelta(seconds=15))
 
 
 @pytest.mark.django_db

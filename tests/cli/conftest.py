@@ -15,7 +15,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
-from tests.helpers import GiB, in_process_agents
+from tests.helpers import ML_NODE_CAPABILITIES, GiB, in_process_agents
 
 CNET = Path(sys.executable).with_name("cnet")
 # How often the agent below asks for work and supervises what it runs.
@@ -82,10 +82,11 @@ def node_id():
 
 @pytest.fixture
 def agent(live_server, node_id):
-    """An agent for a 1-CPU, 1 GiB node, registered, heartbeating, asking for work and supervising
-    it in a thread of its own, as ``runagent``'s loop does, until the test ends."""
+    """An agent for a 1-CPU, 1 GiB node that runs processes and trains models, registered,
+    heartbeating, asking for work and supervising it in a thread of its own, as ``runagent``'s
+    loop does, until the test ends."""
     with in_process_agents(live_server.url) as make:
-        agent = make(node_id, cpu=1, memory=GiB)
+        agent = make(node_id, cpu=1, memory=GiB, capabilities=ML_NODE_CAPABILITIES)
         agent.register()
         stop = threading.Event()
 

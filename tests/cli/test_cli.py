@@ -10,7 +10,7 @@ import yaml
 from django.contrib.auth import get_user_model
 
 from mlmodels.models import MLModel
-from tests.helpers import wait_status
+from tests.helpers import wait_for, wait_status
 from workloads.models import Workload, WorkloadStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,7 +53,7 @@ def test_plan_exits_0_when_placed_now_2_when_it_would_wait_and_1_when_nothing_co
     started = wait_status(busy, WorkloadStatus.RUNNING).started_at
     waits = cnet("plan", "--cpu", "0.5", "--", "true")
     assert waits.returncode == 2, waits.stderr
-    assert "would wait: #1 among pending work of priority 0" in waits.stdout
+    assert "would wait: #1 of 1 pending at priority 0 (0 placed before it)" in waits.stdout
     assert f"estimated start: {(started + timedelta(seconds=600)).isoformat()}" in waits.stdout
     assert f"{node_id}" in waits.stdout and "needs 0.5 CPU, 0 CPU free" in waits.stdout
 
@@ -140,6 +140,8 @@ def test_ps_show_stop_and_rm(cnet, agent, node_id):
     assert not Workload.objects.filter(pk=workload_id).exists()
     gone = cnet("rm", workload_id)
     assert gone.returncode == 1 and "(HTTP 404)" in gone.stderr and "Traceback" not in gone.stderr
+    as_yaml = yaml.safe_load(cnet("rm", workload_id, "-o", "yaml").stdout)
+    assert as_yaml[0]["id"] == workload_id and "(HTTP 404)" in as_yaml[0]["error"]
 
 
 def test_nodes_show_capacity_health_and_parent_and_top_the_queue(cnet, agent, node_id):
@@ -221,3 +223,52 @@ def test_shell_completion(cnet):
     assert script.returncode == 0 and "_CNET_COMPLETE" in script.stdout
     completed = cnet(COMP_WORDS="cnet mo", COMP_CWORD="1", _CNET_COMPLETE="bash_complete")
     assert completed.stdout.split() == ["plain,models"]
+
+
+def test_ps_and_show_say_where_pending_work_stands_and_when_it_should_start(cnet, agent):
+    holder = submitted(cnet("run", "--cpu", "1", "--max-runtime", "600", "--", "sleep", "60"))
+    started = wait_status(holder, WorkloadStatus.RUNNING).started_at
+    first, second = (submitted(cnet("run", "--name", name, "--cpu", "1", "--", "true")) for name in ("first", "second"))
+    limit = started + timedelta(seconds=600)
+    by = limit.astimezone()  # as the user's terminal shows it
+
+    def queue_cells() -> dict:
+        listed = cnet("ps", "--status", "pending")
+        assert listed.returncode == 0, listed.stderr
+        header, *rows = listed.stdout.splitlines()
+        assert "QUEUE" in header.split()
+        return {row.split()[0]: row for row in rows}
+
+    rows = queue_cells()
+    assert f"#1 · ~{by:%H:%M}" in rows[first] and f"#2 · ~{by:%H:%M}" in rows[second]
+    shown = cnet("show", second)
+    assert shown.returncode == 0, shown.stderr
+    assert "#2 of 2 pending at priority 0 (1 placed before it)" in shown.stdout
+    assert f"estimated start  {by:%Y-%m-%d %H:%M:%S}" in shown.stdout
+    assert cnet("show", second, "-o", "json").json()["workload"]["queue"]["estimated_start"] == limit.isoformat()
+
+    assert cnet("stop", first).returncode == 0
+    assert f"#1 · ~{by:%H:%M}" in queue_cells()[second]  # the queue moved up
+    Workload.objects.filter(pk=holder).update(max_runtime_seconds=None)
+    assert "#1 · unknown" in queue_cells()[second]
+    assert "estimated start  unknown (work in its way has no time limit)" in cnet("show", second).stdout
+
+
+def test_health_and_a_models_training_logs_and_tasks(cnet, agent):
+    healthy = cnet("health")
+    assert healthy.returncode == 0, healthy.stderr
+    assert healthy.stdout.strip() == "database ok, broker ok"
+
+    deployed = cnet("models", "deploy", "--name", "echoer", "--model-type", "linear_regression",
+                    "--model-path", "models/echoer.joblib", "--cpu", "0.1", "--memory", "64Mi",
+                    "--", "sh", "-c", "echo training echoer")
+    assert deployed.returncode == 0, deployed.stderr
+    model_id = deployed.stdout.strip()
+    wait_for(lambda: "training echoer" in cnet("models", "logs", "echoer").stdout, timeout=30,
+             message="the training run's output")
+    assert cnet("models", "logs", model_id, "-o", "json").json()["model_id"] == model_id
+    tasks = cnet("models", "tasks")
+    assert tasks.returncode == 0, tasks.stderr
+    header, *rows = tasks.stdout.splitlines()
+    assert header.split()[:4] == ["ID", "KIND", "NAME", "STATUS"] and any("echoer" in row for row in rows)
+    assert any(task["model_id"] == model_id for task in cnet("models", "tasks", "-o", "json").json())

@@ -240,21 +240,27 @@ def test_control_plane_killed_mid_flight_work_goes_on_and_is_recorded(cluster):
 
 def test_control_plane_down_for_a_minute_fences_only_replaceable_work_and_never_runs_two_copies(cluster):
     """60 s without a control plane: past its fence time each agent kills the local copies of work
-    that would be replaced elsewhere (on-failure), keeps the rest (never) running and spooling,
-    and once the control plane is back the never-workload's output and exit arrive once, in
-    order, and the on-failure one runs again, with no moment of two copies."""
-    proof = cluster.shared / "outage.txt"
+    that would be replaced elsewhere (on-failure), keeps the rest (never, and an on-failure one
+    that chose ``on_disconnect: keep``) running and spooling, and once the control plane is back
+    the never-workload's output and exit arrive once, in order, the on-failure one runs again,
+    and the kept one runs on as its only copy, with no moment of two copies."""
+    proof, kept_proof = cluster.shared / "outage.txt", cluster.shared / "outage-kept.txt"
     keep = submit(cluster, name="keeps-running", code=COUNTER, args=[200], cpu=0.5, restart_policy="never")
     fenced = submit(cluster, name="fenced", code=WRITER, args=[proof], cpu=1.5, restart_policy="on-failure")
+    kept = submit(cluster, name="kept", code=WRITER, args=[kept_proof], cpu=0.25, restart_policy="on-failure",
+                  on_disconnect="keep")
     keep_pid = wait_status(keep, S.RUNNING).runtime["pid"]
     fenced_pid = wait_status(fenced, S.RUNNING).runtime["pid"]
-    wait_for(lambda: len(proof_lines(proof)) >= 3, timeout=10, message="the writer writes")
+    kept_pid = wait_status(kept, S.RUNNING).runtime["pid"]
+    wait_for(lambda: len(proof_lines(proof)) >= 3 and proof_lines(kept_proof), timeout=10,
+             message="the writers write")
 
     killed_at = time.time()
     cluster.kill_control_plane()
     wait_for(lambda: not pid_alive(fenced_pid), timeout=60, message="its agent fenced the on-failure copy")
     fenced_at = time.time()
     assert pid_alive(keep_pid), "restart_policy never: kept running through the outage"
+    assert pid_alive(kept_pid), "on_disconnect keep: not fenced"
     # It prints for 40 s: it goes on past the fence time and exits while the control plane is down.
     wait_for(lambda: not pid_alive(keep_pid), timeout=60, message="the never-workload ended")
     time.sleep(max(0.0, killed_at + 60 - time.time()))  # the outage itself, not synchronisation
@@ -274,6 +280,14 @@ def test_control_plane_down_for_a_minute_fences_only_replaceable_work_and_never_
     lost = [reason for _from, to, _node, reason in transitions(fenced) if to == S.LOST]
     assert len(lost) == 1 and "self-fencing" in lost[0], transitions(fenced)
     assert rerun.runtime["pid"] != fenced_pid
+
+    # The kept one ran through the outage and is still its only copy, never lost nor restarted.
+    assert pid_alive(kept_pid) and list(cluster.workload_pids(kept)) == [kept_pid]
+    assert len({node for node, _stamp in proof_lines(kept_proof)}) == 1
+    assert largest_gap(proof_lines(kept_proof), killed_at, time.time()) < 5, "it wrote through the outage"
+    row = workload_row(kept)
+    assert (row.status, row.restart_count, row.runtime["pid"]) == (S.RUNNING, 0, kept_pid), row.reason
+    assert S.LOST not in [to for _from, to, _node, _why in transitions(kept)]
 
     done = wait_status(keep, S.SUCCEEDED, S.FAILED, timeout=60)
     assert (done.status, done.exit_code, done.restart_count) == (S.SUCCEEDED, 0, 0), done.reason

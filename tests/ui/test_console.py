@@ -189,6 +189,27 @@ def test_user_sees_and_acts_on_only_their_own_workloads(browser, page, live_serv
         other.close()
 
 
+def test_a_pending_workloads_page_shows_its_queue_place_and_follows_the_queue(page, live_server, login):
+    expect = _expect()
+    admin = _user("admin", staff=True)
+    make_node("busy", cpu=1, memory=4 * 1024**3)
+    holder, first, second = (
+        _api(live_server, admin, "POST", "/api/workloads", json={
+            "name": name, "type": "process", "config": {"command": "true"},
+            "requirements": {"cpu": 1, "memory": 1024**2}, "node": "busy"}).json()
+        for name in ("holder", "first", "second"))
+    Workload.objects.filter(pk=holder["id"]).update(status=WorkloadStatus.RUNNING, max_runtime_seconds=None)
+    login(page, "admin")
+    page.goto(f"{live_server.url}/admin/workloads/workload/{second['id']}/change/")
+    expect(page.locator("#wl-queue")).to_contain_text("#2 of 2 pending at priority 0")
+    expect(page.locator("#wl-estimate")).to_contain_text("unknown")
+    shot(page, "12-workload-queued")
+    # The one ahead is stopped elsewhere: the page's own refresh moves this one up.
+    assert _api(live_server, admin, "POST", f"/api/workloads/{first['id']}/stop").status_code == 200
+    expect(page.locator("#wl-queue")).to_contain_text("#1 of 1 pending", timeout=10_000)
+    expect(page.locator("#wl-head [data-status]")).to_have_attribute("data-status", "pending")
+
+
 def test_operator_finds_their_way_around_a_fleet_of_2000_nodes(page, live_server, login):
     from nodes.models import Node
     from nodes.tests.test_console_scale import fleet_create

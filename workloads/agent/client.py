@@ -181,6 +181,9 @@ class ControlPlane:
     def model_version_artifact(self, version_id: str) -> bytes:
         return self._transfer("GET", f"ml/versions/{version_id}/artifact").content
 
+    def model_server_secret(self, workload_id: str) -> str:
+        return self._call("GET", f"ml/servers/{workload_id}/secret")["secret"]
+
     def workload_note(self, *, workload_id: str, reason: str) -> None:
         self._call("POST", "ml/notes", {"workload_id": workload_id, "reason": reason})
 

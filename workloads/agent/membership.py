@@ -16,15 +16,20 @@ from django.conf import settings
 from nodes.detect import sample_usage
 from nodes.resources import MILLICORES_PER_CORE
 
-from ..models import WorkloadStatus
+from ..models import OnDisconnect, WorkloadStatus, disconnect_action
 from .client import ControlPlane, ControlPlaneError, Refused
 from .config import AgentSettings
 from .supervision import Supervised
 
 logger = logging.getLogger(__name__)
-# The restart policies that replace lost work: such work may run elsewhere once this node is
-# declared offline, so a silent agent kills its copy first. Other work keeps running here.
-REPLACED_WHEN_LOST = frozenset({"on-failure", "always"})
+
+
+def stops_when_cut_off(supervised: Supervised) -> bool:
+    """Whether a silent agent stops this work: by its ``on_disconnect``, else by its restart policy
+    (work the control plane would replace once this node is declared offline is killed first, so
+    that it never runs twice; other work keeps running and spooling here)."""
+    return disconnect_action(on_disconnect=supervised.on_disconnect,
+                             restart_policy=supervised.restart_policy) == OnDisconnect.STOP
 
 
 class Membership:
@@ -114,22 +119,23 @@ class Membership:
         return True
 
     def fence_once(self) -> bool:
-        """Kill the local copies of replaceable work once the control plane has answered nothing
-        for ``fence_after`` seconds; other work keeps running and spooling its output. Runs in a
-        thread of its own and touches neither the network nor the lock."""
+        """Kill the local copies of the work that stops when cut off (``stops_when_cut_off``) once
+        the control plane has answered nothing for ``fence_after`` seconds; other work keeps
+        running and spooling its output. Runs in a thread of its own and touches neither the
+        network nor the lock."""
         silent = time.monotonic() - self.last_contact
         if silent < self.fence_after or not self.handles:
             return False
         fenced = False
         for workload_id in list(self.handles):
             supervised = self.handles.get(workload_id)
-            if supervised is None or supervised.restart_policy not in REPLACED_WHEN_LOST:
+            if supervised is None or not stops_when_cut_off(supervised):
                 continue
             supervised = self.handles.pop(workload_id, None)
             if supervised is not None:
                 logger.error("workload %s: node %s has not reached the control plane for %.1fs; killing the local "
-                             "copy before it can be declared lost and run elsewhere (self-fencing)",
-                             workload_id, self.config.node_id, silent)
+                             "copy before it can be declared lost and run elsewhere (self-fencing, on_disconnect: "
+                             "stop)", workload_id, self.config.node_id, silent)
                 supervised.handle.kill()
                 self.fenced[workload_id] = supervised
                 fenced = True
@@ -137,13 +143,14 @@ class Membership:
 
     def _report_fenced(self) -> None:
         """Back in touch: report fenced work as lost (if the control plane has not), so its
-        restart policy applies."""
+        restart policy applies (a ``never`` one stays lost, saying why)."""
         for workload_id, supervised in list(self.fenced.items()):
             supervised.handle.poll()  # reaps the killed process
             supervised.handle.cleanup()
             self._report(workload_id, supervised, WorkloadStatus.LOST,
                          reason=f"node {self.config.node_id} could not reach the control plane for "
-                                f"{self.fence_after:g}s; its agent killed the local copy (self-fencing)")
+                                f"{self.fence_after:g}s; its agent stopped the local copy (self-fencing, "
+                                f"on_disconnect: stop)")
             self.fenced.pop(workload_id, None)
 
     def keep_alive(self) -> None:

@@ -72,7 +72,7 @@ class Reconciliation:
             if offsets:
                 workload.runtime = {**(workload.runtime or {}), "log_offsets": offsets}
             run = Supervised(handle=None, workload_type=workload.type, scheduled_at=details["scheduled_at"],
-                             restart_policy=workload.restart_policy,
+                             restart_policy=workload.restart_policy, on_disconnect=details.get("on_disconnect"),
                              seq=max(saved.get("seq") or 0, details.get("log_next_seq") or 0),
                              stop_requested=bool(details.get("stop_requested_at")), **time_limit(details))
             try:

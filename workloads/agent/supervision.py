@@ -40,6 +40,7 @@ class Supervised:
     workload_type: str  # its kind: which executor re-adopts or kills it after an agent restart
     scheduled_at: str  # the run, as the control plane named it: every report about it says so
     restart_policy: str = "never"
+    on_disconnect: str | None = None  # the control plane's word; None: as restart_policy implies
     seq: int = 0  # the next log chunk's number
     stop_requested: bool = False
     stop_deadline: float | None = None
@@ -177,7 +178,8 @@ class Supervision:
         workload = workload_from(details)
         workload_id = str(workload.pk)
         run = Supervised(handle=None, workload_type=workload.type, scheduled_at=details["scheduled_at"],
-                         restart_policy=workload.restart_policy, seq=details.get("log_next_seq") or 0,
+                         restart_policy=workload.restart_policy, on_disconnect=details.get("on_disconnect"),
+                         seq=details.get("log_next_seq") or 0,
                          stop_requested=bool(details.get("stop_requested_at")), **time_limit(details))
         scope = self.context.for_workload(workload_id, owner=details.get("owner"))  # its uid, workspace, GPUs
         try:

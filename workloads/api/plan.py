@@ -18,7 +18,8 @@ class NodeReasonSerializer(serializers.Serializer):
 class QueuePlaceSerializer(serializers.Serializer):
     priority = serializers.IntegerField()
     position = serializers.IntegerField(help_text="1-based, among pending work of this priority")
-    ahead = serializers.IntegerField(help_text="pending work of this priority and above")
+    of = serializers.IntegerField(help_text="pending work of this priority, itself included")
+    ahead = serializers.IntegerField(help_text="pending work placed before it: of a higher priority, or older")
 
 
 class NeverFitsSerializer(serializers.Serializer):
@@ -48,6 +49,6 @@ class WorkloadPlanView(APIView):
 
     @extend_schema(request=WorkloadSubmitSerializer, responses=PlanSerializer, operation_id="workloads_plan")
     def post(self, request):
-        submission = WorkloadSubmitSerializer(data=request.data)
+        submission = WorkloadSubmitSerializer(data=request.data, context={"request": request})
         submission.is_valid(raise_exception=True)
-        return Response(PlanSerializer(workload_plan(**submission.validated_data)).data)
+        return Response(PlanSerializer(workload_plan(owner=request.user, **submission.validated_data)).data)

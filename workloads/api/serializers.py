@@ -8,6 +8,7 @@ from core.fields import NoUnknownFieldsMixin, StrictCharField, StrictIntegerFiel
 from nodes.api.fields import BytesField, CoresField
 from nodes.resources import Resources
 
+from ..executors.process_kind import pids_field
 from ..kinds import kind_choices, kind_get
 from ..models import (
     ARRAY_MAX_COUNT,
@@ -15,6 +16,7 @@ from ..models import (
     SCHEDULE_MAX_DEADLINE_SECONDS,
     ConcurrencyPolicy,
     DependencyCondition,
+    OnDisconnect,
     RestartPolicy,
     Schedule,
     ScheduleEvent,
@@ -25,6 +27,7 @@ from ..models import (
     WorkloadDependency,
     WorkloadEvent,
 )
+from ..plan import workload_queues
 from ..selectors import array_status, dependency_list, schedule_next_runs, schedule_workload, workload_array_counts
 from ..services.schedules import RUN_SUFFIX_LENGTH
 
@@ -36,15 +39,17 @@ DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 class RequirementsSerializer(NoUnknownFieldsMixin, serializers.Serializer):
-    """The seed's ``requirements``: cpu in cores (may be fractional), memory and storage in bytes."""
+    """The seed's ``requirements``: cpu in cores (may be fractional), memory and storage in bytes;
+    ``pids``, the process count limit, is no resource to place by: it travels as ``config.pids``."""
 
     cpu = CoresField(required=False, default=DEFAULT_CPU_MILLICORES)
     memory = BytesField(required=False, default=DEFAULT_MEMORY_BYTES, min_value=1)
     gpu = StrictIntegerField(required=False, default=0, min_value=0, max_value=MAX_GPUS)
     storage = BytesField(required=False, default=0)
+    pids = pids_field()
 
     def to_resources(self) -> Resources:
-        return Resources(**self.validated_data)
+        return Resources(**{name: value for name, value in self.validated_data.items() if name != "pids"})
 
 
 class KindField(serializers.ChoiceField):
@@ -85,6 +90,11 @@ class WorkloadSubmitSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     priority = StrictIntegerField(required=False, default=0, min_value=-1000, max_value=1000)
     restart_policy = serializers.ChoiceField(choices=RestartPolicy.choices, required=False, default="never")
     max_restarts = StrictIntegerField(required=False, default=3, min_value=0, max_value=100)
+    on_disconnect = serializers.ChoiceField(
+        choices=OnDisconnect.choices, required=False,
+        help_text="once its agent has not reached the control plane for its fence time: stop it, or keep it "
+                  "running (and not replaced while its node is unreachable); default: stop if its restart policy "
+                  "would replace it, else keep")
     # Seconds a run may last before its agent stops it (it then ends failed); null: no limit.
     max_runtime_seconds = StrictIntegerField(required=False, allow_null=True, default=None, min_value=1,
                                              max_value=MAX_RUNTIME_SECONDS)
@@ -93,7 +103,10 @@ class WorkloadSubmitSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     depends_on = DependencySerializer(many=True, required=False, max_length=MAX_DEPENDENCIES)
 
     def validate(self, attrs):
-        config = kind_get(attrs["type"]).config_serializer(data=attrs["config"])
+        # The submitter's name: a container may use the named volumes "<username>-…" as its own.
+        user = getattr(self.context.get("request"), "user", None)
+        config = kind_get(attrs["type"]).config_serializer(data=attrs["config"],
+                                                           context={"owner": getattr(user, "username", None)})
         if not config.is_valid():
             raise serializers.ValidationError({"config": config.errors})
         requirements = RequirementsSerializer(data=attrs.get("requirements", {}))
@@ -101,6 +114,12 @@ class WorkloadSubmitSerializer(NoUnknownFieldsMixin, serializers.Serializer):
             raise serializers.ValidationError({"requirements": requirements.errors})
         attrs["config"] = config.validated_data
         attrs["requirements"] = requirements.to_resources()
+        pids = requirements.validated_data.get("pids")
+        if pids is not None:
+            if attrs["config"].get("pids") not in (None, pids):
+                raise serializers.ValidationError({"requirements": {"pids": [
+                    f"{pids} differs from config.pids ({attrs['config']['pids']}); give one of them"]}})
+            attrs["config"] = {**attrs["config"], "pids": pids}  # where the executors read it
         return attrs
 
 
@@ -163,6 +182,10 @@ class WorkloadSerializer(serializers.ModelSerializer):
     node = serializers.CharField(source="node.node_id", default=None, read_only=True)
     submitted_node = serializers.CharField(source="submitted_node.node_id", default=None, read_only=True)
     owner = serializers.CharField(source="owner.username", default=None, read_only=True)
+    # While pending: its queue place, estimated start and why it waits (``queue`` in the context,
+    # by id, for a page; else read for this one); null otherwise.
+    queue = serializers.SerializerMethodField()
+    on_disconnect = serializers.CharField(source="disconnect_action", read_only=True)  # chosen or implied
 
     class Meta:
         model = Workload
@@ -170,12 +193,18 @@ class WorkloadSerializer(serializers.ModelSerializer):
             "id", "name", "type", "status", "requirements", "config", "node", "submitted_node",
             "strategy", "priority", "owner", "restart_policy", "max_restarts", "restart_count",
             "max_runtime_seconds", "exit_code", "reason", "runtime", "created_at", "scheduled_at", "started_at",
-            "finished_at", "stop_requested_at", "array", "array_index",
+            "finished_at", "stop_requested_at", "array", "array_index", "queue", "on_disconnect",
         ]
         read_only_fields = fields
 
     def get_requirements(self, workload: Workload) -> dict:
         return workload.requirements.to_api()
+
+    def get_queue(self, workload: Workload) -> dict | None:
+        known = self.context.setdefault("queue", {})
+        if workload.pk not in known:
+            known |= workload_queues(workloads=[workload])
+        return known[workload.pk]
 
 
 class WorkloadDependenciesSerializer(serializers.Serializer):

@@ -5,6 +5,7 @@ from rest_framework.response import Response
 
 from ..logs import workload_log_read
 from ..models import WorkloadArray
+from ..plan import workload_queues
 from ..selectors import (
     schedule_list,
     schedule_runs,
@@ -68,6 +69,18 @@ class WorkloadViewSet(
     def get_queryset(self):
         return workload_list(user=self.request.user)
 
+    def paginate_queryset(self, queryset):
+        # The page's queue places and estimates in a few queries, not a few per pending row.
+        self._page = super().paginate_queryset(queryset)
+        return self._page
+
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        page = getattr(self, "_page", None)
+        if page is not None:
+            context["queue"] = workload_queues(workloads=page)
+        return context
+
     @extend_schema(request=WorkloadSubmitSerializer, responses={201: WorkloadSerializer})
     def create(self, request):
         """One workload (the seed's body); with ``count``, an array; ``{"workloads": [...]}``, a graph;
@@ -76,7 +89,7 @@ class WorkloadViewSet(
             return self._create_graph(request)
         if isinstance(request.data, dict) and "schedule" in request.data:
             return _create_schedule(request)
-        submission = WorkloadSubmitSerializer(data=request.data)
+        submission = WorkloadSubmitSerializer(data=request.data, context={"request": request})
         submission.is_valid(raise_exception=True)
         if "count" in submission.validated_data:
             array = workload_array_submit(owner=request.user, **submission.validated_data)
@@ -85,7 +98,7 @@ class WorkloadViewSet(
         return Response(WorkloadSerializer(workload).data, status=status.HTTP_201_CREATED)
 
     def _create_graph(self, request):
-        graph = WorkloadGraphSerializer(data=request.data)
+        graph = WorkloadGraphSerializer(data=request.data, context={"request": request})
         graph.is_valid(raise_exception=True)
         items = graph.validated_data["workloads"]
         recorded = workloads_submit_graph(owner=request.user, items=items)
@@ -126,7 +139,7 @@ class WorkloadViewSet(
 
 
 def _create_schedule(request) -> Response:
-    submission = ScheduleSubmitSerializer(data=request.data)
+    submission = ScheduleSubmitSerializer(data=request.data, context={"request": request})
     submission.is_valid(raise_exception=True)
     schedule = schedule_create(owner=request.user, **submission.validated_data)
     return Response(ScheduleSerializer(schedule).data, status=status.HTTP_201_CREATED)

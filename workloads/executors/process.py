@@ -222,10 +222,12 @@ class ProcessExecutor(Executor):
 
 
 def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: AgentContext | WorkloadContext,
-          limits: Limits) -> ProcessHandle:
+          limits: Limits, stdin: int = subprocess.DEVNULL, append: bool = False) -> ProcessHandle:
     """Start argv in its own session, as the workload's identity, inside its cgroups, with output
     to the workload's log files. Where the child cannot join its cgroups itself (cgroup v2, see
-    ``limits``), the agent moves it after the spawn (``ProcessHandle.confine``)."""
+    ``limits``), the agent moves it after the spawn (``ProcessHandle.confine``). ``stdin``: a pipe
+    for a caller that writes its input once it is confined; ``append``: a later step of the same
+    run (its output follows the earlier steps' in the same files)."""
     scope = workload_context(context, workload_id)
     identity = scope.identity
     context.log_dir.mkdir(parents=True, exist_ok=True)
@@ -238,10 +240,11 @@ def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: A
     join = confinement.pop("join")
     launch = launcher(argv, join=join, identity=identity, pids=limits.pids)
     # "wb": a restarted workload begins new files; its earlier runs' output is in the database.
-    with open(log_path(context.log_dir, workload_id, "stdout"), "wb") as out, \
-            open(log_path(context.log_dir, workload_id, "stderr"), "wb") as err:
+    mode = "ab" if append else "wb"
+    with open(log_path(context.log_dir, workload_id, "stdout"), mode) as out, \
+            open(log_path(context.log_dir, workload_id, "stderr"), mode) as err:
         try:
-            popen = subprocess.Popen(launch, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+            popen = subprocess.Popen(launch, stdin=stdin, stdout=out, stderr=err, env=env,
                                      cwd=cwd, start_new_session=True, close_fds=True,
                                      **(identity.popen_kwargs() if identity else {}))
         except OSError as error:

@@ -3,6 +3,7 @@
 Every node can run one, so it needs no capability. Its executor is ``process.ProcessExecutor``.
 """
 
+from django.conf import settings
 from rest_framework import serializers
 
 from core.fields import (
@@ -18,10 +19,17 @@ from ..forms import COMMAND_LINE, ENV, WORKING_DIR, argv_config, filled
 from ..kinds import Kind
 
 
+def pids_within_cap(value: int) -> None:
+    cap = settings.CNET_WORKLOAD_PIDS_MAX  # read per call: the operator's, not the one at import
+    if value > cap:
+        raise serializers.ValidationError(f"at most {cap} processes on this cluster (CNET_WORKLOAD_PIDS_MAX)")
+
+
 def pids_field() -> StrictIntegerField:
-    """``config.pids``: the most processes and threads it may have at once (a fork bomb stops
-    there); default CNET_WORKLOAD_PIDS_LIMIT. Enforced by its cgroup (``executors.limits``)."""
-    return StrictIntegerField(required=False, min_value=1, max_value=4_194_304)
+    """``requirements.pids`` (kept as ``config.pids``, its alias): the most processes and threads
+    it may have at once (a fork bomb stops there); default CNET_WORKLOAD_PIDS_LIMIT. Enforced by its
+    cgroup (``executors.limits``) and a container's ``pids_limit``."""
+    return StrictIntegerField(required=False, min_value=1, validators=[pids_within_cap])
 
 
 class ProcessConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):

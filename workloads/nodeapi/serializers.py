@@ -8,7 +8,7 @@ from nodes.api.fields import BytesField, CoresField
 from nodes.models import NodeStatus
 from nodes.resources import Resources
 
-from ..models import LogStream, Workload, WorkloadStatus
+from ..models import LogStream, OnDisconnect, Workload, WorkloadStatus
 from ..reports import AGENT_REPORTS
 
 MAX_GPUS = 4096
@@ -80,6 +80,9 @@ class WorkSerializer(serializers.ModelSerializer):
                                             help_text="the number to give this run's first output chunk")
     owner = serializers.CharField(source="owner.username", default=None, read_only=True,
                                   help_text="who submitted it: staff may map an owner to an account on nodes")
+    on_disconnect = serializers.ChoiceField(
+        source="disconnect_action", choices=OnDisconnect.choices, read_only=True,
+        help_text="once the control plane has answered nothing for the fence time: stop it, or keep it running")
     time_left_seconds = serializers.SerializerMethodField(
         help_text="of its max_runtime_seconds, by the control plane's clock (null: no limit); past it the agent "
                   "stops the workload and reports it failed")
@@ -89,7 +92,7 @@ class WorkSerializer(serializers.ModelSerializer):
         fields = [
             "id", "name", "type", "status", "config", "requirements", "restart_policy", "restart_count",
             "priority", "runtime", "agent_epoch", "scheduled_at", "started_at", "stop_requested_at", "log_next_seq",
-            "owner", "max_runtime_seconds", "time_left_seconds",
+            "owner", "max_runtime_seconds", "time_left_seconds", "on_disconnect",
         ]
         read_only_fields = fields
 

@@ -5,6 +5,7 @@ dependencies, schedules."""
 from .arrays import workload_array_delete, workload_array_stop
 from .batches import workload_array_place, workloads_end_many
 from .counts import workload_counts_fold
+from .disconnect import workloads_lose_on_offline_nodes, workloads_reconnected
 from .lifecycle import (
     ALLOWED,
     dependents_settle,
@@ -31,5 +32,5 @@ __all__ = [
     "workload_restart_if_due", "workload_stop", "workload_submission_check", "workload_submit", "workload_transition",
     "workloads_end_many", "workloads_place_pending", "workloads_submit_graph",
     "workload_counts_fold", "schedule_create", "schedule_delete", "schedule_pause", "schedule_resume",
-    "schedules_run_due",
+    "schedules_run_due", "workloads_lose_on_offline_nodes", "workloads_reconnected",
 ]

@@ -19,6 +19,7 @@ from scheduler.strategies import TIER_NAMES, strategy_get
 from ..dispatch import dispatch_start, dispatch_stop, request_pending_placement_on_commit
 from ..kinds import kind_capability
 from ..models import ACTIVE, EventKind, Workload, WorkloadArrayEvent, WorkloadEvent, WorkloadStatus
+from .quotas import workload_quota_batch
 
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
@@ -50,8 +51,9 @@ def workload_array_place(*, array_id, limit: int | None = None) -> int:
         template = Workload.objects.select_related("submitted_node").get(pk=ids[0])
         local = template.submitted_node.node_id if template.submitted_node else settings.CNET_LOCAL_NODE_ID
         started = time.perf_counter()
-        decision = place_batch(requirements=template.requirements, count=len(ids), local_node_id=local,
-                               strategy=strategy_get(template.strategy), capability=kind_capability(template.type))
+        decision = workload_quota_batch(workload=template, wanted=len(ids), place=lambda count: place_batch(
+            requirements=template.requirements, count=count, local_node_id=local,
+            strategy=strategy_get(template.strategy), capability=kind_capability(template.type)))
         observe_placement(seconds=time.perf_counter() - started, strategy=template.strategy,
                           placed=bool(decision.placed))
         _scheduled_many(ids=ids, decision=decision, requirements=template.requirements)

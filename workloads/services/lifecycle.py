@@ -23,6 +23,7 @@ from ..dispatch import dispatch_start, dispatch_stop, request_pending_placement_
 from ..kinds import kind_capability
 from ..models import (
     ACTIVE,
+    REPLACED_WHEN_LOST,
     TERMINAL,
     DependencyState,
     EventKind,
@@ -38,6 +39,7 @@ from ..models import (
 from ..selectors import TRANSITION_FIELDS, dependency_list
 from .batches import slices, workload_array_place, workloads_end_many
 from .dependencies import CONDITION_WORDS, Target, dependencies_waiting_on, waiting_reason
+from .quotas import workload_quota_wait
 
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
@@ -54,7 +56,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 # Which restart policy restarts a workload that reached this state.
 RESTARTS_ON = {
-    S.LOST: {RestartPolicy.ON_FAILURE, RestartPolicy.ALWAYS},
+    S.LOST: REPLACED_WHEN_LOST,
     S.FAILED: {RestartPolicy.ON_FAILURE, RestartPolicy.ALWAYS},
     S.SUCCEEDED: {RestartPolicy.ALWAYS},
 }
@@ -302,7 +304,7 @@ def workload_place_loaded(workload: Workload, *, earlier_events: Sequence[Worklo
     with transaction.atomic(savepoint=False):
         local = workload.submitted_node.node_id if workload.submitted_node else settings.CNET_LOCAL_NODE_ID
         started = time.perf_counter()
-        decision = place(
+        decision = workload_quota_wait(workload=workload) or place(  # over quota: waits, whatever the nodes
             requirements=workload.requirements,
             local_node_id=local,
             strategy=strategy_get(workload.strategy),

@@ -19,6 +19,7 @@ from nodes.selectors import node_largest_free
 from ..models import Workload, WorkloadStatus
 from .batches import ARRAY_PENDING_BATCH, workload_array_place
 from .lifecycle import workload_place
+from .quotas import pending_over_quota
 
 S = WorkloadStatus
 # Pending rows read per query; a pass reads on while it finds requests worth trying.
@@ -84,11 +85,12 @@ def _class_of(row: dict) -> Q:
 
 def _pending_page(*, room: Resources, no_room: list[Q], after: tuple | None) -> list[dict]:
     """The next ``PAGE`` pending requests in queue order after ``after`` that fit ``room`` (the
-    largest free slot of each resource) and that no class in ``no_room`` rules out."""
+    largest free slot of each resource), are within their owners' quotas, and that no class in
+``no_room`` rules out."""
     queue = Workload.objects.filter(
         status=S.PENDING, dependencies_waiting=0, cpu_millicores__lte=room.cpu, gpu_count__lte=room.gpu,
         memory_bytes__lte=room.memory, storage_bytes__lte=room.storage,
-    )
+    ).exclude(pending_over_quota())  # held back by its owner's quota (quotas.py): not tried
     for ruled_out in no_room:
         queue = queue.exclude(ruled_out)
     if after is not None:

@@ -16,6 +16,7 @@ from nodes.models import Node
 from nodes.resources import Resources, human
 from nodes.selectors import node_could_ever_hold, node_find, node_largest
 from nodes.services import node_resolve
+from scheduler.quotas import priority_check, quota_never_fits
 from scheduler.strategies import strategy_get
 
 from ..models import EventKind, RestartPolicy, Workload, WorkloadArray, WorkloadEvent, WorkloadStatus
@@ -31,11 +32,12 @@ ARRAY_ID_ENV, ARRAY_INDEX_ENV, INDEX_PLACEHOLDER = "CNET_ARRAY_ID", "CNET_ARRAY_
 def workload_submit(*, owner, name: str, type: str, config: dict, requirements: Resources,
                     node: str | None = None, strategy: str | None = None, priority: int = 0,
                     restart_policy: str = RestartPolicy.NEVER, max_restarts: int = 3,
-                    max_runtime_seconds: int | None = None, depends_on: Sequence[dict] = ()) -> Workload:
+                    max_runtime_seconds: int | None = None, on_disconnect: str | None = None,
+                    depends_on: Sequence[dict] = ()) -> Workload:
     """Record one workload and try to place it at once (when it waits on no dependency)."""
     spec = _Spec(owner=owner, name=name, type=type, config=config, requirements=requirements, node=node,
                  strategy=strategy, priority=priority, restart_policy=restart_policy, max_restarts=max_restarts,
-                 max_runtime_seconds=max_runtime_seconds)
+                 max_runtime_seconds=max_runtime_seconds, on_disconnect=on_disconnect)
     return atomic_retried(lambda: spec.record(dependency_targets(user=owner, depends_on=depends_on,
                                                                  field="depends_on")))
 
@@ -87,11 +89,13 @@ class _Spec:
     def __init__(self, *, owner, name: str, type: str, config: dict, requirements: Resources,
                  node: str | None = None, strategy: str | None = None, priority: int = 0,
                  restart_policy: str = RestartPolicy.NEVER, max_restarts: int = 3,
-                 max_runtime_seconds: int | None = None, count: int | None = None):
+                 max_runtime_seconds: int | None = None, on_disconnect: str | None = None,
+                 count: int | None = None):
         self.owner, self.name, self.type, self.config, self.requirements = owner, name, type, config, requirements
         self.priority, self.restart_policy, self.max_restarts = priority, restart_policy, max_restarts
-        self.max_runtime_seconds = max_runtime_seconds
+        self.max_runtime_seconds, self.on_disconnect = max_runtime_seconds, on_disconnect
         self.count = count
+        priority_check(user=owner, priority=priority)
         self.strategy = strategy or settings.CNET_DEFAULT_STRATEGY
         strategy_get(self.strategy)
         self.submitted_at = _submitted_node(node)
@@ -108,7 +112,7 @@ class _Spec:
             "owner": self.owner, "name": self.name, "type": self.type, "config": self.config,
             "strategy": self.strategy, "priority": self.priority, "submitted_node": self.submitted_at,
             "restart_policy": self.restart_policy, "max_restarts": self.max_restarts,
-            "max_runtime_seconds": self.max_runtime_seconds,
+            "max_runtime_seconds": self.max_runtime_seconds, "on_disconnect": self.on_disconnect,
             "cpu_millicores": self.requirements.cpu, "gpu_count": self.requirements.gpu,
             "memory_bytes": self.requirements.memory, "storage_bytes": self.requirements.storage, **extra,
         })
@@ -156,6 +160,8 @@ class _Spec:
     def _refuse_if_never_fits(self) -> None:
         if not node_could_ever_hold(requirements=self.requirements):
             raise InvalidRequest(_never_fits_message(self.requirements), field="requirements")
+        if over := quota_never_fits(owner_id=getattr(self.owner, "pk", None), requirements=self.requirements):
+            raise InvalidRequest(f"{over}, so it could never run", field="requirements")
 
 
 def _instance_config(config: dict, array_id, index: int) -> dict:

@@ -39,3 +39,23 @@ def test_workload_change_page_shows_its_events(staff_client, cluster):
     response = staff_client.get(f"/admin/workloads/workload/{workload.pk}/change/")
     assert response.status_code == 200
     assert "submitted" in response.content.decode()
+
+
+def test_a_pending_workloads_page_shows_its_queue_place_and_its_live_facts_follow_the_queue(staff_client, admin_user):
+    from workloads.models import Workload
+    from workloads.services import workload_stop
+
+    make_node("local", cpu=1, memory=8 * GiB)
+    holder, first, second = (
+        workload_submit(owner=admin_user, name=name, type="process", config={"command": "true"},
+                        requirements=Resources(cpu=1000, memory=GiB))
+        for name in ("holder", "first", "second"))
+    Workload.objects.filter(pk=holder.pk).update(status="running", max_runtime_seconds=None)
+    page = staff_client.get(f"/admin/workloads/workload/{second.pk}/change/").content.decode()
+    assert "<b>#2</b> of 2 pending at priority 0" in page and "1 placed before it" in page
+    assert "unknown <span class=\"muted small\">work in its way has no time limit" in page
+
+    workload_stop(workload=first)
+    live = staff_client.get(f"/admin/workloads/workload/{second.pk}/live/").json()
+    assert live["status"] == "pending" and "<b>#1</b> of 1 pending" in live["facts"]
+    assert 'id="wl-queue"' not in staff_client.get(f"/admin/workloads/workload/{holder.pk}/live/").json()["facts"]

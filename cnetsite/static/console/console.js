@@ -56,7 +56,7 @@
     var log = document.getElementById("log");
     var state = document.getElementById("log-state");
     var terminal = root.dataset.terminal === "1";
-    var lastStatus = null, lastEvents = -1, lastLog = null;
+    var lastStatus = null, lastEvents = -1, lastLog = null, lastFacts = null;
 
     function renderLogs(data) {
       var text = data.lines.join("\n");
@@ -85,11 +85,12 @@
     });
     poll(1500, function () {
       return getJSON(root.dataset.liveUrl).then(function (data) {
-        if (data.status !== lastStatus || data.events !== lastEvents) {
+        // The facts change on their own while it waits (its queue place moves as others go).
+        if (data.status !== lastStatus || data.events !== lastEvents || data.facts !== lastFacts) {
           document.getElementById("wl-head").innerHTML = data.head;
           document.getElementById("wl-facts").innerHTML = data.facts;
           document.getElementById("wl-timeline").innerHTML = data.timeline;
-          lastStatus = data.status; lastEvents = data.events;
+          lastStatus = data.status; lastEvents = data.events; lastFacts = data.facts;
         }
         if (data.terminal) {
           // One last read so the final lines are shown, then stop following.

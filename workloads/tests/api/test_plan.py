@@ -65,7 +65,7 @@ def test_a_request_that_would_wait_gets_its_queue_place_and_the_reasons_it_then_
 
     plan, workload, placement = plan_then_submit(api, body())
     assert plan["outcome"] == "waits" and plan["node"] is None
-    assert plan["queue"] == {"priority": 0, "position": 3, "ahead": 3}
+    assert plan["queue"] == {"priority": 0, "position": 3, "of": 3, "ahead": 3}
     assert plan["estimated_start"] == "unknown"  # no running work has a time limit
     assert workload.status == "pending"
     assert plan["reasons"] == placement.details and plan["summary"] == placement.reason

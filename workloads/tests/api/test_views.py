@@ -168,7 +168,8 @@ def test_the_submit_answer_is_what_is_stored(api, local):
 
 def test_a_placed_submission_takes_a_bounded_number_of_queries(api, local, django_assert_max_num_queries):
     create(api)  # warms the placement's cached origin
-    with django_assert_max_num_queries(9):  # auth, node, insert, the placement's read and claim, move, events
+    # auth, node, insert, the owner's quota, the placement's read and claim, move, events
+    with django_assert_max_num_queries(10):
         create(api)
 
 

@@ -59,12 +59,13 @@ def make_site_agent(live_server, site):
         yield build
 
 
-def submit(api, node_id: str, command: str, *args: str, expect: int = 201, **config) -> dict:
-    """Submit a process workload through the API, as ``api``'s user."""
+def submit(api, node_id: str, command: str, *args: str, expect: int = 201, requirements: dict | None = None,
+           **config) -> dict:
+    """Submit a process workload through the API, as ``api``'s user (``requirements`` added to its own)."""
     answer = api.post("/api/workloads", {
         "name": "probe", "type": "process", "node": node_id,
         "config": {"command": command, "args": list(args), **config},
-        "requirements": {"cpu": 0.1, "memory": 256 * 1024 * 1024},
+        "requirements": {"cpu": 0.1, "memory": 256 * 1024 * 1024, **(requirements or {})},
     }, format="json")
     assert answer.status_code == expect, answer.content
     return answer.json()

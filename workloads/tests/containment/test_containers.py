@@ -50,6 +50,25 @@ def test_a_named_volume_with_its_owners_prefix_is_theirs_alone(settings):
     assert not volume_allowed("alice-cache", owner=None)
 
 
+@pytest.mark.django_db
+def test_a_submitter_may_use_the_named_volumes_with_their_name_and_no_other_user_may(
+        user_api, client_for, django_user_model, settings):
+    settings.CNET_CONTAINER_VOLUMES = []
+    make_node("containers", capabilities={"container": {"available": True}})
+    volumes = {"volumes": [{"source": "alice-data", "target": "/data"}]}
+    assert submit_container(user_api, volumes).status_code == 201  # alice's own
+
+    bob = client_for(django_user_model.objects.create_user("bob", password="pw"))
+    refused = submit_container(bob, volumes)
+    assert refused.status_code == 400
+    assert "alice-data" in str(refused.json()["config"]["volumes"])
+    graph = bob.post("/api/workloads", {"workloads": [
+        {"name": "c", "type": "container", "config": {"image": IMAGE, **volumes}}]}, format="json")
+    assert graph.status_code == 400 and "alice-data" in str(graph.json())
+    assert Workload.objects.filter(owner__username="bob").count() == 0  # nothing written
+    assert submit_container(bob, {"volumes": [{"source": "bob-data", "target": "/data"}]}).status_code == 201
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_engine_is_asked_for_no_capabilities_but_a_short_list_a_pids_limit_and_ports_on_the_node(
         docker_client, tmp_path, settings):  # noqa: F811

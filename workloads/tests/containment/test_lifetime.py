@@ -85,10 +85,12 @@ def test_a_restarted_agent_ends_what_a_workload_left_when_its_leader_died(user_a
     restarted.shutdown()
 
 
-def test_a_fork_bomb_stays_inside_its_pids_limit_and_ends_whole(user_api, make_site_agent):
+@pytest.mark.parametrize("asked", [{"requirements": {"pids": 16}}, {"pids": 16}],
+                         ids=["requirements.pids", "config.pids"])
+def test_a_fork_bomb_stays_inside_its_pids_limit_and_ends_whole(user_api, make_site_agent, asked):
     agent = make_site_agent(stop_grace_seconds=1)
     bomb = "bomb() { bomb | bomb & }; bomb; sleep 60"
-    workload = submit(user_api, agent.config.node_id, "sh", "-c", bomb, pids=16)
+    workload = submit(user_api, agent.config.node_id, "sh", "-c", bomb, **asked)
     agent.start(workload["id"])
     handle = agent.handles[workload["id"]].handle
     pids_cgroup = next(Path(path) for path in handle.runtime()["cgroups"] if "/pids/" in path)
