@@ -39,7 +39,7 @@ def tick() -> dict:
 # plane was away (nodes could not beat either) and hands out fresh deadlines before judging anyone.
 # Beat drops ticks queued longer than 2 ticks, so a running loop's passes are at most about 2 ticks
 # plus one pass apart; 3 ticks (6 s) is past that, and an outage shorter than it leaves a node at
-# least 18 - 5 - 6 = 7 s of its deadline to reach the control plane again.
+# least 15 - 5 - 6 = 4 s of its deadline to reach the control plane again.
 FAILOVER_AFTER_TICKS = 3
 
 

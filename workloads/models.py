@@ -156,10 +156,11 @@ class Workload(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [
-            # The pending queue: "pending, highest priority first, then oldest".
+            # The pending queue: "pending and free of dependencies, highest priority first, then
+            # oldest" (the pending pass, queue places): read from the index alone, in its order.
             models.Index(
-                fields=["-priority", "created_at"],
-                condition=Q(status="pending"),
+                fields=["-priority", "created_at", "id"],
+                condition=Q(status="pending", dependencies_waiting=0),
                 name="workload_pending_queue",
             ),
             # The agent's view and the re-dispatch loop: "what is scheduled/running on node N".
