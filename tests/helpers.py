@@ -1,6 +1,7 @@
 """Shared test helpers: polling with a deadline, free ports, node builders, in-process agents."""
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from urllib.parse import quote
 from django.conf import settings
 from django.db import connection
 
+from mlmodels.serving import serving_ports
 from nodes.models import Node, NodeCredential
 from nodes.resources import MILLICORES_PER_CORE, Resources
 from nodes.services import join_token_create, node_join, node_register
@@ -80,6 +82,23 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def free_serving_port(host: str = "127.0.0.1") -> int:
+    """A port of ``CNET_ML_SERVE_PORTS`` nothing is bound to now (from a random place in it: other
+    test runs may be serving meanwhile)."""
+    ports = serving_ports()
+    start = secrets.randbelow(len(ports))
+    for offset in range(len(ports)):
+        port = ports[(start + offset) % len(ports)]
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in {ports}")
 
 
 def make_node(node_id: str, *, cpu: float = 4, memory: int = 8 * GiB, gpu: int = 0, storage: int = 100 * GiB,

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from django.db import transaction
-
 from core.errors import Forbidden, StateConflict
 from nodes.heartbeats import HeartbeatTiming
 from nodes.liveness import node_heartbeat_apply

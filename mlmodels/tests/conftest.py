@@ -2,14 +2,12 @@
 
 import io
 import secrets
-import socket
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
-from mlmodels.serving import serving_ports
 from tests.helpers import ML_NODE_CAPABILITIES, GiB, in_process_agents, make_node
 from workloads.agent.runtime import set_current_agent
 
@@ -68,21 +66,3 @@ def current(agent):
 def node(db):
     """The local node, registered as one that runs ML work (no agent behind it)."""
     return make_node("local", cpu=4, capabilities=ML_NODE_CAPABILITIES)
-
-
-
-def free_serving_port(host: str = "127.0.0.1") -> int:
-    """A port of ``CNET_ML_SERVE_PORTS`` nothing is bound to now (from a random place in it: other
-    test runs may be serving meanwhile)."""
-    ports = serving_ports()
-    start = secrets.randbelow(len(ports))
-    for offset in range(len(ports)):
-        port = ports[(start + offset) % len(ports)]
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError(f"no free port in {ports}")

@@ -19,13 +19,13 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from mlmodels.agentside import prediction_run
 from mlmodels.models import MLModel, PredictionTask, TaskStatus
-from tests.helpers import ML_NODE_CAPABILITIES, GiB, supervise_until, workload_row
+from tests.helpers import ML_NODE_CAPABILITIES, GiB, free_serving_port, supervise_until, workload_row
 from workloads.executors.identity import uid_range
 from workloads.executors.reach import others_may_run
 from workloads.models import Workload, WorkloadStatus
 from workloads.tests.containment.conftest import make_site_agent, needs_root, run_to_end, site  # noqa: F401
 
-from .conftest import current, free_serving_port, linear_artifact
+from .conftest import current, linear_artifact
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -6,7 +6,8 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
 from mlmodels.models import MLModel
-from tests.helpers import free_port
+from mlmodels.selectors import model_serving_endpoints
+from tests.helpers import free_serving_port, wait_for
 
 from .conftest import shot
 
@@ -25,7 +26,7 @@ def test_deploy_the_seed_model_and_predict_from_the_form(page, live_server, agen
     page.click("#fill-seed")
     expect(page.locator("#id_model_path")).to_have_value("models/linear_regression_model.joblib")
     page.check("#id_serve")
-    page.fill("#id_port", str(free_port()))
+    page.fill("#id_port", str(free_serving_port()))
     shot(page, "20-ml-deploy-form")
     page.click("#deploy-model")
 
@@ -35,6 +36,8 @@ def test_deploy_the_seed_model_and_predict_from_the_form(page, live_server, agen
     expect(page.locator("[data-status]")).to_have_attribute("data-status", "serving", timeout=60_000)
     model = MLModel.objects.get(name="linear-regression-model")
     assert model.owner == admin and model.promoted_version.number == 1
+    # Running is not answering: predictions go to a server once its health check recorded it.
+    wait_for(lambda: model_serving_endpoints(model_id=model.pk), timeout=60, message="the server's endpoint recorded")
 
     page.fill("#id_input_data", "5.5")
     page.click("#predict-button")
