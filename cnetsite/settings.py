@@ -301,7 +301,8 @@ CNET_HEARTBEAT_SECONDS = env_float("CNET_HEARTBEAT_SECONDS", 5.0)
 # every 200 s; 200 would need a 50 s interval and leave a 60 s detection no room for a late beat.
 CNET_MAX_HEARTBEATS_PER_SECOND = env_float("CNET_MAX_HEARTBEATS_PER_SECOND", 250.0)
 # Silent for this many heartbeats: unhealthy. Silent for the grace period: offline, work lost.
-CNET_UNHEALTHY_AFTER_BEATS = env_int("CNET_UNHEALTHY_AFTER_BEATS", 3)
+# Two, so a small fleet's node is unhealthy (10 s) before it is offline (15 s), not at once.
+CNET_UNHEALTHY_AFTER_BEATS = env_int("CNET_UNHEALTHY_AFTER_BEATS", 2)
 CNET_OFFLINE_AFTER_SECONDS = env_float("CNET_OFFLINE_AFTER_SECONDS", 15.0)
 CNET_REDISPATCH_AFTER_SECONDS = env_float("CNET_REDISPATCH_AFTER_SECONDS", 30.0)
 CNET_STOP_GRACE_SECONDS = env_float("CNET_STOP_GRACE_SECONDS", 10.0)

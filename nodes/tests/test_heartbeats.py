@@ -164,8 +164,8 @@ def test_a_database_heartbeat_is_one_statement_and_brings_an_unhealthy_node_back
     assert len(writes(queries)) == 1 and len(queries) == 1, [q["sql"][:90] for q in queries]
     node = Node.objects.get(node_id="n")
     assert (node.status, node.usage, node.last_heartbeat) == (NodeStatus.READY, {"cpu_percent": 3.0}, START)
-    # the defaults: unhealthy after 3 beats of 5 s, offline after 15 s
-    assert (node.unhealthy_at, node.offline_at) == (START + timedelta(seconds=15), START + timedelta(seconds=15))
+    # the defaults: unhealthy after 2 beats of 5 s, offline after 15 s
+    assert (node.unhealthy_at, node.offline_at) == (START + timedelta(seconds=10), START + timedelta(seconds=15))
 
 
 @pytest.mark.django_db
