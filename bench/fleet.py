@@ -9,18 +9,18 @@ control plane as ``manage.py up`` runs it: gunicorn (``cnetsite.wsgi`` on 127.0.
 the control worker (``-Q control``, solo pool) and beat. The local node the submissions name
 (``CNET_LOCAL_NODE_ID``) is not registered, so every node of the fleet is in their scope.
 
-Each simulated agent speaks the real node API over keep-alive connections (httpx, asyncio,
-one client, --concurrency requests at most in flight): it joins with one join token, registers
-(8 cores, 32 GiB), then beats at a random point of its first interval and afterwards at the
-interval each answer gives (``heartbeat_seconds``; the control plane may grow it with the
-fleet). Work reaches it two ways, as the issue has it: the heartbeat's ``work`` list, and the
-doorbell. N Celery consumers do not fit in one process, so the doorbell is read another way:
-Celery pushes each start message on the Redis list named after the node's queue, and one Lua
-script (every --doorbell-every seconds) pops what all the fleet's lists hold; a ring makes that
-node ``GET /api/node/work``, as an agent does on a start message. A started workload is
-reported ``running``, then ``succeeded`` (exit code 0) 50-200 ms later. An answer with status
-``offline`` while the node was beating is a false offline: the agent registers again, as a
-real one does.
+Each simulated agent speaks the real node API over keep-alive connections (asyncio, one client
+of --concurrency connections, so that many requests at most in flight; bench/fleet_http.py): it
+joins with one join token, registers (8 cores, 32 GiB), then beats at a random point of its
+first interval and afterwards at the interval each answer gives (``heartbeat_seconds``; the
+control plane may grow it with the fleet). Work reaches it two ways, as the issue has it: the
+heartbeat's ``work`` list, and the doorbell. N Celery consumers do not fit in one process, so
+the doorbell is read another way: Celery pushes each start message on the Redis list named
+after the node's queue, and one Lua script (every --doorbell-every seconds) pops what all the
+fleet's lists hold; a ring makes that node ``GET /api/node/work``, as an agent does on a start
+message. A started workload is reported ``running``, then ``succeeded`` (exit code 0) 50-200 ms
+later. An answer with status ``offline`` while the node was beating is a false offline: the
+agent registers again, as a real one does.
 
 The run, in order: a 10-node fleet and the submission storm against it (the baseline); the
 tables are wiped; the N-node fleet registers (timed), beats steadily for --duration (beats/s

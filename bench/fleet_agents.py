@@ -11,6 +11,9 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from fleet_http import KeepAliveClient, TransportError
 
 BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/9")
 DOORBELL_QUEUES = "bench.fleet.queues"  # a Redis set: the names of the fleet's node queues
@@ -40,6 +43,7 @@ class SimNode:
     beating: bool = True
     registered_at: float = 0.0
     last_beat_sent: float = 0.0  # time.time() of the last beat sent
+    answer_seconds: float | None = None  # how long its last beat waited for the answer (told with the next)
     running: dict[str, str] = field(default_factory=dict)  # workload id -> its run's scheduled_at
     fetching: bool = False
     fetch_again: bool = False
@@ -68,18 +72,14 @@ class Fleet:
     """N simulated agents sharing one HTTP client (bounded concurrency) and one doorbell tap."""
 
     def __init__(self, *, base: str, prefix: str, count: int, join_token: str, concurrency: int) -> None:
-        import httpx
-
         self.base = base
         self.nodes = [SimNode(f"{prefix}-{i:05d}") for i in range(count)]
         self.by_queue = {f"node.{node.node_id}": node for node in self.nodes}
         self.join_token = join_token
         self.stats = Stats()
-        self.gate = asyncio.Semaphore(concurrency)
-        self.client = httpx.AsyncClient(
-            base_url=base, timeout=httpx.Timeout(30.0, pool=None),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
+        address = urlsplit(base)
+        # --concurrency connections, each one request at a time: at most that many in flight.
+        self.client = KeepAliveClient(host=address.hostname, port=address.port, connections=concurrency)
         self.closing = False
         self.tasks: list[asyncio.Task] = []
         self.registered = 0
@@ -88,16 +88,13 @@ class Fleet:
     # -- HTTP -----------------------------------------------------------------------------
     async def call(self, method: str, path: str, node: SimNode | None, body=None, *, what: str):
         """One request (retried once on a dropped keep-alive connection); the response or None."""
-        import httpx
-
         headers = {"Authorization": f"Node {node.credential}"} if node and node.credential else {}
         for attempt in range(2):
             try:
-                async with self.gate:
-                    return await self.client.request(method, path, json=body, headers=headers)
-            except httpx.TransportError as exc:
+                return await self.client.request(method, path, json_body=body, headers=headers)
+            except TransportError as exc:
                 if attempt:
-                    self.stats.error(f"{what}: {type(exc).__name__}")
+                    self.stats.error(f"{what}: {exc}")
         return None
 
     # -- life of one agent ----------------------------------------------------------------
@@ -151,8 +148,12 @@ class Fleet:
 
     async def beat(self, node: SimNode) -> None:
         node.last_beat_sent = time.time()
-        body = {"epoch": node.epoch, "usage": {"cpu": 0.1 * len(node.running)}, "running": list(node.running)}
+        body = {"epoch": node.epoch, "usage": {"cpu": 0.1 * len(node.running)}, "running": list(node.running),
+                "previous_answer_seconds": node.answer_seconds}
+        sent = time.monotonic()
         response = await self.call("POST", "/api/node/heartbeat", node, body, what="heartbeat")
+        # As an agent times it: from sending to the answer, a wait for a free connection included.
+        node.answer_seconds = round(time.monotonic() - sent, 3)
         if response is None:
             self.stats.beats_failed += 1
             return

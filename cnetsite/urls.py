@@ -10,6 +10,10 @@ from . import views
 from .metrics.views import MetricsView
 
 api = [
+    # First: agents' calls (a fleet's beats) are most of what the control plane answers, and each
+    # pattern ahead of theirs is tried on every one of them.
+    path("node/", include("workloads.nodeapi.urls")),
+    path("node/", include("mlmodels.nodeapi")),
     re_path(r"^resources/stats/?$", views.resources_stats, name="resources-stats"),
     re_path(r"^health/?$", views.health, name="health"),
     re_path(r"^health/live/?$", views.health_live, name="health-live"),
@@ -17,8 +21,6 @@ api = [
     path("", include("scheduler.api.urls")),
     path("", include("workloads.api.urls")),
     path("", include("mlmodels.api.urls")),
-    path("node/", include("workloads.nodeapi.urls")),
-    path("node/", include("mlmodels.nodeapi")),
     re_path(r"^schema/?$", SpectacularAPIView.as_view(), name="schema"),
     re_path(r"^docs/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     re_path(r"^redoc/?$", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),

@@ -76,9 +76,10 @@ def heartbeat_timing_for(
 
 def heartbeat_write(*, usage: dict, timing: HeartbeatTiming, now: datetime, epoch: int | None = None,
                     node_pk: int | None = None, node_id: str | None = None,
-                    credential_hash: str | None = None) -> str | None:
+                    credential_hash: str | None = None, rtt_seconds: float | None = None) -> str | None:
     """The one statement a beat costs: the usage, the control plane's time, the deadlines of
-    ``timing`` and unhealthy → ready, ``RETURNING`` the status that leaves (an offline node stays
+    ``timing``, how long the agent's previous beat took to be answered (``rtt_seconds``) and
+    unhealthy → ready, ``RETURNING`` the status that leaves (an offline node stays
     offline). None when nothing matched: no such node, not ``epoch``, or (``credential_hash``
     given) that credential is not the node's or is revoked, so a cached credential lookup can
     never let a revoked one beat. Written out once, not built by the ORM on every beat: building
@@ -89,7 +90,7 @@ def heartbeat_write(*, usage: dict, timing: HeartbeatTiming, now: datetime, epoc
     params = [Node._meta.get_field("usage").get_db_prep_value(usage, db),
               *(db.ops.adapt_datetimefield_value(at) for at in (now, deadlines["unhealthy_at"],
                                                                  deadlines["offline_at"])),
-              NodeStatus.UNHEALTHY.value, NodeStatus.READY.value,
+              None if rtt_seconds is None else float(rtt_seconds), NodeStatus.UNHEALTHY.value, NodeStatus.READY.value,
               node_pk if node_pk is not None else node_id]
     if epoch is not None:
         params.append(epoch)
@@ -104,7 +105,7 @@ def heartbeat_write(*, usage: dict, timing: HeartbeatTiming, now: datetime, epoc
 
 @lru_cache
 def _heartbeat_sql(*, by_pk: bool, epoch: bool, credential: bool) -> str:
-    """``UPDATE node SET usage, last_heartbeat, deadlines, status WHERE ... RETURNING status``
+    """``UPDATE node SET usage, last_heartbeat, deadlines, answer time, status WHERE ... RETURNING status``
     (Postgres, and SQLite from 3.35)."""
     quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
     node, pk = quote(Node._meta.db_table), quote(Node._meta.pk.column)
@@ -117,7 +118,7 @@ def _heartbeat_sql(*, by_pk: bool, epoch: bool, credential: bool) -> str:
         where.append(f"EXISTS (SELECT 1 FROM {credentials} WHERE {credentials}.{quote('node_id')} = {node}.{pk} "
                      f"AND {quote('key_hash')} = %s AND {quote('revoked_at')} IS NULL)")
     return (f"UPDATE {node} SET {quote('usage')} = %s, {quote('last_heartbeat')} = %s, "
-            f"{quote('unhealthy_at')} = %s, {quote('offline_at')} = %s, "
+            f"{quote('unhealthy_at')} = %s, {quote('offline_at')} = %s, {quote('beat_rtt_seconds')} = %s, "
             f"{status} = CASE WHEN {status} = %s THEN %s ELSE {status} END "
             f"WHERE {' AND '.join(where)} RETURNING {status}")
 

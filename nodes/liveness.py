@@ -4,7 +4,7 @@ every node a fresh deadline)."""
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, Value
@@ -29,7 +29,8 @@ class Beat:
 
 
 def node_heartbeat_apply(*, usage: dict, epoch: int | None = None, node_pk: int | None = None,
-                         node_id: str | None = None, credential_hash: str | None = None) -> Beat | None:
+                         node_id: str | None = None, credential_hash: str | None = None,
+                         rtt_seconds: float | None = None) -> Beat | None:
     """The one writer of a heartbeat, for the database path and the node API alike: one UPDATE
     (``heartbeat_write``) records the usage, the time, the deadlines of the interval handed out
     and unhealthy → ready, and returns the status. None when no node matches (unknown, ``epoch``
@@ -39,7 +40,7 @@ def node_heartbeat_apply(*, usage: dict, epoch: int | None = None, node_pk: int 
     now = timezone.now()
     timing = heartbeat_timing_now()
     status = heartbeat_write(usage=usage, timing=timing, now=now, epoch=epoch, node_pk=node_pk, node_id=node_id,
-                             credential_hash=credential_hash)
+                             credential_hash=credential_hash, rtt_seconds=rtt_seconds)
     HEARTBEATS.labels(outcome="recorded" if status is not None else "refused").inc()
     return Beat(status=status, at=now, timing=timing) if status is not None else None
 
@@ -55,6 +56,12 @@ def node_heartbeat(*, node_id: str, usage: dict, epoch: int | None = None) -> st
 
 
 LIVENESS_LOOP = "liveness"
+# Answer lag: the share of recent beats whose answer time stretches the deadlines (a few slow
+# links must not hold back everyone's judgement), the beats that count (recent ones: a silent
+# node's last answer time is old news), and the most it stretches them by.
+LAG_QUANTILE = 0.9
+LAG_WINDOW = timedelta(minutes=1)
+MAX_LAG_SECONDS = 300.0
 
 
 def nodes_check_liveness(*, failover_after_seconds: float) -> list[str]:
@@ -66,6 +73,12 @@ def nodes_check_liveness(*, failover_after_seconds: float) -> list[str]:
     nodes could not beat either) first gives every node a fresh deadline (``_liveness_failover``),
     so a control plane's own restart loses no work (Nomad's failover heartbeat TTL).
     Safe to run twice at once: the record of a pass and every move are conditional UPDATEs.
+
+    A node is judged late only by a control plane that keeps up: every deadline is stretched by
+    how long beats now take to be answered (``answer_lag_seconds``), as Lifeguard (HashiCorp's
+    memberlist) stretches its timeouts while the member judging is itself slow. Without it, an
+    overloaded control plane answered beats late, declared their nodes offline, and their
+    re-registrations loaded it more (bench/fleet.py at 1,000 nodes: every node, again and again).
     """
     now = timezone.now()
     with transaction.atomic():
@@ -80,8 +93,12 @@ def nodes_check_liveness(*, failover_after_seconds: float) -> list[str]:
             return []
         if failover:
             _liveness_failover(now=now, previous=previous, since=state.failed_over_at)
-    Node.objects.filter(status=NodeStatus.READY, unhealthy_at__lt=now).update(status=NodeStatus.UNHEALTHY)
-    due = Node.objects.exclude(status=NodeStatus.OFFLINE).filter(offline_at__lt=now)
+    lag = answer_lag_seconds(now=now)
+    if lag > 1.0:
+        logger.warning("liveness: beats take %.1f s to be answered; deadlines are judged %.1f s late", lag, lag)
+    judged = now - timedelta(seconds=lag)
+    Node.objects.filter(status=NodeStatus.READY, unhealthy_at__lt=judged).update(status=NodeStatus.UNHEALTHY)
+    due = Node.objects.exclude(status=NodeStatus.OFFLINE).filter(offline_at__lt=judged)
     gone = []
     for node_id, silent_since in due.values_list("node_id", "last_heartbeat"):
         # Re-checked in the UPDATE: a beat since the read moved the deadline, and keeps the node.
@@ -90,6 +107,18 @@ def nodes_check_liveness(*, failover_after_seconds: float) -> list[str]:
                            silent_since.isoformat(timespec="seconds") if silent_since else "it registered")
             gone.append(node_id)
     return gone
+
+
+def answer_lag_seconds(*, now: datetime) -> float:
+    """How long beats take to be answered now: the ``LAG_QUANTILE`` of the answer times that the
+    beats of the last ``LAG_WINDOW`` reported (each agent times its previous beat on its own
+    monotonic clock, so no clock's skew is in it), at most ``MAX_LAG_SECONDS``; 0 when none did."""
+    times = sorted(Node.objects.exclude(status=NodeStatus.OFFLINE)
+                   .filter(last_heartbeat__gte=now - LAG_WINDOW, beat_rtt_seconds__isnull=False)
+                   .values_list("beat_rtt_seconds", flat=True))
+    if not times:
+        return 0.0
+    return min(times[int((len(times) - 1) * LAG_QUANTILE)], MAX_LAG_SECONDS)
 
 
 def _liveness_failover(*, now: datetime, previous: datetime | None, since: datetime | None) -> None:

@@ -72,6 +72,9 @@ class Node(models.Model):
     # offline. The liveness loop compares them with now; it never recomputes them from settings.
     unhealthy_at = models.DateTimeField(null=True, blank=True)
     offline_at = models.DateTimeField(null=True, blank=True)
+    # How long the agent's previous beat took to be answered, by its own monotonic clock (no clock
+    # skew in it): a control plane slow to answer stretches every deadline by that (nodes.liveness).
+    beat_rtt_seconds = models.FloatField(null=True, blank=True)
     # Bumped every time the agent (re)starts; a stale agent's reports carry an old epoch.
     agent_epoch = models.PositiveIntegerField(default=0)
     # A parent and peers it named that had not registered yet (node_id or address:port): linked

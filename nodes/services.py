@@ -151,8 +151,10 @@ def _registrations_serialized(*, node_id: str, names_others: bool) -> None:
     """
     if connection.vendor != "postgresql":
         return
-    linking = names_others or Node.objects.filter(
-        Q(parent__node_id=node_id) | ~Q(pending_parent="") | ~Q(pending_peers=[])).exists()
+    # Two reads, not one OR: each is then answered by an index (``node_pending_links``; the
+    # parent's), where their OR scanned every node on each registration of a fleet's.
+    linking = (names_others or Node.objects.filter(~Q(pending_parent="") | ~Q(pending_peers=[])).exists()
+               or Node.objects.filter(parent__node_id=node_id).exists())
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT pg_advisory_xact_lock{'' if linking else '_shared'}(%s)", [REGISTRATION_LOCK])
 

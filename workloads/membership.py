@@ -60,7 +60,7 @@ def node_register_own(
 
 
 def node_heartbeat_record(*, node: Node, credential_hash: str, epoch: int, usage: dict,
-                          running: Collection[UUID]) -> Heartbeat:
+                          running: Collection[UUID], previous_answer_seconds: float | None = None) -> Heartbeat:
     """Record a node's beat (``nodes.liveness.node_heartbeat_apply``: one UPDATE of its usage, the
     control plane's time, the deadlines of the interval it is handed, and unhealthy → ready, which
     matches only while ``credential_hash`` is the node's unrevoked credential), then read what
@@ -71,7 +71,8 @@ def node_heartbeat_record(*, node: Node, credential_hash: str, epoch: int, usage
     registered for the node since (or this one restarted), so the beat is refused with
     ``StateConflict`` and nothing is written; a credential revoked since it was looked up gets
     ``Unauthorized``."""
-    beat = node_heartbeat_apply(node_pk=node.pk, epoch=epoch, usage=usage, credential_hash=credential_hash)
+    beat = node_heartbeat_apply(node_pk=node.pk, epoch=epoch, usage=usage, credential_hash=credential_hash,
+                                rtt_seconds=previous_answer_seconds)
     if beat is None:
         node_credential_refused(node=node, credential_hash=credential_hash)
         raise StateConflict(f"epoch {epoch} is not node {node.node_id}'s current one: another agent registered "

@@ -7,7 +7,7 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from nodes.liveness import LIVENESS_LOOP, node_heartbeat, nodes_check_liveness
+from nodes.liveness import LIVENESS_LOOP, answer_lag_seconds, node_heartbeat, node_heartbeat_apply, nodes_check_liveness
 from nodes.models import ControlLoopState, Node, NodeStatus
 from tests.helpers import at_once, make_node
 
@@ -105,6 +105,66 @@ def test_the_deadline_written_with_the_beat_governs_not_the_settings_of_the_pass
         settings.CNET_OFFLINE_AFTER_SECONDS = 600.0  # a pass never recomputes a node's deadline
         assert run_loop(clock, 18) == []
         assert run_loop(clock, 2) == ["n"]
+
+
+# --- a control plane slow to answer judges that much later -----------------------------------
+
+def beat_answered_in(node_ids, seconds: float) -> None:
+    for node_id in node_ids:
+        node_heartbeat_apply(node_id=node_id, usage={}, rtt_seconds=seconds)
+
+
+@pytest.mark.django_db
+def test_beats_answered_slowly_stretch_every_deadline_by_that_and_a_silent_node_still_goes_offline():
+    with time_machine.travel(START, tick=False) as clock:
+        beating = [f"b{i}" for i in range(9)]
+        for node_id in [*beating, "silent"]:
+            make_node(node_id)
+        check()
+        gone = []
+        for _ in range(10):  # 20 s: its 18 s deadline passed, but beats now wait 12 s for their answer
+            clock.shift(TICK)
+            beat_answered_in(beating, 12.0)
+            gone += check()
+        assert gone == [] and answer_lag_seconds(now=timezone.now()) == 12.0
+        assert status("silent") == NodeStatus.READY  # unhealthy at 15 s, judged at 15 + 12 s
+        for _ in range(6):  # 32 s: past 18 + 12
+            clock.shift(TICK)
+            beat_answered_in(beating, 12.0)
+            gone += check()
+        assert gone == ["silent"]
+        assert {status(node_id) for node_id in beating} == {NodeStatus.READY}
+
+
+@pytest.mark.django_db
+def test_one_slow_link_does_not_hold_back_the_judgement_of_the_fleet():
+    with time_machine.travel(START, tick=False) as clock:
+        fast = [f"f{i}" for i in range(10)]
+        for node_id in [*fast, "slow", "silent"]:
+            make_node(node_id)
+        check()
+        gone = []
+        for _ in range(10):  # 20 s
+            clock.shift(TICK)
+            beat_answered_in(fast, 0.05)
+            beat_answered_in(["slow"], 200.0)
+            gone += check()
+        assert answer_lag_seconds(now=timezone.now()) == 0.05
+        assert gone == ["silent"]
+
+
+@pytest.mark.django_db
+def test_answer_times_of_silent_and_offline_nodes_do_not_count():
+    with time_machine.travel(START, tick=False) as clock:
+        make_node("was-slow")
+        beat_answered_in(["was-slow"], 30.0)
+        assert answer_lag_seconds(now=timezone.now()) == 30.0
+        clock.shift(61)  # its answer time is older than the window
+        assert answer_lag_seconds(now=timezone.now()) == 0.0
+        make_node("offline")
+        beat_answered_in(["offline"], 30.0)
+        Node.objects.filter(node_id="offline").update(status=NodeStatus.OFFLINE)
+        assert answer_lag_seconds(now=timezone.now()) == 0.0
 
 
 # --- failover: the control plane was away -----------------------------------------------------

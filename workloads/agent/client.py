@@ -100,8 +100,10 @@ class ControlPlane:
     def register(self, fields: dict) -> dict:
         return self._call("POST", "register", fields)
 
-    def heartbeat(self, *, epoch: int, usage: dict, running: list[str], attempts: int | None = None) -> dict:
-        return self._call("POST", "heartbeat", {"epoch": epoch, "usage": usage, "running": running},
+    def heartbeat(self, *, epoch: int, usage: dict, running: list[str], previous_answer_seconds: float | None = None,
+                  attempts: int | None = None) -> dict:
+        return self._call("POST", "heartbeat", {"epoch": epoch, "usage": usage, "running": running,
+                                                "previous_answer_seconds": previous_answer_seconds},
                           attempts=attempts)
 
     def work(self) -> dict:

@@ -44,6 +44,7 @@ class Membership:
         self.heartbeat_seconds = self.config.heartbeat_seconds
         self.offline_after_seconds = float(settings.CNET_OFFLINE_AFTER_SECONDS)
         self.last_contact = time.monotonic()  # when the last request the control plane answered began
+        self.beat_answer_seconds: float | None = None  # how long the last beat waited for its answer
         self.fenced: dict[str, Supervised] = {}
 
     @property
@@ -91,7 +92,8 @@ class Membership:
         usage = sample_usage(storage_path=self.config.data_dir) | {"workloads_running": len(running)}
         contact = time.monotonic()
         try:
-            answer = self.client.heartbeat(epoch=self.epoch, usage=usage, running=running, attempts=1)
+            answer = self.client.heartbeat(epoch=self.epoch, usage=usage, running=running, attempts=1,
+                                           previous_answer_seconds=self.beat_answer_seconds)
         except Refused as error:
             if error.status != 409:
                 raise
@@ -101,6 +103,7 @@ class Membership:
             self.register()
             return True
         self.last_contact = contact
+        self.beat_answer_seconds = round(time.monotonic() - contact, 3)  # told with the next beat
         self._obey_timing(answer)
         self._report_fenced()
         for workload_id in answer["kill"]:

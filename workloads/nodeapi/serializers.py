@@ -13,6 +13,7 @@ from ..reports import AGENT_REPORTS
 
 MAX_GPUS = 4096
 MAX_RUNNING = 10_000  # workloads one agent says it supervises in one beat
+MAX_ANSWER_SECONDS = 3600.0  # a beat's answer time, as its agent reports it
 MAX_REPORTS = 1000
 MAX_CHUNKS = 1000
 MAX_LOG_TEXT = 1024 * 1024  # characters of text in one batch of chunks
@@ -70,6 +71,10 @@ class HeartbeatSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     usage = serializers.DictField(required=False, default=dict)
     running = serializers.ListField(child=serializers.UUIDField(), required=False, default=list,
                                     max_length=MAX_RUNNING, help_text="ids of the workloads the agent supervises")
+    previous_answer_seconds = serializers.FloatField(
+        required=False, default=None, allow_null=True, min_value=0.0, max_value=MAX_ANSWER_SECONDS,
+        help_text="how long this agent's previous beat took from sending to its answer, on its own monotonic "
+                  "clock: while beats are answered slowly, the control plane judges every deadline that much later")
 
 
 class WorkSerializer(serializers.ModelSerializer):

@@ -30,6 +30,7 @@ from ..reports import workload_logs_store, workload_reports_apply
 from ..selectors import node_work, with_log_next_seq
 from . import schema  # noqa: F401 - documents the node credential in the schema
 from .serializers import (
+    MAX_ANSWER_SECONDS,
     MAX_RUNNING,
     DrainAnswerSerializer,
     DrainSerializer,
@@ -130,8 +131,11 @@ class HeartbeatView(NodeView):
         try:
             body = json.loads(request.body, parse_constant=_not_json)
             epoch, usage, running = body["epoch"], body.get("usage", {}), body.get("running", [])
+            answer_seconds = body.get("previous_answer_seconds")
             if not (type(epoch) is int and epoch >= 1 and type(usage) is dict and type(running) is list
-                    and len(running) <= MAX_RUNNING and set(body) <= QUICK_FIELDS):
+                    and len(running) <= MAX_RUNNING and set(body) <= QUICK_FIELDS
+                    and (answer_seconds is None
+                         or (type(answer_seconds) in (int, float) and 0 <= answer_seconds <= MAX_ANSWER_SECONDS))):
                 return None
             running = [UUID(hex=pk) for pk in running]
             authenticated = HeartbeatCredentialAuthentication().authenticate(request)
@@ -141,7 +145,8 @@ class HeartbeatView(NodeView):
             return None
         request.user, request.auth = authenticated
         try:
-            answer, status_code = self.answer(request, epoch=epoch, usage=usage, running=running), 200
+            answer, status_code = self.answer(request, epoch=epoch, usage=usage, running=running,
+                                              previous_answer_seconds=answer_seconds), 200
         except DomainError as error:  # a stale epoch, a credential revoked since its lookup
             answer, status_code = error.as_dict(), error.status
         return HttpResponse(JSONRenderer().render(answer), content_type="application/json", status=status_code)
@@ -150,7 +155,9 @@ class HeartbeatView(NodeView):
     def answer(request, **beat) -> dict:
         beat = node_heartbeat_record(node=request.auth, credential_hash=request.user.credential_hash, **beat)
         return {"status": beat.status, "server_time": beat.at, "kill": beat.kill, "stop": beat.stop,
-                "work": WorkSerializer(beat.work, many=True).data, **heartbeat_timing(beat.timing)}
+                # Most beats start nothing: no serializer is built for them.
+                "work": WorkSerializer(beat.work, many=True).data if beat.work else [],
+                **heartbeat_timing(beat.timing)}
 
 
 QUICK_FIELDS = frozenset(HeartbeatSerializer().fields)

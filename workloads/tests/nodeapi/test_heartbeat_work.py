@@ -56,6 +56,26 @@ def test_the_agents_clock_plays_no_part_it_sends_no_time(agent_for):
     assert Node.objects.get(node_id="a").last_heartbeat == SERVER_NOW
 
 
+def test_a_beat_tells_how_long_its_previous_beat_waited_for_its_answer_both_ways(agent_for):
+    """The quick way (a plain beat) and DRF's way (a running id as a number) record it alike; bad
+    values are refused naming the field, and nothing is written."""
+    agent = agent_for("a")
+    work = submit("a")
+    assert beat(agent, previous_answer_seconds=0.25).status_code == 200
+    assert Node.objects.get(node_id="a").beat_rtt_seconds == 0.25
+    epoch = Node.objects.get(node_id="a").agent_epoch
+    full = agent.post("/api/node/heartbeat", {"epoch": epoch, "running": [work.pk.int], "previous_answer_seconds": 3},
+                      format="json")
+    assert full.status_code == 200, full.content
+    assert Node.objects.get(node_id="a").beat_rtt_seconds == 3.0
+    assert beat(agent, previous_answer_seconds=None).status_code == 200
+    assert Node.objects.get(node_id="a").beat_rtt_seconds is None
+    for bad in (-1, 7200, "slow", [1]):
+        refused = beat(agent, previous_answer_seconds=bad)
+        assert refused.status_code == 400 and "previous_answer_seconds" in refused.json(), (bad, refused.content)
+    assert Node.objects.get(node_id="a").beat_rtt_seconds is None
+
+
 def test_a_heartbeat_costs_one_write(agent_for):
     agent = agent_for("a")
     work = submit("a")
