@@ -43,7 +43,7 @@ class SimNode:
     beating: bool = True
     registered_at: float = 0.0
     last_beat_sent: float = 0.0  # time.time() of the last beat sent
-    answer_seconds: float | None = None  # how long its last beat waited for the answer (told with the next)
+    answer_seconds: float | None = None  # how long its last beat (or registration) waited: the next beat says
     running: dict[str, str] = field(default_factory=dict)  # workload id -> its run's scheduled_at
     fetching: bool = False
     fetch_again: bool = False
@@ -132,7 +132,9 @@ class Fleet:
     async def register(self, node: SimNode) -> bool:
         body = {"node_id": node.node_id, "address": "127.0.0.1", "port": 8080, "capacity": CAPACITY,
                 "parent": None, "peers": [], "labels": {"fleet": "simulated"}, "capabilities": {}}
+        sent = time.monotonic()
         response = await self.call("POST", "/api/node/register", node, body, what="register")
+        node.answer_seconds = round(time.monotonic() - sent, 3)  # the first beat tells it, as an agent's does
         if response is None or response.status_code != 200:
             self.stats.error(f"register: {response.status_code if response else 'no answer'}")
             return False

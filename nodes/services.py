@@ -349,9 +349,12 @@ def node_join(*, token: str, node_id: str) -> str:
         key_hash=key_hash(token) if isinstance(token, str) else "",
         revoked_at__isnull=True,
     )
-    # The claim is the UPDATE's WHERE (as node_allocate's): of racing joins on a last use,
-    # exactly one counts a row. NULL - 1 stays NULL, so unlimited tokens stay unlimited.
-    if usable.update(uses_left=F("uses_left") - 1) != 1:
+    # A token of unlimited uses is only read: written, its one row would be locked by every join
+    # to the end of its transaction, and a fleet joining at once would join one node at a time.
+    # A limited one is claimed in the UPDATE's WHERE (as node_allocate's): of racing joins on a
+    # last use, exactly one counts a row.
+    if not (usable.filter(uses_left__isnull=True).exists()
+            or usable.filter(uses_left__gt=0).update(uses_left=F("uses_left") - 1) == 1):
         raise Forbidden(f"join token refused: {_join_token_refusal(token, now)}; {HOW_TO_JOIN}", field="token")
     node, created = Node.objects.get_or_create(
         node_id=node_id,

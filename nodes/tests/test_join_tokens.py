@@ -8,6 +8,7 @@ import pytest
 import time_machine
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from core.errors import Forbidden, InvalidRequest, StateConflict
 from nodes.models import JoinToken, Node, NodeCredential, NodeStatus
@@ -51,6 +52,16 @@ def test_a_token_that_never_expires_and_has_unlimited_uses_stays_usable():
     row = JoinToken.objects.get()
     assert row.expires_at is None and row.uses_left is None
     assert NodeCredential.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_a_join_with_an_unlimited_token_only_reads_it():
+    """Written, the token's row would be locked by every join of a fleet joining at once."""
+    token = join_token_create(uses=None)
+    with CaptureQueriesContext(connection) as queries:
+        node_join(token=token, node_id="n")
+    assert not [q["sql"] for q in queries if q["sql"].startswith("UPDATE") and "jointoken" in q["sql"]]
+    assert NodeCredential.objects.filter(node__node_id="n").exists()
 
 
 @pytest.mark.django_db

@@ -44,7 +44,8 @@ class Membership:
         self.heartbeat_seconds = self.config.heartbeat_seconds
         self.offline_after_seconds = float(settings.CNET_OFFLINE_AFTER_SECONDS)
         self.last_contact = time.monotonic()  # when the last request the control plane answered began
-        self.beat_answer_seconds: float | None = None  # how long the last beat waited for its answer
+        # How long the last beat (or the registration) waited for its answer: the next beat says.
+        self.beat_answer_seconds: float | None = None
         self.fenced: dict[str, Supervised] = {}
 
     @property
@@ -78,6 +79,7 @@ class Membership:
         self.epoch = answer["epoch"]
         self._obey_timing(answer)
         self.last_contact = contact
+        self.beat_answer_seconds = round(time.monotonic() - contact, 3)  # the first beat tells it
         return answer
 
     def _obey_timing(self, answer: dict) -> None:

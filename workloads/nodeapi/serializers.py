@@ -73,8 +73,9 @@ class HeartbeatSerializer(NoUnknownFieldsMixin, serializers.Serializer):
                                     max_length=MAX_RUNNING, help_text="ids of the workloads the agent supervises")
     previous_answer_seconds = serializers.FloatField(
         required=False, default=None, allow_null=True, min_value=0.0, max_value=MAX_ANSWER_SECONDS,
-        help_text="how long this agent's previous beat took from sending to its answer, on its own monotonic "
-                  "clock: while beats are answered slowly, the control plane judges every deadline that much later")
+        help_text="how long this agent's previous beat (or, on its first, its registration) took from sending to "
+                  "its answer, on its own monotonic clock: while beats are answered slowly, the control plane "
+                  "judges every deadline that much later")
 
 
 class WorkSerializer(serializers.ModelSerializer):
