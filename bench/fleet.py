@@ -289,7 +289,8 @@ async def run(args, children: Children) -> str:
     false_offline = fleet.stats.false_offline | (await asyncio.to_thread(nodes_offline, "sim-") - stopped)
     stats = fleet.stats
     print(f"  beats answered {stats.beats_ok}, failed {stats.beats_failed}; 'unhealthy' answers "
-          f"{stats.unhealthy_answers}; registered again {stats.reregistered}; errors {stats.errors or 'none'}")
+          f"{stats.unhealthy_answers}; registered again {stats.reregistered}; joins and registrations deferred "
+          f"(503) {stats.registrations_deferred}; errors {stats.errors or 'none'}")
     print(f"  nodes wrongly marked offline: {len(false_offline)}")
     await fleet.close()
     return (f"fleet: {args.nodes} nodes, {len(false_offline)} false offline, detect p50 {pct(detected, 0.5):.1f} s "

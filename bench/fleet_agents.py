@@ -57,6 +57,7 @@ class Stats:
     false_offline: set[str] = field(default_factory=set)
     unhealthy_answers: int = 0
     reregistered: int = 0
+    registrations_deferred: int = 0  # joins and registrations answered 503 (sent again after Retry-After)
     errors: dict[str, int] = field(default_factory=dict)
     doorbells: int = 0
     started_by_doorbell: int = 0
@@ -120,9 +121,19 @@ class Fleet:
         except Exception as exc:  # a bench bug must not pass silently
             self.stats.error(f"agent loop: {exc!r}")
 
+    async def admitted(self, method: str, path: str, node: SimNode | None, body, *, what: str):
+        """A join or registration, sent again after Retry-After (jittered) while the control plane
+        answers 503: it runs only a few at once, so that beats are not held behind them."""
+        while True:
+            response = await self.call(method, path, node, body, what=what)
+            if response is None or response.status_code != 503:
+                return response
+            self.stats.registrations_deferred += 1
+            await asyncio.sleep(float(response.headers.get("retry-after", 1)) * random.uniform(0.5, 1.5))
+
     async def join(self, node: SimNode) -> bool:
-        response = await self.call("POST", "/api/node/join", None,
-                                   {"join_token": self.join_token, "node_id": node.node_id}, what="join")
+        response = await self.admitted("POST", "/api/node/join", None,
+                                       {"join_token": self.join_token, "node_id": node.node_id}, what="join")
         if response is None or response.status_code != 201:
             self.stats.error(f"join: {response.status_code if response else 'no answer'}")
             return False
@@ -133,7 +144,7 @@ class Fleet:
         body = {"node_id": node.node_id, "address": "127.0.0.1", "port": 8080, "capacity": CAPACITY,
                 "parent": None, "peers": [], "labels": {"fleet": "simulated"}, "capabilities": {}}
         sent = time.monotonic()
-        response = await self.call("POST", "/api/node/register", node, body, what="register")
+        response = await self.admitted("POST", "/api/node/register", node, body, what="register")
         node.answer_seconds = round(time.monotonic() - sent, 3)  # the first beat tells it, as an agent's does
         if response is None or response.status_code != 200:
             self.stats.error(f"register: {response.status_code if response else 'no answer'}")

@@ -17,6 +17,7 @@ class TransportError(Exception):
 class Response:
     status_code: int
     content: bytes
+    headers: dict[str, str]  # lower-cased names
 
     def json(self):
         return json.loads(self.content)
@@ -62,24 +63,19 @@ class KeepAliveClient:
         if not status_line:
             raise TransportError("connection closed")
         status = int(status_line.split(b" ", 2)[1])
-        length, chunked, keep = 0, False, True
+        headers = {}
         while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
-            name, value = name.strip().lower(), value.strip().lower()
-            if name == "content-length":
-                length = int(value)
-            elif name == "transfer-encoding" and "chunked" in value:
-                chunked = True
-            elif name == "connection" and value == "close":
-                keep = False
-        if not chunked:
-            return Response(status, await reader.readexactly(length)), keep
+            headers[name.strip().lower()] = value.strip()
+        keep = headers.get("connection", "").lower() != "close"
+        if "chunked" not in headers.get("transfer-encoding", "").lower():
+            return Response(status, await reader.readexactly(int(headers.get("content-length", 0))), headers), keep
         parts = []
         while size := int((await reader.readline()).split(b";")[0], 16):
             parts.append(await reader.readexactly(size))
             await reader.readline()
         await reader.readline()  # the empty trailer
-        return Response(status, b"".join(parts)), keep
+        return Response(status, b"".join(parts), headers), keep
 
     async def aclose(self) -> None:
         while not self.idle.empty():

@@ -304,6 +304,11 @@ CNET_MAX_HEARTBEATS_PER_SECOND = env_float("CNET_MAX_HEARTBEATS_PER_SECOND", 250
 # Two, so a small fleet's node is unhealthy (10 s) before it is offline (15 s), not at once.
 CNET_UNHEALTHY_AFTER_BEATS = env_int("CNET_UNHEALTHY_AFTER_BEATS", 2)
 CNET_OFFLINE_AFTER_SECONDS = env_float("CNET_OFFLINE_AFTER_SECONDS", 15.0)
+# Joins and registrations one web process runs at once; one more is answered 503 at once with a
+# Retry-After, and its agent tries again. Beats are never held back by them (as Kubernetes' API
+# priority and fairness puts node heartbeats in a level of their own): a fleet registering at once
+# queued thousands of slow registrations ahead of the beats of the nodes already in.
+CNET_NODE_REGISTRATIONS_IN_FLIGHT = env_int("CNET_NODE_REGISTRATIONS_IN_FLIGHT", 2)
 CNET_REDISPATCH_AFTER_SECONDS = env_float("CNET_REDISPATCH_AFTER_SECONDS", 30.0)
 CNET_STOP_GRACE_SECONDS = env_float("CNET_STOP_GRACE_SECONDS", 10.0)
 # Agent environment variables a workload sees although they look like configuration or credentials.

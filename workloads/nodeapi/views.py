@@ -7,13 +7,16 @@ comes from here. Views only shape: each calls one service or selector.
 """
 
 import json
+import threading
+from contextlib import contextmanager
 from uuid import UUID
 
+from django.conf import settings
 from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import APIException, AuthenticationFailed
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -70,6 +73,38 @@ class NodeView(APIView):
         return body.validated_data
 
 
+class RegistrationsBusy(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "the control plane is registering other nodes: try again after Retry-After seconds"
+    wait = 1  # DRF's handler sends it as Retry-After
+
+
+class RegistrationSlots:
+    """At most ``CNET_NODE_REGISTRATIONS_IN_FLIGHT`` joins and registrations at once in this web
+    process; past that a request is refused at once (``RegistrationsBusy``), before any work, so
+    the web threads stay free for beats while a fleet registers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    @contextmanager
+    def slot(self):
+        with self._lock:
+            if self._in_flight >= settings.CNET_NODE_REGISTRATIONS_IN_FLIGHT:
+                raise RegistrationsBusy()
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+
+registration_slots = RegistrationSlots()
+BUSY = {503: OpenApiResponse(description="other nodes are registering: try again after Retry-After seconds")}
+
+
 class JoinView(NodeView):
     """Exchange a join token for this node's credential (once per node)."""
 
@@ -80,21 +115,25 @@ class JoinView(NodeView):
         tags=TAGS, auth=[], request=JoinSerializer,
         responses={201: JoinAnswerSerializer, 400: REFUSED[400],
                    403: OpenApiResponse(description="the join token is unknown, expired, revoked or used up"),
-                   409: OpenApiResponse(description="the node already holds a credential: staff revoke it first")},
+                   409: OpenApiResponse(description="the node already holds a credential: staff revoke it first"),
+                   **BUSY},
     )
     def post(self, request):
         body = self.body(JoinSerializer)
-        credential = node_join(token=body["join_token"], node_id=body["node_id"])
+        with registration_slots.slot():
+            credential = node_join(token=body["join_token"], node_id=body["node_id"])
         return Response({"node_id": body["node_id"], "credential": credential}, status=status.HTTP_201_CREATED)
 
 
 class RegisterView(NodeView):
     """Register (or update) this node: its address, size, links and capabilities. Bumps its epoch."""
 
-    @extend_schema(tags=TAGS, request=RegisterSerializer, responses={200: RegisterAnswerSerializer, **REFUSED})
+    @extend_schema(tags=TAGS, request=RegisterSerializer, responses={200: RegisterAnswerSerializer, **REFUSED, **BUSY})
     def post(self, request):
-        timing = heartbeat_timing_now()
-        node = node_register_own(node=request.auth, timing=timing, **self.body(RegisterSerializer))
+        body = self.body(RegisterSerializer)
+        with registration_slots.slot():
+            timing = heartbeat_timing_now()
+            node = node_register_own(node=request.auth, timing=timing, **body)
         return Response({"node_id": node.node_id, "epoch": node.agent_epoch, "status": node.status,
                          "server_time": timezone.now(), **heartbeat_timing(timing)})
 

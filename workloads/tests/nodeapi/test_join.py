@@ -116,3 +116,29 @@ def test_a_child_registering_while_its_parent_has_joined_but_not_registered_land
     make_node("slow-parent")
     parent, child = Node.objects.get(node_id="slow-parent"), Node.objects.get(node_id="quick-child")
     assert child.parent_id == parent.pk and child.path == f"{parent.path}{child.pk}/" and child.depth == 1
+
+
+def test_joins_and_registrations_past_the_slots_are_deferred_with_retry_after_while_beats_go_on(
+        client, agent_for, settings):
+    """A fleet registering at once must not hold the web threads that answer the beats of the
+    nodes already in: past CNET_NODE_REGISTRATIONS_IN_FLIGHT, a join or registration is answered
+    503 at once, with Retry-After, and nothing is written."""
+    agent = agent_for("in")
+    epoch = Node.objects.get(node_id="in").agent_epoch
+    token = join_token_create(uses=None)
+    settings.CNET_NODE_REGISTRATIONS_IN_FLIGHT = 0  # every slot taken
+
+    joined = client.post("/api/node/join", {"join_token": token, "node_id": "late"}, content_type="application/json")
+    registered = agent.post("/api/node/register", register_body("in"), format="json")
+    beat = agent.post("/api/node/heartbeat", {"epoch": epoch, "usage": {}, "running": []}, format="json")
+
+    for deferred in (joined, registered):
+        assert deferred.status_code == 503 and deferred["Retry-After"] == "1", deferred.content
+        assert "try again" in deferred.json()["detail"]
+    assert not Node.objects.filter(node_id="late").exists()
+    assert Node.objects.get(node_id="in").agent_epoch == epoch
+    assert beat.status_code == 200, beat.content
+
+    settings.CNET_NODE_REGISTRATIONS_IN_FLIGHT = 2
+    again = client.post("/api/node/join", {"join_token": token, "node_id": "late"}, content_type="application/json")
+    assert again.status_code == 201, again.content
