@@ -122,14 +122,17 @@ class Fleet:
             self.stats.error(f"agent loop: {exc!r}")
 
     async def admitted(self, method: str, path: str, node: SimNode | None, body, *, what: str):
-        """A join or registration, sent again after Retry-After (jittered) while the control plane
-        answers 503: it runs only a few at once, so that beats are not held behind them."""
-        while True:
-            response = await self.call(method, path, node, body, what=what)
-            if response is None or response.status_code != 503:
-                return response
+        """A join or registration, sent again while the control plane answers 503 (it runs only a
+        few at once, so that beats are not held behind them): after Retry-After, doubled on each
+        refusal up to 16 times it, jittered, as an agent's client backs off."""
+        refusals = 0
+        while (response := await self.call(method, path, node, body, what=what)) is not None \
+                and response.status_code == 503:
             self.stats.registrations_deferred += 1
-            await asyncio.sleep(float(response.headers.get("retry-after", 1)) * random.uniform(0.5, 1.5))
+            wait = float(response.headers.get("retry-after", 1)) * 2 ** min(refusals, 4)
+            refusals += 1
+            await asyncio.sleep(wait * random.uniform(0.5, 1.5))
+        return response
 
     async def join(self, node: SimNode) -> bool:
         response = await self.admitted("POST", "/api/node/join", None,
