@@ -81,8 +81,9 @@ class RegistrationsBusy(APIException):
 
 class RegistrationSlots:
     """At most ``CNET_NODE_REGISTRATIONS_IN_FLIGHT`` joins and registrations at once in this web
-    process; past that a request is refused at once (``RegistrationsBusy``), before any work, so
-    the web threads stay free for beats while a fleet registers."""
+    process; past that a request is refused at once (``RegistrationsBusy``), before the join's or
+    registration's own work, so the web threads stay free for beats while a fleet registers. DRF
+    has authenticated it by then: a refused registration still cost its credential lookup."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
