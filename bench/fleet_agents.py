@@ -123,15 +123,12 @@ class Fleet:
 
     async def admitted(self, method: str, path: str, node: SimNode | None, body, *, what: str):
         """A join or registration, sent again while the control plane answers 503 (it runs only a
-        few at once, so that beats are not held behind them): after Retry-After, doubled on each
-        refusal up to 16 times it, jittered, as an agent's client backs off."""
-        refusals = 0
+        few at once, so that beats are not held behind them): at the appointment its Retry-After
+        gives, jittered over the second after it, as runagent's join_and_register keeps it."""
         while (response := await self.call(method, path, node, body, what=what)) is not None \
                 and response.status_code == 503:
             self.stats.registrations_deferred += 1
-            wait = float(response.headers.get("retry-after", 1)) * 2 ** min(refusals, 4)
-            refusals += 1
-            await asyncio.sleep(wait * random.uniform(0.5, 1.5))
+            await asyncio.sleep(float(response.headers.get("retry-after", 1)) + random.random())
         return response
 
     async def join(self, node: SimNode) -> bool:

@@ -38,28 +38,44 @@ def main() -> None:
     django_migrated(root=ROOT, database_url=DATABASE_URL, broker_url=BROKER_URL, local_node_id="cost-origin",
                     data_dir=Path(tempfile.mkdtemp(prefix="cnet-heartbeat-cost-")))
     from django.db import connection
-    from django.test import Client
+    from django.test import Client, override_settings
 
-    from nodes.services import join_token_create, node_join
+    from nodes.services import join_token_create
 
     token = join_token_create(ttl_seconds=3600, uses=None)
-    clients = []
+    client = Client(HTTP_HOST="127.0.0.1")  # one handler, as a gunicorn worker has
+    costs = {"join": [], "register": [], "refused register": []}
+
+    def timed(kind: str, path: str, body: str, credential: str = ""):
+        started_cpu = time.process_time()
+        answer = client.post(path, body, content_type="application/json",
+                             headers={"Authorization": f"Node {credential}"} if credential else {})
+        costs[kind].append(time.process_time() - started_cpu)
+        return answer
+
+    nodes = []
     for i in range(args.nodes):
         node_id = f"cost-{i:05d}"
-        credential = node_join(token=token, node_id=node_id)
-        client = Client(HTTP_HOST="127.0.0.1", headers={"Authorization": f"Node {credential}"})
-        answer = client.post("/api/node/register", json.dumps({
-            "node_id": node_id, "address": "127.0.0.1", "port": 8080,
-            "capacity": {"cpu": 8, "gpu": 0, "memory": 32 * 2**30, "storage": 100 * 2**30}}),
-            content_type="application/json")
+        joined = timed("join", "/api/node/join", json.dumps({"join_token": token, "node_id": node_id}))
+        if joined.status_code != 201:
+            sys.exit(f"join {node_id}: {joined.status_code} {joined.content[:200]!r}")
+        credential = joined.json()["credential"]
+        body = json.dumps({"node_id": node_id, "address": "127.0.0.1", "port": 8080,
+                           "capacity": {"cpu": 8, "gpu": 0, "memory": 32 * 2**30, "storage": 100 * 2**30}})
+        with override_settings(CNET_NODE_REGISTRATIONS_IN_FLIGHT=0):  # every slot taken: refused
+            timed("refused register", "/api/node/register", body, credential)
+        answer = timed("register", "/api/node/register", body, credential)
         if answer.status_code != 200:
             sys.exit(f"register {node_id}: {answer.status_code} {answer.content[:200]!r}")
-        clients.append((client, json.dumps({"epoch": answer.json()["epoch"], "usage": {"cpu": 0.1},
-                                            "running": []})))
+        nodes.append((credential, json.dumps({"epoch": answer.json()["epoch"], "usage": {"cpu": 0.1}, "running": []})))
+    for kind, cpu in costs.items():
+        print(f"{kind} cost over {len(cpu)} nodes: CPU p50 {pct(cpu, 0.5) * 1000:.2f} ms "
+              f"mean {sum(cpu) / len(cpu) * 1000:.2f} ms")
 
     def beat(i: int) -> None:
-        client, body = clients[i % len(clients)]
-        answer = client.post("/api/node/heartbeat", body, content_type="application/json")
+        credential, body = nodes[i % len(nodes)]
+        answer = client.post("/api/node/heartbeat", body, content_type="application/json",
+                             headers={"Authorization": f"Node {credential}"})
         if answer.status_code != 200:
             sys.exit(f"heartbeat: {answer.status_code} {answer.content[:200]!r}")
 

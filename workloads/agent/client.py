@@ -31,6 +31,14 @@ class ControlPlaneError(Exception):
     """The control plane could not be reached (or kept failing) after the retries."""
 
 
+class ControlPlaneBusy(ControlPlaneError):
+    """The control plane deferred the request (503 with Retry-After): come back in ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class CredentialRefused(ControlPlaneError):
     """The node's credential is unknown or revoked (401), or there is none and no join token."""
 
@@ -129,6 +137,8 @@ class ControlPlane:
                  session: requests.Session | None = None, timeout: tuple | None = None,
                  **send) -> requests.Response:
         """Send with retries and bounded, jittered backoff; the answer, once it is not a 5xx.
+        A 503 with Retry-After is an appointment, not a failure to retry at once: it is raised
+        (``ControlPlaneBusy``) for the caller to keep.
         ``session``: one of the caller's own instead of the shared keep-alive one (and its lock)."""
         headers = {"Authorization": f"Node {self.ensure_credential()}"} if authenticated else {}
         attempts = attempts or self.attempts
@@ -145,6 +155,8 @@ class ControlPlane:
             except requests.RequestException as error:
                 last = error
                 continue
+            if response.status_code == 503 and response.headers.get("Retry-After", "").isdigit():
+                raise ControlPlaneBusy(f"{method} {path}: deferred", retry_after=float(response.headers["Retry-After"]))
             if response.status_code >= 500:
                 last = ControlPlaneError(f"{method} {path}: {response.status_code}")
                 continue

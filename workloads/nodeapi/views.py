@@ -7,16 +7,13 @@ comes from here. Views only shape: each calls one service or selector.
 """
 
 import json
-import threading
-from contextlib import contextmanager
 from uuid import UUID
 
-from django.conf import settings
 from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import APIException, AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -32,6 +29,7 @@ from ..models import WorkloadStatus
 from ..reports import workload_logs_store, workload_reports_apply
 from ..selectors import node_work, with_log_next_seq
 from . import schema  # noqa: F401 - documents the node credential in the schema
+from .admission import registration_slots
 from .serializers import (
     MAX_ANSWER_SECONDS,
     MAX_RUNNING,
@@ -73,37 +71,8 @@ class NodeView(APIView):
         return body.validated_data
 
 
-class RegistrationsBusy(APIException):
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = "the control plane is registering other nodes: try again after Retry-After seconds"
-    wait = 1  # DRF's handler sends it as Retry-After
-
-
-class RegistrationSlots:
-    """At most ``CNET_NODE_REGISTRATIONS_IN_FLIGHT`` joins and registrations at once in this web
-    process; past that a request is refused at once (``RegistrationsBusy``), before the join's or
-    registration's own work, so the web threads stay free for beats while a fleet registers. DRF
-    has authenticated it by then: a refused registration still cost its credential lookup."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._in_flight = 0
-
-    @contextmanager
-    def slot(self):
-        with self._lock:
-            if self._in_flight >= settings.CNET_NODE_REGISTRATIONS_IN_FLIGHT:
-                raise RegistrationsBusy()
-            self._in_flight += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-
-
-registration_slots = RegistrationSlots()
-BUSY = {503: OpenApiResponse(description="other nodes are registering: try again after Retry-After seconds")}
+BUSY = {503: OpenApiResponse(description="other nodes are registering: come back after Retry-After seconds, "
+                                         "the appointment this refusal hands out")}
 
 
 class JoinView(NodeView):

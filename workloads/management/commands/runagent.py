@@ -13,6 +13,7 @@ agent ask the control plane what to run or stop.
 
 import logging
 import os
+import random
 import select
 import signal
 import threading
@@ -25,7 +26,7 @@ from django.core.management.base import BaseCommand, CommandError
 from cnetsite.celery import app as celery_app
 from cnetsite.standalone import start_node
 from workloads.agent.agent import Agent
-from workloads.agent.client import ControlPlaneError, CredentialRefused
+from workloads.agent.client import ControlPlaneBusy, ControlPlaneError, CredentialRefused
 from workloads.agent.config import ConfigError, Overrides, load_agent_settings
 from workloads.agent.runtime import set_current_agent
 from workloads.dispatch import node_queue
@@ -121,7 +122,9 @@ class Command(BaseCommand):
 
 def join_and_register(agent: Agent, stop: threading.Event) -> bool:
     """Join (once) and register, waiting for a control plane that is not up yet with a bounded
-    backoff. A refused credential or join token is fatal: it will not get better by waiting."""
+    backoff, or until the appointment a busy one gives (jittered over the second after it, so a
+    fleet told the same second does not come back at once). A refused credential or join token
+    is fatal: it will not get better by waiting."""
     delay = 0.25
     while not stop.is_set():
         try:
@@ -130,6 +133,11 @@ def join_and_register(agent: Agent, stop: threading.Event) -> bool:
             return True
         except CredentialRefused:
             raise
+        except ControlPlaneBusy as busy:
+            logger.info("agent %s: control plane busy registering others; back in %.0f s", agent.config.node_id,
+                        busy.retry_after)
+            stop.wait(busy.retry_after + random.random())
+            continue
         except ControlPlaneError as error:
             logger.warning("agent %s: control plane %s not reachable yet: %s", agent.config.node_id,
                            agent.config.server, error)

@@ -14,7 +14,8 @@ import pytest
 from nodes.resources import Resources
 from nodes.services import join_token_create
 from tests.helpers import make_node, supervise_until, wait_for
-from workloads.agent.client import ControlPlane, CredentialRefused
+from workloads.agent.client import ControlPlane, ControlPlaneBusy, CredentialRefused
+from workloads.management.commands.runagent import join_and_register
 from workloads.models import Workload, WorkloadLog, WorkloadStatus
 from workloads.services import workload_submit
 
@@ -211,3 +212,28 @@ def test_a_workload_past_its_time_limit_is_stopped_and_fails_saying_so_even_acro
                     message="it was stopped at its limit")
     ended = Workload.objects.get(pk=limited.pk)
     assert ended.status == S.FAILED and ended.reason == "time limit 2 s exceeded", ended.reason
+
+
+def test_an_agent_deferred_while_others_register_keeps_its_appointment_then_registers(make_agent, settings, caplog):
+    """A 503 with Retry-After is an appointment: the client hands it to runagent's loop, which
+    waits for it (not a burst of retries) and registers once a slot is free."""
+    node_id = f"deferred-{uuid.uuid4().hex[:6]}"
+    agent = make_agent(node_id)
+    settings.CNET_NODE_REGISTRATIONS_IN_FLIGHT = 0  # every slot taken
+    with pytest.raises(ControlPlaneBusy) as busy:
+        agent.register()
+    assert busy.value.retry_after >= 1
+
+    stop = threading.Event()
+    registering = threading.Thread(target=join_and_register, args=(agent, stop))
+    caplog.set_level("INFO", logger="workloads.management.commands.runagent")
+    registering.start()
+    try:
+        wait_for(lambda: "busy registering others; back in" in caplog.text, message="the agent deferred")
+        settings.CNET_NODE_REGISTRATIONS_IN_FLIGHT = 2
+        registering.join(timeout=30)
+        assert not registering.is_alive()
+        assert agent.epoch >= 1
+    finally:
+        stop.set()
+        registering.join()
