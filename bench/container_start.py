@@ -97,6 +97,7 @@ def main() -> None:
     from django.db import close_old_connections
 
     from nodes.models import Node
+    from nodes.services import join_token_create
     from tests.helpers import wait_for
     from workloads.models import Workload
 
@@ -107,7 +108,8 @@ def main() -> None:
         subprocess.Popen([str(ROOT / ".venv" / "bin" / "gunicorn"), "cnetsite.wsgi", "-b", f"127.0.0.1:{args.port}",
                           "-w", "1", "--threads", "4"], cwd=ROOT, env=child_env,
                          stdout=open(logs / "gunicorn.log", "wb"), stderr=subprocess.STDOUT),
-        subprocess.Popen([str(PY), "manage.py", "runagent", "--node-id", node_id, "--port", str(args.port + 1)],
+        subprocess.Popen([str(PY), "manage.py", "runagent", "--node-id", node_id, "--port", str(args.port + 1),
+                          "--server", base, "--join-token", join_token_create(ttl_seconds=3600, uses=1)],
                          cwd=ROOT, env=child_env, stdout=open(logs / "agent.log", "wb"), stderr=subprocess.STDOUT),
     ]
     session = requests.Session()

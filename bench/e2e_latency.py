@@ -4,13 +4,14 @@
 
 Needs Postgres and Redis (defaults: postgres://postgres@127.0.0.1:5432/cnet_bench2, created if
 missing and wiped, and redis://127.0.0.1:6379/2, flushed). Starts, as children in their own
-process groups, a web server (gunicorn on 127.0.0.1:18201, as ``manage.py up`` runs it) and one
-agent (node ``bench``), submits ``true`` workloads one after another through the API and reads
-when each started and finished from the database (the agent's own timestamps) against the
-client's submit time. Then, in the same run, it starts a plain Celery worker on its own queue
-and times a task that runs ``true`` the same way (apply_async to the task's own timestamps),
-times the HTTP layer alone (a POST answered 404 by Django's middleware on the same server),
-and finally samples the idle agent's CPU and RSS. A figure, not a test: it asserts no timing.
+process groups, a control plane as ``manage.py up`` runs it (gunicorn on 127.0.0.1:18201, the
+control worker, beat) and one agent (node ``bench``) joined to it with a join token, submits
+``true`` workloads one after another through the API and reads when each started and finished
+from the database (the agent's own timestamps) against the client's submit time. Then, in the
+same run, it starts a plain Celery worker on its own queue and times a task that runs ``true``
+the same way (apply_async to the task's own timestamps), times the HTTP layer alone (a POST
+answered 404 by Django's middleware on the same server), and finally samples the idle agent's
+CPU and RSS. A figure, not a test: it asserts no timing.
 Every child is stopped, and the data folder removed, however the bench ends.
 """
 
@@ -243,8 +244,17 @@ def main() -> None:
     python, manage = sys.executable, str(ROOT / "manage.py")
     spawn("web", [python, "-m", "gunicorn", "cnetsite.wsgi:application", "--bind", f"127.0.0.1:{PORT}",
                   "--workers", "2", "--threads", "4", "--graceful-timeout", "5"], env, data_dir)
+    spawn("control", [python, "-m", "celery", "-A", "cnetsite", "worker", "-Q", "control", "--concurrency", "1",
+                      "--pool", "solo", "--loglevel", "WARNING", "--hostname", "control@%h", "--without-mingle",
+                      "--without-gossip"], env, data_dir)
+    spawn("beat", [python, "-m", "celery", "-A", "cnetsite", "beat", "--loglevel", "WARNING",
+                   "--schedule", str(data_dir / "celerybeat-schedule")], env, data_dir)
+    from nodes.services import join_token_create
+
+    # --server: without it runagent, named no control plane, would start one of its own (``up``).
     agent = spawn("agent", [python, manage, "runagent", "--node-id", NODE_ID, "--cpu", "2",
-                            "--memory", str(2 * 1024**3)], env, data_dir)
+                            "--memory", str(2 * 1024**3), "--server", f"http://127.0.0.1:{PORT}",
+                            "--join-token", join_token_create(ttl_seconds=3600, uses=1)], env, data_dir)
     spawn("raw-worker", [python, "-m", "celery", "-A", "e2e_latency:raw_app", "worker", "-Q", RAW_QUEUE,
                          "--pool", "threads", "--concurrency", "2", "--without-heartbeat",
                          "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],

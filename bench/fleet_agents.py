@@ -124,16 +124,19 @@ class Fleet:
     async def admitted(self, method: str, path: str, node: SimNode | None, body, *, what: str):
         """A join or registration, sent again while the control plane answers 503 (it runs only a
         few at once, so that beats are not held behind them): at the appointment its Retry-After
-        gives, jittered over the second after it, as runagent's join_and_register keeps it."""
-        while (response := await self.call(method, path, node, body, what=what)) is not None \
-                and response.status_code == 503:
+        gives, jittered over the second after it, as runagent's join_and_register keeps it.
+        With the seconds the answered attempt took (the appointments kept are not answer time)."""
+        while True:
+            sent = time.monotonic()
+            response = await self.call(method, path, node, body, what=what)
+            if response is None or response.status_code != 503:
+                return response, round(time.monotonic() - sent, 3)
             self.stats.registrations_deferred += 1
             await asyncio.sleep(float(response.headers.get("retry-after", 1)) + random.random())
-        return response
 
     async def join(self, node: SimNode) -> bool:
-        response = await self.admitted("POST", "/api/node/join", None,
-                                       {"join_token": self.join_token, "node_id": node.node_id}, what="join")
+        response, _took = await self.admitted("POST", "/api/node/join", None,
+                                              {"join_token": self.join_token, "node_id": node.node_id}, what="join")
         if response is None or response.status_code != 201:
             self.stats.error(f"join: {response.status_code if response else 'no answer'}")
             return False
@@ -143,9 +146,8 @@ class Fleet:
     async def register(self, node: SimNode) -> bool:
         body = {"node_id": node.node_id, "address": "127.0.0.1", "port": 8080, "capacity": CAPACITY,
                 "parent": None, "peers": [], "labels": {"fleet": "simulated"}, "capabilities": {}}
-        sent = time.monotonic()
-        response = await self.admitted("POST", "/api/node/register", node, body, what="register")
-        node.answer_seconds = round(time.monotonic() - sent, 3)  # the first beat tells it, as an agent's does
+        # The first beat tells how long the registration took to be answered, as an agent's does.
+        response, node.answer_seconds = await self.admitted("POST", "/api/node/register", node, body, what="register")
         if response is None or response.status_code != 200:
             self.stats.error(f"register: {response.status_code if response else 'no answer'}")
             return False
