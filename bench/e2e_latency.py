@@ -227,8 +227,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs of each path first")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--isolation", choices=["on", "off"], default="on",
+                        help="off: workloads run as the agent's user (CNET_WORKLOAD_ISOLATION=0), to tell what "
+                             "the isolation costs from what the node API does")
     parser.add_argument("--keep-logs", help="copy the children's logs to this folder at the end")
     args = parser.parse_args()
+    os.environ["CNET_WORKLOAD_ISOLATION"] = "1" if args.isolation == "on" else "0"  # the agent inherits it
 
     data_dir = Path(tempfile.mkdtemp(prefix="cnet-e2e-bench-"))
     atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
@@ -276,7 +280,7 @@ def main() -> None:
     token = make_token()
     print(f"e2e latency bench: {args.count} `true` workloads one after another; Postgres "
           f"{urlsplit(DATABASE_URL).path.lstrip('/')}, Redis {BROKER_URL}; gunicorn :{PORT} "
-          f"(2 workers x 4 threads), one agent '{NODE_ID}'")
+          f"(2 workers x 4 threads), one agent '{NODE_ID}', isolation {args.isolation}")
 
     run_api(args.warmup, token)
     api = run_api(args.count, token)

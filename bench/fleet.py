@@ -16,11 +16,12 @@ first interval and afterwards at the interval each answer gives (``heartbeat_sec
 control plane may grow it with the fleet). Work reaches it two ways, as the issue has it: the
 heartbeat's ``work`` list, and the doorbell. N Celery consumers do not fit in one process, so
 the doorbell is read another way: Celery pushes each start message on the Redis list named
-after the node's queue, and one Lua script (every --doorbell-every seconds) pops what all the
-fleet's lists hold; a ring makes that node ``GET /api/node/work``, as an agent does on a start
-message. A started workload is reported ``running``, then ``succeeded`` (exit code 0) 50-200 ms
-later. An answer with status ``offline`` while the node was beating is a false offline: the
-agent registers again, as a real one does.
+after the node's queue, Redis announces the push on that key's keyspace channel, and the
+simulator pops that list (O(1) for Redis per message, as an agent's own BRPOP); a ring makes
+that node ``GET /api/node/work``, as an agent does on a start message. A started workload is
+reported ``running``, then ``succeeded`` (exit code 0) 50-200 ms later. An answer with status
+``offline`` while the node was beating is a false offline: the agent registers again, as a real
+one does.
 
 The run, in order: a 10-node fleet and the submission storm against it (the baseline); the
 tables are wiped; the N-node fleet registers (timed), beats steadily for --duration (beats/s
@@ -209,7 +210,7 @@ async def boot_fleet(args, prefix: str, count: int, join_token: str) -> tuple[Fl
     fleet = Fleet(base=f"http://127.0.0.1:{args.port}", prefix=prefix, count=count, join_token=join_token,
                   concurrency=args.concurrency)
     started = time.monotonic()
-    fleet.boot(args.doorbell_every)
+    await fleet.boot()
     try:
         await asyncio.wait_for(fleet.all_registered.wait(), timeout=args.register_timeout)
     except TimeoutError:
@@ -234,8 +235,8 @@ async def run(args, children: Children) -> str:
     print(f"fleet bench: Postgres {urlsplit(DATABASE_URL).path.lstrip('/')}, Redis {BROKER_URL}; gunicorn "
           f":{args.port} ({args.web_workers} workers x {args.web_threads} threads), control worker, beat; "
           f"{os.cpu_count()} CPUs; client concurrency {args.concurrency}")
-    print(f"  work reaches the agents by the doorbell (the node queues' start messages, swept every "
-          f"{args.doorbell_every * 1000:.0f} ms by one script) and by each heartbeat's work list")
+    print("  work reaches the agents by the doorbell (each node queue's start messages, popped as Redis "
+          "announces the push) and by each heartbeat's work list")
 
     # The baseline: the same storm against a small fleet, in the same run.
     print(f"\n{args.small_nodes} nodes (baseline)")
@@ -306,7 +307,6 @@ def main() -> None:
     parser.add_argument("--small-nodes", type=int, default=10, help="the baseline fleet's size")
     parser.add_argument("--stop-nodes", type=int, default=100, help="nodes that stop beating, to detect")
     parser.add_argument("--concurrency", type=int, default=32, help="node API requests in flight at most")
-    parser.add_argument("--doorbell-every", type=float, default=0.05, help="seconds between doorbell sweeps")
     parser.add_argument("--submit-threads", type=int, default=4)
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--web-threads", type=int, default=8)

@@ -12,6 +12,8 @@ import logging
 from celery import current_app
 from django.db import transaction
 
+from .models import Workload, WorkloadStatus
+
 logger = logging.getLogger(__name__)
 
 CONTROL_QUEUE = "control"
@@ -40,13 +42,24 @@ def request_pending_placement() -> bool:
 
 
 def request_pending_placement_on_commit() -> None:
-    """Ask for a pending pass once the current transaction commits: once per transaction, however
-    many releases it holds (a batch of exits rings one doorbell, and one pass uses all the room)."""
+    """Ask for a pending pass once the current transaction commits, if some pending work waits
+    then: once per transaction, however many releases it holds (a batch of exits rings one
+    doorbell, and one pass uses all the room)."""
     connection = transaction.get_connection()
-    if connection.in_atomic_block and any(func is request_pending_placement
+    if connection.in_atomic_block and any(func is _request_if_pending
                                           for _savepoints, func, _robust in connection.run_on_commit):
         return
-    transaction.on_commit(request_pending_placement)
+    transaction.on_commit(_request_if_pending)
+
+
+def _request_if_pending() -> bool:
+    """Most releases free room nobody waits for (each exit of a burst of short jobs): the control
+    worker is one process, and a pass per exit would queue its liveness ticks behind empty passes.
+    Asked after the commit, from an index; a submission that went pending while this committed
+    is placed by the control tick's own pass (CNET_CONTROL_TICK_SECONDS) if not by a ring."""
+    if not Workload.objects.filter(status=WorkloadStatus.PENDING, dependencies_waiting=0).exists():
+        return False
+    return request_pending_placement()
 
 
 def publish(task_name: str, args: list, queue: str) -> bool:

@@ -51,11 +51,9 @@ def node_register_own(
         raise Forbidden(f"this credential is node {node.node_id}'s: it cannot register {node_id!r}", field="node_id")
     registered = node_register(node_id=node_id, address=address, port=port, capacity=capacity, parent=parent,
                                peers=peers, labels=labels, capabilities=capabilities, timing=timing)
-    # A node (re)joined: pending work may fit now. Only ring when some waits: the control worker
-    # is one process, and a fleet's registration storm would queue its liveness ticks behind
-    # thousands of empty passes (bench/fleet.py saw 7-325 s gaps between passes at 10,000 nodes).
-    if Workload.objects.filter(status=WorkloadStatus.PENDING, dependencies_waiting=0).exists():
-        request_pending_placement_on_commit()
+    # A node (re)joined: pending work may fit now (rung only if some waits: a fleet's registration
+    # storm queued the control worker's liveness ticks behind thousands of empty passes).
+    request_pending_placement_on_commit()
     return registered
 
 

@@ -172,6 +172,10 @@ def _report_apply(*, node: Node, workload: Workload | None, report: dict) -> dic
             reason=report.get("reason") or default_reason,
             exit_code=report.get("exit_code"), runtime=runtime, agent_epoch=epoch if to == S.RUNNING else None,
         )
+        if answer["accepted"] and to in TERMINAL:
+            # Its restart policy may have taken it on since (pending, or placed again: the agent
+            # then asks for its work at once); the copy here knows only the exit.
+            workload.status = Workload.objects.filter(pk=workload.pk).values_list("status", flat=True).first()
     answer["status"] = workload.status
     return answer
 

@@ -239,8 +239,8 @@ class Supervision:
             self._flush_backoff = min(self._flush_backoff * 2, MAX_FLUSH_BACKOFF)
             return None
         self._flush_after, self._flush_backoff = 0.0, 0.25
-        if any(result["accepted"] and result["status"] != S.RUNNING for result in results):
-            self._look_due = True  # an exit counted: its restart may be placed here again, start it at once
+        if any(result["accepted"] and result["status"] == S.SCHEDULED for result in results):
+            self._look_due = True  # an exit's restart was placed (here, maybe): start it without waiting for the bell
         return results
 
     # --- the supervisor -------------------------------------------------------------------
