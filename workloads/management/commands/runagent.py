@@ -102,6 +102,8 @@ class Command(BaseCommand):
                 worker_state.should_terminate = 0
                 thread.join(timeout=10)
                 raise CommandError(str(error)) from None
+            except ControlPlaneBusy as busy:  # registering again was deferred: keep the appointment
+                next_beat = time.monotonic() + appointment(agent, busy)
             except ControlPlaneError as error:
                 logger.warning("agent %s: heartbeat failed: %s", config.node_id, error)
                 # Out of touch: try again soon, so a control plane that comes back hears from us
@@ -122,9 +124,8 @@ class Command(BaseCommand):
 
 def join_and_register(agent: Agent, stop: threading.Event) -> bool:
     """Join (once) and register, waiting for a control plane that is not up yet with a bounded
-    backoff, or until the appointment a busy one gives (jittered over the second after it, so a
-    fleet told the same second does not come back at once). A refused credential or join token
-    is fatal: it will not get better by waiting."""
+    backoff, or until the appointment a busy one gives. A refused credential or join token is
+    fatal: it will not get better by waiting."""
     delay = 0.25
     while not stop.is_set():
         try:
@@ -134,9 +135,7 @@ def join_and_register(agent: Agent, stop: threading.Event) -> bool:
         except CredentialRefused:
             raise
         except ControlPlaneBusy as busy:
-            logger.info("agent %s: control plane busy registering others; back in %.0f s", agent.config.node_id,
-                        busy.retry_after)
-            stop.wait(busy.retry_after + random.random())
+            stop.wait(appointment(agent, busy))
             continue
         except ControlPlaneError as error:
             logger.warning("agent %s: control plane %s not reachable yet: %s", agent.config.node_id,
@@ -144,6 +143,14 @@ def join_and_register(agent: Agent, stop: threading.Event) -> bool:
         stop.wait(delay)
         delay = min(delay * 2, 5.0)
     return False
+
+
+def appointment(agent: Agent, busy: ControlPlaneBusy) -> float:
+    """Seconds until the appointment a busy control plane gave, jittered over the second after
+    it, so a fleet told the same second does not come back at once."""
+    logger.info("agent %s: control plane busy registering others; back in %.0f s", agent.config.node_id,
+                busy.retry_after)
+    return busy.retry_after + random.random()
 
 
 def fence_loop(agent: Agent, stop: threading.Event) -> None:
