@@ -38,6 +38,7 @@ class Heartbeat:
     kill: list[UUID]
     stop: list[UUID]
     work: list[Workload]
+    more_work: bool
 
 
 def node_register_own(
@@ -55,6 +56,11 @@ def node_register_own(
     # storm queued the control worker's liveness ticks behind thousands of empty passes).
     request_pending_placement_on_commit()
     return registered
+
+
+# The most workloads one answer hands an agent to start (its own START_BURST): the rest follow
+# in the next answer it asks for at once.
+WORK_BATCH = 100
 
 
 def node_heartbeat_record(*, node: Node, credential_hash: str, epoch: int, usage: dict,
@@ -77,15 +83,16 @@ def node_heartbeat_record(*, node: Node, credential_hash: str, epoch: int, usage
                             "for it since; register again (POST /api/node/register)", field="epoch")
     running = set(running)
     here = node_work_states(node_pk=node.pk)
-    to_start = {pk for pk, status, _asked in here if status == WorkloadStatus.SCHEDULED and pk not in running}
+    to_start = [pk for pk, status, _asked in here if status == WorkloadStatus.SCHEDULED and pk not in running]
     placed = {pk for pk, _status, _asked in here}
     return Heartbeat(
         status=beat.status, at=beat.at, timing=beat.timing,
         kill=sorted((pk for pk in running if pk not in placed), key=str),
         stop=[pk for pk, status, asked in here if pk in running and status == WorkloadStatus.RUNNING and asked],
-        # Most beats start nothing: the details of what to start are read only when there is some.
-        work=with_log_next_seq([workload for workload in node_work(node_pk=node.pk) if workload.pk in to_start])
-        if to_start else [],
+        # Most beats start nothing: the details of what to start are read only when there is some,
+        # and a batch at a time (an array's thousands placed here are not all read on every beat).
+        work=with_log_next_seq(node_work(node_pk=node.pk, ids=to_start[:WORK_BATCH])) if to_start else [],
+        more_work=len(to_start) > WORK_BATCH,
     )
 
 

@@ -1,3 +1,4 @@
+from collections.abc import Collection
 from functools import lru_cache
 from uuid import UUID
 
@@ -281,14 +282,17 @@ WORK_FIELDS = (
 )
 
 
-def node_work(*, node_pk: int) -> list[Workload]:
-    """The workloads scheduled or running on a node, as its agent needs them, highest priority
-    first, then oldest placement; one read on the ``workload_node_status`` index."""
-    return list(
-        Workload.objects.filter(node_id=node_pk, status__in=ACTIVE).select_related("owner")
-        .only(*WORK_FIELDS, "owner__username")
-        .order_by("-priority", "scheduled_at", "id")
-    )
+def node_work(*, node_pk: int, statuses: Collection[str] = ACTIVE, ids: Collection[UUID] | None = None,
+              limit: int | None = None) -> list[Workload]:
+    """The workloads scheduled or running on a node (or those of ``statuses``, or of ``ids``, at
+    most ``limit``), as its agent needs them, highest priority first, then oldest placement; one
+    read on the ``workload_node_status`` index."""
+    placed = Workload.objects.filter(node_id=node_pk, status__in=statuses)
+    if ids is not None:
+        placed = placed.filter(pk__in=ids)
+    placed = (placed.select_related("owner").only(*WORK_FIELDS, "owner__username")
+              .order_by("-priority", "scheduled_at", "id"))
+    return list(placed[:limit] if limit is not None else placed)
 
 
 def node_work_states(*, node_pk: int) -> list[tuple[UUID, str, bool]]:

@@ -114,8 +114,9 @@ class ControlPlane:
                                                 "previous_answer_seconds": previous_answer_seconds},
                           attempts=attempts)
 
-    def work(self) -> dict:
-        return self._call("GET", "work")
+    def work(self, *, status: str | None = None, limit: int | None = None) -> dict:
+        query = {name: value for name, value in (("status", status), ("limit", limit)) if value is not None}
+        return self._request("GET", "work", params=query).json()
 
     def reports(self, reports: list[dict]) -> list[dict]:
         return self._call("POST", "reports", {"reports": reports})["results"]

@@ -119,7 +119,7 @@ class Membership:
             return True
         for workload_id in answer["stop"]:
             self.stop(str(workload_id))
-        self.start_work(answer["work"])
+        self.start_work(answer["work"], more=answer.get("more_work", False))
         self.flush()
         return True
 

@@ -123,15 +123,17 @@ class Supervision:
         control plane what is placed here and start that. A forged or replayed message starts
         nothing the control plane does not list."""
         try:
-            work = self.client.work()["work"]
+            # A burst at a time: an array's thousands placed here are not all read on every look.
+            answer = self.client.work(status=S.SCHEDULED, limit=START_BURST)
         except (ControlPlaneError, Refused) as error:
             logger.warning("node %s: could not fetch work (a heartbeat will ask again): %s", self.config.node_id, error)
             return
-        if workload_id is not None and workload_id not in {str(details["id"]) for details in work}:
+        work = answer["work"]
+        if workload_id is not None and not answer["more"] and workload_id not in {str(d["id"]) for d in work}:
             logger.info("workload %s: start ignored (not scheduled on %s)", workload_id, self.config.node_id)
-        self.start_work(work)
+        self.start_work(work, more=answer["more"])
 
-    def start_work(self, work: list[dict]) -> None:
+    def start_work(self, work: list[dict], *, more: bool = False) -> None:
         """Start every listed workload not supervised or starting yet, together: the processes are
         spawned by a few threads (a cgroup's set-up waits on the kernel, not on the CPU), and their
         starts (or failures) go to the control plane in one batch of reports, not one request
@@ -143,6 +145,9 @@ class Supervision:
                 return
             claimed = [details for details in work
                        if str(details["id"]) not in self.handles and str(details["id"]) not in self.starting]
+            if more:  # the control plane listed a batch: the next pass asks for the next one
+                self._look_due = True
+                self.wake()
             if len(claimed) > START_BURST:
                 # The main loop (a heartbeat's work list) must beat again soon: the rest go in
                 # bursts of their own, one per pass.

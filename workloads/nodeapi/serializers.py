@@ -8,6 +8,7 @@ from nodes.api.fields import BytesField, CoresField
 from nodes.models import NodeStatus
 from nodes.resources import Resources
 
+from ..membership import WORK_BATCH
 from ..models import LogStream, OnDisconnect, Workload, WorkloadStatus
 from ..reports import AGENT_REPORTS
 
@@ -121,12 +122,22 @@ class HeartbeatAnswerSerializer(TimingSerializer):
                                  help_text="workloads in 'running' that are no longer scheduled or running here")
     stop = serializers.ListField(child=serializers.UUIDField(),
                                  help_text="workloads in 'running' that a user asked to stop: end and report them")
-    work = WorkSerializer(many=True, help_text="workloads scheduled here that are not in 'running': start them")
+    work = WorkSerializer(many=True, help_text="workloads scheduled here that are not in 'running': start them "
+                                               f"(at most {WORK_BATCH}, in placement order)")
+    more_work = serializers.BooleanField(help_text="more are scheduled here than 'work' lists: ask GET work now")
+
+
+class WorkQuerySerializer(NoUnknownFieldsMixin, serializers.Serializer):
+    status = serializers.ChoiceField(choices=[WorkloadStatus.SCHEDULED, WorkloadStatus.RUNNING], required=False,
+                                     help_text="only the workloads in this status (the other list is then empty)")
+    limit = serializers.IntegerField(min_value=1, max_value=MAX_RUNNING, required=False,
+                                     help_text="at most this many per list, in placement order")
 
 
 class WorkAnswerSerializer(serializers.Serializer):
     work = WorkSerializer(many=True, help_text="workloads scheduled on this node")
     running = WorkSerializer(many=True, help_text="workloads running on this node (to re-adopt after a restart)")
+    more = serializers.BooleanField(help_text="a list was cut at 'limit': more are placed here")
 
 
 class ReportSerializer(NoUnknownFieldsMixin, serializers.Serializer):

@@ -48,6 +48,7 @@ from .serializers import (
     ReportsAnswerSerializer,
     ReportsSerializer,
     WorkAnswerSerializer,
+    WorkQuerySerializer,
     WorkSerializer,
 )
 
@@ -165,7 +166,7 @@ class HeartbeatView(NodeView):
         beat = node_heartbeat_record(node=request.auth, credential_hash=request.user.credential_hash, **beat)
         return {"status": beat.status, "server_time": beat.at, "kill": beat.kill, "stop": beat.stop,
                 # Most beats start nothing: no serializer is built for them.
-                "work": WorkSerializer(beat.work, many=True).data if beat.work else [],
+                "work": WorkSerializer(beat.work, many=True).data if beat.work else [], "more_work": beat.more_work,
                 **heartbeat_timing(beat.timing)}
 
 
@@ -179,13 +180,23 @@ def _not_json(constant: str):
 class WorkView(NodeView):
     """The workloads placed on this node, with what starting them takes. Reads only: ask any time."""
 
-    @extend_schema(tags=TAGS, responses={200: WorkAnswerSerializer, 401: REFUSED[401], 403: REFUSED[403]})
+    @extend_schema(tags=TAGS, parameters=[WorkQuerySerializer],
+                   responses={200: WorkAnswerSerializer, 400: REFUSED[400], 401: REFUSED[401], 403: REFUSED[403]})
     def get(self, request):
-        placed = with_log_next_seq(node_work(node_pk=request.auth.pk))  # a re-adopting agent numbers on
-        return Response(WorkAnswerSerializer({
-            "work": [workload for workload in placed if workload.status == WorkloadStatus.SCHEDULED],
-            "running": [workload for workload in placed if workload.status == WorkloadStatus.RUNNING],
-        }).data)
+        query = WorkQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        status, limit = query.validated_data.get("status"), query.validated_data.get("limit")
+        lists = {"work": WorkloadStatus.SCHEDULED, "running": WorkloadStatus.RUNNING}
+        answer, more = {}, False
+        for name, listed in lists.items():
+            if status not in (None, listed):
+                answer[name] = []
+                continue
+            # One more than asked: whether the list was cut. A re-adopting agent numbers logs on.
+            placed = node_work(node_pk=request.auth.pk, statuses=[listed], limit=None if limit is None else limit + 1)
+            more |= limit is not None and len(placed) > limit
+            answer[name] = with_log_next_seq(placed[:limit])
+        return Response(WorkAnswerSerializer({**answer, "more": more}).data)
 
 
 class ReportsView(NodeView):

@@ -39,7 +39,7 @@ def test_a_join_token_is_exchanged_once_for_a_credential_kept_mode_0600_and_reus
     # A later start: the token is used up, the kept credential is used instead.
     again = ControlPlane(live_server.url, node_id=node_id, data_dir=tmp_path, join_token="spent")
     assert again.ensure_credential() == credential
-    assert again.work() == {"work": [], "running": []}
+    assert again.work() == {"work": [], "running": [], "more": False}
     # Unknown credential: a clear error that says how to get one.
     path.write_text("cnode_forged")
     with pytest.raises(CredentialRefused, match="join token"):

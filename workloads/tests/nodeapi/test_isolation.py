@@ -71,7 +71,23 @@ def test_a_heartbeat_or_work_request_cannot_name_another_node(two):
     a, *_ = two
     answer = a.post("/api/node/heartbeat", {"epoch": epoch("a"), "node_id": "b"}, format="json")
     assert answer.status_code == 400 and "node_id" in answer.json()
-    assert [w["name"] for w in a.get("/api/node/work?node=b").json()["work"]] == ["on-a"]
+    named = a.get("/api/node/work?node=b")
+    assert named.status_code == 400 and "node" in named.json()
+    assert [w["name"] for w in a.get("/api/node/work").json()["work"]] == ["on-a"]
+
+
+def test_work_comes_a_batch_at_a_time_in_placement_order_saying_when_more_wait(two):
+    a, *_ = two
+    for i in range(3):  # placed after "on-a"; a has room for all four
+        submit("a", name=f"more-{i}")
+    everything = a.get("/api/node/work").json()
+    batch = a.get("/api/node/work?status=scheduled&limit=2").json()
+    assert [w["id"] for w in batch["work"]] == [w["id"] for w in everything["work"]][:2]
+    assert batch["more"] is True and batch["running"] == []
+    assert len(everything["work"]) == 4 and everything["more"] is False
+    assert a.get("/api/node/work?status=scheduled&limit=4").json()["more"] is False
+    refused = a.get("/api/node/work?limit=0")
+    assert refused.status_code == 400 and "limit" in refused.json()
 
 
 def test_another_nodes_epoch_does_not_let_a_beat_for_it(two):
