@@ -1,9 +1,9 @@
 """Exclusive leases on disk: a uid or a GPU belongs to one running workload at a time.
 
-A lease is a file named after what it leases, created with ``O_EXCL`` (so two threads, or two
-agents' starts racing, never both win) and holding the workload's id. Files survive an agent
-restart, so a survivor keeps its uid and GPUs; reconciliation releases the leases of workloads
-that no longer run here (``release_stale``).
+A lease is a file named after what it leases, holding the workload's id, and linked into place
+only where none exists (so two threads, or two agents' starts racing, never both win). Files
+survive an agent restart, so a survivor keeps its uid and GPUs; reconciliation releases the
+leases of workloads that no longer run here (``release_stale``).
 
 Each owner also has an index (``owners/<owner>``: the keys it may hold), so that a start and an
 exit read their own leases, not every lease of the node: with hundreds of short jobs running,
@@ -12,7 +12,7 @@ index is written before a lease is taken, so it names every key its owner holds 
 it failed to take); a key counts only while its lease file names that owner.
 """
 
-import errno
+import fcntl
 import os
 import threading
 from collections.abc import Iterable
@@ -54,16 +54,20 @@ class Leases:
         return taken
 
     def _create(self, key: str, owner: str) -> bool:
-        try:
-            fd = os.open(self.folder / key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as error:
-            if error.errno == errno.EEXIST:
-                return False
-            raise
+        # Written aside, then linked into place: link fails where the key exists (as O_EXCL
+        # would), and a lease is never seen empty, before it names its owner.
+        tmp = self.folder / f".{key}.{owner}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, owner.encode())
         finally:
             os.close(fd)
+        try:
+            os.link(tmp, self.folder / key)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
         return True
 
     def owners(self) -> dict[str, str]:
@@ -114,16 +118,17 @@ class Leases:
         if self.index.is_dir():
             return
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        building = self.folder / f".{INDEX}.{os.getpid()}.{threading.get_ident()}"
-        building.mkdir(mode=0o700)
-        by_owner: dict[str, list[str]] = {}
-        for key, owner in self.owners().items():
-            by_owner.setdefault(owner, []).append(key)
-        for owner, keys in by_owner.items():
-            (building / owner).write_text("\n".join(keys))
-        try:
+        # One builder at a time: a second rename would replace an index still empty, while
+        # another start is writing into it.
+        with open(self.folder / f".{INDEX}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.index.is_dir():
+                return
+            building = self.folder / f".{INDEX}.{os.getpid()}.{threading.get_ident()}"
+            building.mkdir(mode=0o700)
+            by_owner: dict[str, list[str]] = {}
+            for key, owner in self.owners().items():
+                by_owner.setdefault(owner, []).append(key)
+            for owner, keys in by_owner.items():
+                (building / owner).write_text("\n".join(keys))
             os.rename(building, self.index)
-        except OSError:  # another thread made it first
-            for path in building.iterdir():
-                path.unlink()
-            building.rmdir()
