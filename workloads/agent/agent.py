@@ -10,7 +10,8 @@ The agent is a client of the control plane: it opens no database. This module jo
 and owns the shutdown, which needs all of them.
 
 Threads: the Celery worker's threads call ``start``/``look`` (a doorbell only says "ask"), the
-main loop calls the ``*_once`` steps, and a thread of its own calls ``fence_once``. ``lock``
+main loop calls the ``*_once`` steps, the starts they want run in a starter thread (so that a
+burst never holds up a beat), and a thread of its own calls ``fence_once``. ``lock``
 guards what is supervised (``handles``, ``starting``, ``accepting``) and is never held across a
 request; only the fencing thread takes work out of ``handles`` without it, so that it never
 waits on a thread stuck on a dead connection. The state file has a writer lock of its own,

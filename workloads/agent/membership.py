@@ -3,7 +3,7 @@ the control plane has been out of reach too long.
 
 A room of ``Agent`` (agent.py). It owns the agent's standing with the control plane (``epoch``,
 the timing the control plane gave, ``last_contact``, ``fenced``); from supervision it uses
-``handles``, ``start_work``, ``stop``, ``_drop`` and the report spool. It talks only to the
+``handles``, ``_want_starts``, ``stop``, ``_drop`` and the report spool. It talks only to the
 control plane's node API, through ``client`` (client.py): the control plane's clock is the only
 one, so the agent measures silence on its own monotonic clock from the last answer it got.
 """
@@ -119,7 +119,8 @@ class Membership:
             return True
         for workload_id in answer["stop"]:
             self.stop(str(workload_id))
-        self.start_work(answer["work"], more=answer.get("more_work", False))
+        if answer["work"]:
+            self._want_starts(answer["work"], more=answer.get("more_work", False))
         self.flush()
         return True
 

@@ -28,7 +28,7 @@ S = WorkloadStatus
 MAX_FLUSH_BACKOFF = 5.0
 # Threads that spawn a burst of starts (each mostly waits on fork/exec and cgroup set-up).
 START_THREADS = 4
-# Starts per burst at most: a burst runs in its caller's thread, sometimes the main loop's.
+# Starts per burst at most: the rest come with the next look.
 START_BURST = 100
 # Threads that clean up after exits (a workspace's unmount and removal, cgroups, leases).
 FINISH_THREADS = 4
@@ -101,6 +101,10 @@ class Supervision:
         self._flush_after = 0.0  # after a failed delivery: not before then (bounded backoff)
         self._flush_backoff = 0.25
         self._look_due = False
+        # runagent's: the thread that runs the bursts the main loop wants (``start_beside_loop``);
+        # without it (an agent driven step by step) they run in the caller's thread.
+        self._starter: threading.Thread | None = None
+        self._look_wanted = threading.Event()
         self._state_changed = False  # what is supervised changed beside the loop: save it
         self._finisher = ThreadPoolExecutor(FINISH_THREADS, thread_name_prefix="finish")
         self.context = AgentContext(
@@ -118,6 +122,33 @@ class Supervision:
         )
 
     # --- what to run: from the control plane only -------------------------------------------
+    def start_beside_loop(self) -> None:
+        """From now on, the starts that the main loop's steps want run in a thread of their own.
+        On a saturated machine a burst of isolated starts takes seconds, and the loop must go on
+        beating meanwhile: a node whose beats wait on its starts is declared offline."""
+        self._starter = threading.Thread(target=self._starter_loop, name="starter", daemon=True)
+        self._starter.start()
+
+    def _starter_loop(self) -> None:
+        while True:
+            self._look_wanted.wait()
+            self._look_wanted.clear()  # a look wanted during this burst makes the next one
+            try:
+                self.start()
+            except Exception:
+                logger.exception("node %s: starting work failed; the next look retries", self.config.node_id)
+
+    def _want_starts(self, work: list[dict] | None = None, *, more: bool = False) -> None:
+        """Start what is placed here: ``work`` (a heartbeat's list), else what the control plane
+        lists when asked. Beside the loop, the starter asks afresh: by the time it runs, a listed
+        workload may have started and ended here already."""
+        if self._starter is not None:
+            self._look_wanted.set()
+        elif work is None:
+            self.start()
+        else:
+            self.start_work(work, more=more)
+
     def start(self, workload_id: str | None = None) -> None:
         """The doorbell rang (a start message names a workload, but only says "look"): ask the
         control plane what is placed here and start that. A forged or replayed message starts
@@ -148,9 +179,7 @@ class Supervision:
             if more:  # the control plane listed a batch: the next pass asks for the next one
                 self._look_due = True
                 self.wake()
-            if len(claimed) > START_BURST:
-                # The main loop (a heartbeat's work list) must beat again soon: the rest go in
-                # bursts of their own, one per pass.
+            if len(claimed) > START_BURST:  # the rest go in bursts of their own, one per look
                 claimed = claimed[:START_BURST]
                 self._look_due = True
                 self.wake()
@@ -269,7 +298,7 @@ class Supervision:
         self.flush()
         if self._look_due and self.accepting:
             self._look_due = False
-            self.start()
+            self._want_starts()
         return busy
 
     def _supervise_one(self, workload_id: str, supervised: Supervised) -> bool:

@@ -6,7 +6,8 @@ its own, as the seed's ``./bin/cnet-agent -config config.yaml`` does.
 
 The agent opens no database: it talks to the control plane's node API (``--server``), with its
 node's credential (got once with ``--join-token`` and kept in its data folder). The main thread
-registers the node, reconciles, then loops: heartbeat, supervise. A Celery worker in a thread
+registers the node, reconciles, then loops: heartbeat, supervise (the starts these ask for run in
+a starter thread, so the loop beats on through a burst of them). A Celery worker in a thread
 consumes only this node's queue (``node.<node_id>``): its messages are doorbells that make the
 agent ask the control plane what to run or stop.
 """
@@ -87,6 +88,7 @@ class Command(BaseCommand):
             agent.reconcile()
         except CredentialRefused as error:
             raise CommandError(str(error)) from None
+        agent.start_beside_loop()
         worker, thread = start_worker(config.node_id)
         threading.Thread(target=fence_loop, args=(agent, stop), name="self-fence", daemon=True).start()
         self.stdout.write(f"agent {config.node_id} ready: queue {node_queue(config.node_id)}, "

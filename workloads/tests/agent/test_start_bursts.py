@@ -1,4 +1,5 @@
-"""A burst of starts is reported in one batch, and a long list is started in bounded bursts."""
+"""A burst of starts is reported in one batch, a long list is started in bounded bursts, and
+beats do not wait on them."""
 
 import uuid
 
@@ -43,4 +44,20 @@ def test_a_list_longer_than_a_burst_is_started_a_burst_per_pass(make_agent, monk
     supervise_until(agent, lambda: Workload.objects.filter(pk__in=ids, status=WorkloadStatus.RUNNING).count() == 5,
                     timeout=30, message="every listed workload started")
     wait_for(lambda: len(agent.handles) == 5, message="all supervised")
+    agent.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_beat_goes_on_while_a_burst_of_starts_is_held_up(make_agent):
+    # As in runagent: the starts a beat wants run in the starter thread. Holding the agent's lock
+    # holds a burst where a slow start would (a burst takes it first); the beat still returns.
+    agent, works = _node_with_work(make_agent, 3)
+    agent.start_beside_loop()
+    with agent.lock:  # the beat's thread may take it again; the starter may not
+        assert agent.heartbeat_once()
+        assert not agent.handles and not agent.starting
+        assert agent.heartbeat_once()  # and again: beats are not held up either
+    ids = [w.pk for w in works]
+    wait_for(lambda: len(agent.handles) == 3, message="the starter started the beat's work")
+    assert Workload.objects.filter(pk__in=ids, status=WorkloadStatus.RUNNING).count() == 3
     agent.shutdown()
