@@ -331,6 +331,24 @@ def with_log_next_seq(workloads: list[Workload]) -> list[Workload]:
     return workloads
 
 
+def node_work_lists(*, node_pk: int, status: str | None = None, limit: int | None = None) -> dict:
+    """What an agent asks for (``GET /api/node/work``): ``work`` (scheduled, to start) and
+    ``running`` (to re-adopt), only the one of ``status`` if given, each at most ``limit`` long,
+    and ``more``: whether a list was cut. Each with its ``log_next_seq``."""
+    lists = {"work": WorkloadStatus.SCHEDULED, "running": WorkloadStatus.RUNNING}
+    answer, more = {}, False
+    for name, listed in lists.items():
+        if status not in (None, listed):
+            answer[name] = []
+            continue
+        # One more than asked: whether the list was cut.
+        placed = node_work(node_pk=node_pk, statuses=[listed], limit=None if limit is None else limit + 1)
+        more |= limit is not None and len(placed) > limit
+        answer[name] = with_log_next_seq(placed[:limit])
+    answer["more"] = more
+    return answer
+
+
 def workloads_foreign_to(*, node, placed: dict) -> set:
     """Of some workloads (id → the pk of the node each is placed on, None where none), those
     ``node`` may not act for: placed on another node, or placed nowhere and never on it.

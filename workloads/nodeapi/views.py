@@ -25,9 +25,8 @@ from nodes.heartbeats import heartbeat_timing_now
 from nodes.services import node_join
 
 from ..membership import heartbeat_timing, node_drain_own, node_heartbeat_record, node_leave_own, node_register_own
-from ..models import WorkloadStatus
 from ..reports import workload_logs_store, workload_reports_apply
-from ..selectors import node_work, with_log_next_seq
+from ..selectors import node_work_lists
 from . import schema  # noqa: F401 - documents the node credential in the schema
 from .admission import registration_slots
 from .serializers import (
@@ -185,18 +184,8 @@ class WorkView(NodeView):
     def get(self, request):
         query = WorkQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        status, limit = query.validated_data.get("status"), query.validated_data.get("limit")
-        lists = {"work": WorkloadStatus.SCHEDULED, "running": WorkloadStatus.RUNNING}
-        answer, more = {}, False
-        for name, listed in lists.items():
-            if status not in (None, listed):
-                answer[name] = []
-                continue
-            # One more than asked: whether the list was cut. A re-adopting agent numbers logs on.
-            placed = node_work(node_pk=request.auth.pk, statuses=[listed], limit=None if limit is None else limit + 1)
-            more |= limit is not None and len(placed) > limit
-            answer[name] = with_log_next_seq(placed[:limit])
-        return Response(WorkAnswerSerializer({**answer, "more": more}).data)
+        answer = node_work_lists(node_pk=request.auth.pk, **query.validated_data)
+        return Response(WorkAnswerSerializer(answer).data)
 
 
 class ReportsView(NodeView):
