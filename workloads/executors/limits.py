@@ -78,6 +78,11 @@ class CgroupLimiter:
         """The ids of the workloads that have a cgroup of this node now."""
         return set()
 
+    def holds_whole(self, runtime: dict) -> bool:
+        """Whether the workload's cgroups have held it since before it exec'd (it joined them
+        itself), so that emptying them ends all of it and no sweep of its uid is needed."""
+        return False
+
     def members(self, runtime: dict) -> set[int]:
         """Every process in the workload's cgroups."""
         pids = set()
@@ -247,6 +252,10 @@ class CgroupV1Limiter(CgroupLimiter):
                     os.chown(path / "cgroup.procs", uid, -1)
         return {"cgroups": created, "limits": self.kind,
                 "join": [str(Path(path) / "cgroup.procs") for path in created]}
+
+    def holds_whole(self, runtime):
+        # Its uid cannot leave them: every other cgroup.procs is root's or another workload's.
+        return runtime.get("limits") == self.kind and bool(runtime.get("cgroups"))
 
     def _controllers(self, limits: Limits) -> list[str]:
         wanted = [*(["memory"] if limits.memory_bytes else []), *(["cpu"] if limits.cpu_millicores else []),

@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 from tests.helpers import supervise_until, wait_for, workload_row
+from workloads.executors.limits import CGROUP_ROOT, CgroupLimiter
 
 from .conftest import needs_cgroup_v1, needs_root, submit
 
@@ -83,6 +84,26 @@ def test_a_restarted_agent_ends_what_a_workload_left_when_its_leader_died(user_a
     assert not live_processes(uid)
     assert not restarted.context.leases("uids").held_by(workload["id"])
     restarted.shutdown()
+
+
+def test_where_cgroups_do_not_hold_it_whole_its_uid_is_swept_when_the_leader_exits(user_api, make_site_agent):
+    """cgroup v1 holds a workload from before its exec, so its cgroups end all of it; elsewhere (v2
+    moves it in after the spawn; no cgroups at all) what forked outside them dies by its uid."""
+    agent = make_site_agent()
+    workload = submit(user_api, agent.config.node_id, "sh", "-c", ESCAPES)
+    uid, escaped = started_escapes(agent, workload["id"])
+    handle = agent.handles[workload["id"]].handle
+    for proc in escaped:  # out of its cgroups, as a fork before a v2 move would be
+        for controller in ("pids", "freezer", "memory", "cpu"):
+            if (CGROUP_ROOT / controller / "cgroup.procs").exists():
+                (CGROUP_ROOT / controller / "cgroup.procs").write_text(str(proc.pid))
+    handle.limiter = CgroupLimiter(group=agent.context.limiter.group)  # holds nothing whole
+    handle.popen.kill()
+
+    supervise_until(agent, lambda: workload_row(workload["id"]).status in ("failed", "lost"), timeout=15,
+                    message="its exit reported")
+    assert not live_processes(uid)
+    agent.shutdown()
 
 
 @pytest.mark.parametrize("asked", [{"requirements": {"pids": 16}}, {"pids": 16}],
