@@ -258,8 +258,9 @@ class CgroupV1Limiter(CgroupLimiter):
         return runtime.get("limits") == self.kind and bool(runtime.get("cgroups"))
 
     def _controllers(self, limits: Limits) -> list[str]:
-        wanted = [*(["memory"] if limits.memory_bytes else []), *(["cpu"] if limits.cpu_millicores else []),
-                  *self.ALWAYS]
+        # cpu last: joined in this order, so the launcher's last steps are not under its quota.
+        wanted = [*(["memory"] if limits.memory_bytes else []), *self.ALWAYS,
+                  *(["cpu"] if limits.cpu_millicores else [])]
         return [name for name in wanted if (CGROUP_ROOT / name / "cgroup.procs").exists()]
 
     CONTROLLERS = ("memory", "cpu", *ALWAYS)

@@ -19,7 +19,8 @@ def test_the_secrets_probe_prints_no_secret_and_a_uid_that_is_not_root(user_api,
     agent = make_site_agent()
     agent_environ = f"/proc/{os.getpid()}/environ"
     probe = (f"id -u; id -G; cat var/secret_key var/admin_password; cat {settings.DATA_DIR}/secret_key; "
-             f"cat {settings.DATA_DIR}/test.sqlite3 | head -c 64; cat {agent_environ} | head -c 64; ls var")
+             f"cat {settings.DATA_DIR}/test.sqlite3 | head -c 64; cat {agent_environ} | head -c 64; ls var; "
+             "grep NoNewPrivs /proc/self/status")
     workload = submit(user_api, agent.config.node_id, "sh", "-c", probe)
     row = run_to_end(agent, workload["id"])
     logs = output(user_api, workload["id"])
@@ -27,6 +28,7 @@ def test_the_secrets_probe_prints_no_secret_and_a_uid_that_is_not_root(user_api,
     uid, groups = (int(line) for line in logs.splitlines()[:2])
     assert uid != 0 and uid in uid_range(settings.CNET_WORKLOAD_UID_RANGE)
     assert groups == uid  # its own group only: no supplementary groups
+    assert "NoNewPrivs:\t1" in logs  # setuid programs give it nothing
     assert SECRET_KEY not in logs and ADMIN_PASSWORD not in logs
     assert settings.SECRET_KEY not in logs
     assert "DJANGO_SETTINGS_MODULE" not in logs and "SQLite" not in logs

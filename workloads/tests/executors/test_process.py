@@ -126,7 +126,8 @@ def test_cgroup_v1_limits_memory_and_cpu_and_reports_oom(context, started):
     code = "heap = []\nwhile True: heap.append(bytearray(8 << 20))"
     handle = ProcessExecutor().start(workload(PY, "-c", code, memory=64 << 20, cpu=250), context)
     started.append(handle)
-    memory, cpu, pids, freezer = (Path(p) for p in handle.runtime()["cgroups"])
+    # The order they are joined in: cpu last, so no step of the launcher runs under the quota.
+    memory, pids, freezer, cpu = (Path(p) for p in handle.runtime()["cgroups"])
     assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "25000"
     assert (pids / "pids.max").read_text().strip() == str(Limits.of(Workload(config={})).pids)
     exit_ = wait_for(handle.poll, timeout=20, message="oom kill")
