@@ -24,27 +24,61 @@ S = WorkloadStatus
 class StateFile:
     """What is supervised here, on disk (``{workload_id: runtime, log offsets, type, the run's
     scheduled_at and epoch, the next log number}``): after a restart it names the survivors the
-    control plane may no longer run here, the run each one is, and where its log shipping stopped."""
+    control plane may no longer run here, the run each one is, and where its log shipping stopped.
+
+    A journal of JSON lines, each the entries that changed since the line before (``null``: gone),
+    read back by merging them in order: a save writes what changed, not every workload supervised
+    (rewriting them all was a sixth of a busy agent's Python time, measured with 2,000 quick jobs).
+    Rewritten whole once it holds more lines than is worth replaying. A line torn by a crash is
+    the last one, and is skipped: the state is then the one saved before it."""
+
+    COMPACT_AFTER = 200  # lines appended since the journal was last written whole
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._write_lock = threading.Lock()
+        self._saved: dict | None = None  # what the file says now (None: not read or written yet)
+        self._lines = 0
 
     def save(self, snapshot: Callable[[], dict]) -> None:
         # One writer at a time, each writing what it read last: two starts saving at once must
-        # not leave the older snapshot (or a half-written file) as the one a restart reads.
+        # not leave the older snapshot (or a half-written line) as the one a restart reads.
         with self._write_lock:
             state = snapshot()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")  # not the spool's tmp, beside it
-            tmp.write_text(json.dumps(state))
-            tmp.replace(self.path)
+            if self._saved is None or self._lines >= self.COMPACT_AFTER:
+                self._rewrite(state)
+                return
+            changed = {key: value for key, value in state.items() if self._saved.get(key) != value}
+            changed.update({key: None for key in self._saved.keys() - state.keys()})
+            if changed:
+                with self.path.open("a") as file:
+                    file.write(json.dumps(changed) + "\n")
+                self._saved, self._lines = state, self._lines + 1
+
+    def _rewrite(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")  # not the spool's tmp, beside it
+        tmp.write_text(json.dumps(state) + "\n")
+        tmp.replace(self.path)
+        self._saved, self._lines = state, 0
 
     def load(self) -> dict:
+        state: dict = {}
         try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return state
+        for line in lines:
+            try:
+                changed = json.loads(line)
+            except ValueError:
+                continue  # torn by a crash mid-write
+            for key, value in changed.items():
+                if value is None:
+                    state.pop(key, None)
+                else:
+                    state[key] = value
+        return state
 
 
 class Reconciliation:

@@ -275,6 +275,10 @@ class LogTail:
     def read(self, *, final: bool = False) -> str:
         skipped = 0
         try:
+            # One stat, not an open, seek, read and close, for a file that has not grown: most of
+            # them, on each pass of the supervisor over everything it runs.
+            if os.stat(self.path).st_size <= self.offset and not (final and self._partial):
+                return ""
             with open(self.path, "rb") as file:
                 size = os.fstat(file.fileno()).st_size
                 if self.offset >= self.keep // 2 and size - self.offset > self.keep:
