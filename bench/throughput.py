@@ -313,7 +313,9 @@ def main() -> None:
         # Django is set up once per process, on one database: each backend in a run of its own.
         print(f"fork+exec ceiling (subprocess.run(['/bin/true']) for 2 s): {ceiling:.0f} /s", flush=True)
         for backend in backends:
-            argv = [arg for arg in sys.argv[1:] if not arg.startswith("--backends")]
+            argv = [f"--count={args.count}", f"--isolation={args.isolation}",
+                    *([f"--backlog={args.backlog}"] if args.backlog else []),
+                    *([f"--keep-logs={args.keep_logs}"] if args.keep_logs else [])]
             subprocess.run([sys.executable, __file__, *argv, f"--backends={backend}", f"--ceiling={ceiling}"],
                            check=True)
         print(f"fork+exec ceiling measured again at the end: {fork_exec_ceiling():.0f} /s")
