@@ -255,7 +255,7 @@ def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: A
         try:
             popen = subprocess.Popen(launch, stdin=stdin, stdout=out, stderr=err, env=env,
                                      cwd=cwd, start_new_session=True, close_fds=True,
-                                     **launch_kwargs(identity))
+                                     **(identity.popen_kwargs() if identity else {}))
         except OSError as error:
             context.limiter.cleanup(confinement)
             raise ExecutorError(f"could not start {argv[0]!r}: {error.strerror or error}") from error
@@ -273,30 +273,22 @@ def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: A
 
 
 def launcher(argv: list[str], *, join: list[str], identity: Identity | None, pids: int) -> list[str]:
-    """What runs before the workload and execs it: ``setpriv`` becomes its identity, with
-    no-new-privileges (setuid programs then give it nothing); where the child cannot join its
-    cgroups (v2), a process-count rlimit for an exclusive uid (every process of that uid is the
-    workload's); last, as the workload, the cgroup join, so that nothing of the launcher's own
-    runs under the workload's CPU quota (at 0.001 CPU, 1 ms per 100 ms: a ``setpriv`` exec'd after
-    the join made a ``true`` take 12 ms, measured). ``launch_kwargs`` says what Popen must do."""
+    """What runs before the workload, as the workload (Popen switched to its identity between
+    fork and exec: nothing runs as root with the workload's environment, where an ``LD_PRELOAD``
+    would be obeyed), and execs it: no-new-privileges when it runs as a uid of its own (setuid
+    programs then give it nothing); where the child cannot join its cgroups (v2), a process-count
+    rlimit for an exclusive uid (every process of that uid is the workload's); last, the cgroup
+    join, so that no step of the launcher runs under the workload's CPU quota (at 0.001 CPU, 1 ms
+    per 100 ms, a ``setpriv`` exec'd after the join made a ``true`` take 12 ms, measured)."""
     prefix = []
     if identity is not None:
         if setpriv := shutil.which("setpriv"):
-            groups = f"--groups={','.join(map(str, identity.groups))}" if identity.groups else "--clear-groups"
-            prefix += [setpriv, f"--reuid={identity.uid}", f"--regid={identity.gid}", groups, "--no-new-privs", "--"]
+            prefix += [setpriv, "--no-new-privs", "--"]
         if not join and identity.exclusive and pids and (prlimit := shutil.which("prlimit")):
             prefix += [prlimit, f"--nproc={pids}", "--"]
     if join:
         prefix += ["/bin/sh", "-c", JOIN_CGROUPS, "cnet-join", *join, "--"]
     return [*prefix, *argv]
-
-
-def launch_kwargs(identity: Identity | None) -> dict:
-    """Popen's part of becoming the workload's identity: nothing where ``setpriv`` does it (then
-    Popen may vfork, not copy the agent's whole address space: 0.2 ms a start, not 2.7 ms)."""
-    if identity is None or shutil.which("setpriv"):
-        return {}
-    return identity.popen_kwargs()
 
 
 def processes_of(uid: int) -> list[psutil.Process]:

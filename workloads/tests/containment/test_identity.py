@@ -3,6 +3,9 @@ own, and reads none of the agent's or the control plane's secrets. Through the A
 without staff rights, on a real agent (root here) with real processes."""
 
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,41 @@ def test_the_secrets_probe_prints_no_secret_and_a_uid_that_is_not_root(user_api,
     assert "DJANGO_SETTINGS_MODULE" not in logs and "SQLite" not in logs
     assert row.runtime["uid"] == uid
     agent.shutdown()
+
+
+# A library that writes the uid of every process that loads it.
+UID_PROBE_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((constructor)) static void probe(void) {
+    FILE *out = fopen(getenv("UID_PROBE_OUT"), "a");
+    if (out) { fprintf(out, "%d\n", (int)getuid()); fclose(out); }
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler to build the preloaded library")
+def test_nothing_runs_as_root_with_the_environment_the_workload_names(user_api, make_site_agent):
+    """An ``LD_PRELOAD`` in its ``env`` is obeyed by every program of its launch: each must
+    already run as its uid (a root one would run the library as root)."""
+    probe = Path(tempfile.mkdtemp(prefix="cnet-uid-probe-", dir="/tmp"))  # where its uid can reach
+    try:
+        probe.chmod(0o777)  # the workload's uid writes its line here too
+        (probe / "probe.c").write_text(UID_PROBE_C)
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", probe / "probe.so", probe / "probe.c"], check=True)
+        agent = make_site_agent()
+        workload = submit(user_api, agent.config.node_id, "true",
+                          env={"LD_PRELOAD": str(probe / "probe.so"), "UID_PROBE_OUT": str(probe / "uids")})
+        row = run_to_end(agent, workload["id"])
+        agent.shutdown()
+        uids = [int(line) for line in (probe / "uids").read_text().split()]
+    finally:
+        shutil.rmtree(probe)
+
+    assert row.status == "succeeded"
+    assert 0 not in uids  # no program of its launch ran as root
+    assert len(uids) >= 2 and set(uids) == {row.runtime["uid"]}  # the launcher's, then the workload
 
 
 def test_two_running_workloads_have_different_uids_and_cannot_signal_each_other(user_api, make_site_agent):
