@@ -19,7 +19,7 @@ from nodes.services import node_credential_refused, node_mark_offline, node_regi
 
 from .dispatch import request_pending_placement_on_commit
 from .models import Workload, WorkloadStatus
-from .selectors import node_work, node_work_states, with_log_next_seq
+from .selectors import node_work, node_work_states
 from .services import workload_note, workload_request_stop, workload_requeue
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def node_heartbeat_record(*, node: Node, credential_hash: str, epoch: int, usage
         stop=[pk for pk, status, asked in here if pk in running and status == WorkloadStatus.RUNNING and asked],
         # Most beats start nothing: the details of what to start are read only when there is some,
         # and a batch at a time (an array's thousands placed here are not all read on every beat).
-        work=with_log_next_seq(node_work(node_pk=node.pk, ids=to_start[:WORK_BATCH])) if to_start else [],
+        work=node_work(node_pk=node.pk, ids=to_start[:WORK_BATCH]) if to_start else [],
         more_work=len(to_start) > WORK_BATCH,
     )
 

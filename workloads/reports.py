@@ -17,7 +17,7 @@ from nodes.services import node_release
 from .dispatch import request_pending_placement_on_commit
 from .logs import workload_logs_append
 from .models import ACTIVE, TERMINAL, EventKind, RestartPolicy, Workload, WorkloadEvent, WorkloadStatus
-from .selectors import TRANSITION_FIELDS, workloads_foreign_to
+from .selectors import workloads_foreign_to, workloads_locked_for_reports
 from .services import ALLOWED, workload_note, workload_record_runtime, workload_transition
 from .services.batches import RESOURCE_FIELDS, slices
 
@@ -58,13 +58,11 @@ def workload_reports_apply(*, node: Node, reports: Sequence[dict]) -> list[dict]
 def _reports_apply(*, node: Node, reports: Sequence[dict]) -> list[dict]:
     # One transaction for the batch: one commit, and one doorbell for the room its exits free.
     # The rows are locked as they are read, so what is decided from them holds until the commit.
-    workloads = {
-        workload.pk: workload for workload in Workload.objects.select_related("node")
-        .select_for_update(of=("self",))
-        .only(*TRANSITION_FIELDS, "agent_epoch", "scheduled_at", "node__node_id")
-        .filter(pk__in={report["workload_id"] for report in reports})
-    }
+    workloads = workloads_locked_for_reports(ids={report["workload_id"] for report in reports})
     _refuse_foreign(node=node, placed={pk: workload.node_id for pk, workload in workloads.items()})
+    for workload in workloads.values():
+        if workload.node_id is not None:  # this node, or the batch was refused above
+            workload.node = node
     reports_per_workload = Counter(report["workload_id"] for report in reports)
     batch = _Moves(node=node)
     answers = []

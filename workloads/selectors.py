@@ -3,7 +3,7 @@ from functools import lru_cache
 from uuid import UUID
 
 from django.db import connection
-from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery, Sum, Value, Window
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum, Value, Window
 from django.db.models.functions import Length, Replace
 
 from core.errors import InvalidRequest
@@ -285,14 +285,67 @@ WORK_FIELDS = (
 def node_work(*, node_pk: int, statuses: Collection[str] = ACTIVE, ids: Collection[UUID] | None = None,
               limit: int | None = None) -> list[Workload]:
     """The workloads scheduled or running on a node (or those of ``statuses``, or of ``ids``, at
-    most ``limit``), as its agent needs them, highest priority first, then oldest placement; one
-    read on the ``workload_node_status`` index."""
-    placed = Workload.objects.filter(node_id=node_pk, status__in=statuses)
+    most ``limit``), as its agent needs them, highest priority first, then oldest placement, each
+    with ``owner_username`` and ``log_next_seq`` (the number its agent gives the next output
+    chunk: a rerun continues the numbering of the runs before it). One read on the
+    ``workload_node_status`` index, written out once per shape: building the ORM query (and a
+    second one for the log numbers) cost an agent's every start more than running it."""
+    if ids is not None and not ids:
+        return []
+    statuses = sorted(statuses)
+    params = [node_pk, *statuses]
     if ids is not None:
-        placed = placed.filter(pk__in=ids)
-    placed = (placed.select_related("owner").only(*WORK_FIELDS, "owner__username")
-              .order_by("-priority", "scheduled_at", "id"))
-    return list(placed[:limit] if limit is not None else placed)
+        params += [_WORKLOAD_ID.get_db_prep_value(pk, connection) for pk in ids]
+    if limit is not None:
+        params.append(limit)
+    sql = _node_work_sql(len(statuses), None if ids is None else len(ids), limit is not None)
+    return list(Workload.objects.raw(sql, params))
+
+
+@lru_cache(maxsize=128)
+def _node_work_sql(statuses: int, ids: int | None, limited: bool) -> str:
+    user = Workload._meta.get_field("owner").related_model
+    log_seq = (f"SELECT MAX(l.{_column(WorkloadLog, 'seq')}) + 1 FROM {_table(WorkloadLog)} l "
+               f"WHERE l.{_column(WorkloadLog, 'workload')} = w.{_column(Workload, 'id')}")
+    sql = (f"SELECT {', '.join(f'w.{_column(Workload, name)}' for name in WORK_FIELDS)}, "
+           f"u.{_column(user, 'username')} AS owner_username, COALESCE(({log_seq}), 0) AS log_next_seq "
+           f"FROM {_table(Workload)} w LEFT JOIN {_table(user)} u "
+           f"ON u.{_column(user, 'id')} = w.{_column(Workload, 'owner')} "
+           f"WHERE w.{_column(Workload, 'node')} = %s AND w.{_column(Workload, 'status')} {_one_of(statuses)}")
+    if ids is not None:
+        sql += f" AND w.{_column(Workload, 'id')} {_one_of(ids)}"
+    sql += (f" ORDER BY w.{_column(Workload, 'priority')} DESC, w.{_column(Workload, 'scheduled_at')}, "
+            f"w.{_column(Workload, 'id')}")  # as node_work_states
+    return sql + " LIMIT %s" if limited else sql
+
+
+def workloads_locked_for_reports(*, ids: Collection[UUID]) -> dict[UUID, Workload]:
+    """The workloads a batch of reports is about, by pk, with what a transition reads of them
+    (``TRANSITION_FIELDS``, ``agent_epoch``, ``scheduled_at``), their rows locked until the
+    transaction ends. One statement written out once per batch size, like ``node_work``."""
+    if not ids:
+        return {}
+    params = [_WORKLOAD_ID.get_db_prep_value(pk, connection) for pk in ids]
+    return {workload.pk: workload for workload in Workload.objects.raw(_locked_for_reports_sql(len(params)), params)}
+
+
+@lru_cache(maxsize=64)
+def _locked_for_reports_sql(ids: int) -> str:
+    selected = ", ".join(_column(Workload, name) for name in ("id", *TRANSITION_FIELDS, "agent_epoch", "scheduled_at"))
+    sql = f"SELECT {selected} FROM {_table(Workload)} WHERE {_column(Workload, 'id')} {_one_of(ids)}"
+    return sql + " FOR UPDATE" if connection.features.has_select_for_update else sql
+
+
+def _table(model) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _column(model, name: str) -> str:
+    return connection.ops.quote_name(model._meta.get_field(name).column)
+
+
+def _one_of(count: int) -> str:
+    return f"IN ({', '.join(['%s'] * count)})"
 
 
 def node_work_states(*, node_pk: int) -> list[tuple[UUID, str, bool]]:
@@ -319,22 +372,10 @@ def _node_work_states_sql() -> str:
             f"ORDER BY {quote('priority')} DESC, {quote('scheduled_at')}, {quote(_WORKLOAD_ID.column)}")  # as node_work
 
 
-def with_log_next_seq(workloads: list[Workload]) -> list[Workload]:
-    """Sets ``log_next_seq`` on each: the number its agent gives the next output chunk (a rerun
-    continues the numbering of the runs before it). One read, and none for an empty list: most
-    heartbeats start nothing."""
-    if workloads:
-        last = dict(WorkloadLog.objects.filter(workload_id__in=[workload.pk for workload in workloads])
-                    .values("workload_id").annotate(last=Max("seq")).values_list("workload_id", "last"))
-        for workload in workloads:
-            workload.log_next_seq = last[workload.pk] + 1 if workload.pk in last else 0
-    return workloads
-
-
 def node_work_lists(*, node_pk: int, status: str | None = None, limit: int | None = None) -> dict:
     """What an agent asks for (``GET /api/node/work``): ``work`` (scheduled, to start) and
     ``running`` (to re-adopt), only the one of ``status`` if given, each at most ``limit`` long,
-    and ``more``: whether a list was cut. Each with its ``log_next_seq``."""
+    and ``more``: whether a list was cut."""
     lists = {"work": WorkloadStatus.SCHEDULED, "running": WorkloadStatus.RUNNING}
     answer, more = {}, False
     for name, listed in lists.items():
@@ -344,7 +385,7 @@ def node_work_lists(*, node_pk: int, status: str | None = None, limit: int | Non
         # One more than asked: whether the list was cut.
         placed = node_work(node_pk=node_pk, statuses=[listed], limit=None if limit is None else limit + 1)
         more |= limit is not None and len(placed) > limit
-        answer[name] = with_log_next_seq(placed[:limit])
+        answer[name] = placed[:limit]
     answer["more"] = more
     return answer
 

@@ -85,7 +85,7 @@ class WorkSerializer(serializers.ModelSerializer):
     requirements = serializers.SerializerMethodField()
     log_next_seq = serializers.IntegerField(read_only=True, default=0,
                                             help_text="the number to give this run's first output chunk")
-    owner = serializers.CharField(source="owner.username", default=None, read_only=True,
+    owner = serializers.CharField(source="owner_username", default=None, read_only=True,
                                   help_text="who submitted it: staff may map an owner to an account on nodes")
     on_disconnect = serializers.ChoiceField(
         source="disconnect_action", choices=OnDisconnect.choices, read_only=True,

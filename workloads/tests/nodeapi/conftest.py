@@ -31,9 +31,9 @@ def agent_for(db):
     return make
 
 
-def submit(node: str, *, name: str = "w", **options):
+def submit(node: str, *, name: str = "w", owner=None, **options):
     """A workload submitted at ``node``; placed there when it has room."""
-    return workload_submit(owner=None, name=name, type="process", config=PROCESS,
+    return workload_submit(owner=owner, name=name, type="process", config=PROCESS,
                            requirements=Resources(cpu=1000, memory=GiB),
                            node=node, **options)
 

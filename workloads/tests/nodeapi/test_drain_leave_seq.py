@@ -15,12 +15,13 @@ def epoch(agent) -> int:
     return Node.objects.get(pk=agent.node.pk).agent_epoch
 
 
-def test_work_carries_the_next_log_number(agent_for):
+def test_work_carries_the_next_log_number_and_the_owner(agent_for, user):
     agent = agent_for("a")
-    fresh, rerun = submit("a", name="fresh"), submit("a", name="rerun")
+    fresh, rerun = submit("a", name="fresh"), submit("a", name="rerun", owner=user)
     WorkloadLog.objects.bulk_create(WorkloadLog(workload=rerun, seq=seq, text="x\n") for seq in range(3))
     work = {item["name"]: item for item in agent.get("/api/node/work").json()["work"]}
     assert (work["fresh"]["log_next_seq"], work["rerun"]["log_next_seq"]) == (0, 3)
+    assert (work["fresh"]["owner"], work["rerun"]["owner"]) == (None, user.username)
     assert fresh.pk
 
 
