@@ -9,7 +9,7 @@ from nodes.models import NodeStatus
 from nodes.resources import Resources
 
 from ..membership import WORK_BATCH
-from ..models import LogStream, OnDisconnect, Workload, WorkloadStatus
+from ..models import LogStream, OnDisconnect, RestartPolicy, Workload, WorkloadStatus
 from ..reports import AGENT_REPORTS
 
 MAX_GPUS = 4096
@@ -79,29 +79,36 @@ class HeartbeatSerializer(NoUnknownFieldsMixin, serializers.Serializer):
                   "judges every deadline that much later")
 
 
-class WorkSerializer(serializers.ModelSerializer):
+# Declared rather than read off the model: a ModelSerializer builds its fields anew for every
+# answer, and that cost as much as reading the work.
+class WorkSerializer(serializers.Serializer):
     """What an agent needs to start (or re-adopt) a workload: what its executors read of it."""
 
+    id = serializers.UUIDField(read_only=True)
+    name = serializers.CharField(read_only=True)
+    type = serializers.CharField(read_only=True)
+    status = serializers.ChoiceField(choices=WorkloadStatus.choices, read_only=True)
+    config = serializers.JSONField(read_only=True)
     requirements = serializers.SerializerMethodField()
+    restart_policy = serializers.ChoiceField(choices=RestartPolicy.choices, read_only=True)
+    restart_count = serializers.IntegerField(read_only=True)
+    priority = serializers.IntegerField(read_only=True)
+    runtime = serializers.JSONField(read_only=True)
+    agent_epoch = serializers.IntegerField(read_only=True, allow_null=True)
+    scheduled_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    started_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    stop_requested_at = serializers.DateTimeField(read_only=True, allow_null=True)
     log_next_seq = serializers.IntegerField(read_only=True, default=0,
                                             help_text="the number to give this run's first output chunk")
     owner = serializers.CharField(source="owner_username", default=None, read_only=True,
                                   help_text="who submitted it: staff may map an owner to an account on nodes")
-    on_disconnect = serializers.ChoiceField(
-        source="disconnect_action", choices=OnDisconnect.choices, read_only=True,
-        help_text="once the control plane has answered nothing for the fence time: stop it, or keep it running")
+    max_runtime_seconds = serializers.IntegerField(read_only=True, allow_null=True)
     time_left_seconds = serializers.SerializerMethodField(
         help_text="of its max_runtime_seconds, by the control plane's clock (null: no limit); past it the agent "
                   "stops the workload and reports it failed")
-
-    class Meta:
-        model = Workload
-        fields = [
-            "id", "name", "type", "status", "config", "requirements", "restart_policy", "restart_count",
-            "priority", "runtime", "agent_epoch", "scheduled_at", "started_at", "stop_requested_at", "log_next_seq",
-            "owner", "max_runtime_seconds", "time_left_seconds", "on_disconnect",
-        ]
-        read_only_fields = fields
+    on_disconnect = serializers.ChoiceField(
+        source="disconnect_action", choices=OnDisconnect.choices, read_only=True,
+        help_text="once the control plane has answered nothing for the fence time: stop it, or keep it running")
 
     def get_time_left_seconds(self, workload: Workload) -> float | None:
         if workload.max_runtime_seconds is None:
