@@ -1,8 +1,10 @@
 import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Case, Count, F, FloatField, Max, Prefetch, QuerySet, Sum, TextField, Value, When, Window
 from django.db.models.functions import Cast, Greatest, RowNumber
 
@@ -20,6 +22,19 @@ def node_get(*, node_id: str) -> Node:
         raise NotFound(f"node {node_id!r} is not registered", field="node") from None
 
 
+def node_by_id(node_id: str) -> Node | None:
+    """The node registered as ``node_id``, or None: one statement written out once (every
+    submission looks up the node it was made at, and building the ORM query cost more than
+    running it)."""
+    return next(iter(Node.objects.raw(_node_by_id_sql(), [node_id])), None)
+
+
+@lru_cache(maxsize=1)
+def _node_by_id_sql() -> str:
+    quote = connection.ops.quote_name
+    return f"SELECT * FROM {quote(Node._meta.db_table)} WHERE {quote(Node._meta.get_field('node_id').column)} = %s"
+
+
 def node_find(name: str, *, excluding: str | None = None) -> Node | None:
     """The registered node a name means (its node_id, or the address:port it advertises), or None.
 
@@ -28,7 +43,7 @@ def node_find(name: str, *, excluding: str | None = None) -> Node | None:
     address, a live one wins. A node that advertises the wildcard 0.0.0.0 (the seed's "listen
     everywhere") answers to loopback names on its port, so configs written for one machine link up."""
     others = Node.objects.exclude(node_id=excluding) if excluding else Node.objects.all()
-    found = others.filter(node_id=name).first()
+    found = None if name == excluding else node_by_id(name)
     host, _, port = name.rpartition(":")
     if found is None and port.isdigit():
         hosts = [host]

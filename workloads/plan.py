@@ -163,6 +163,8 @@ def workload_queues(*, workloads: list[Workload]) -> dict:
     them), so a page of a list costs what one workload does."""
     answers: dict = {workload.pk: None for workload in workloads}
     pending = [w for w in workloads if w.status == WorkloadStatus.PENDING]
+    if not pending:  # a placed submission's answer: it must not hold up its own start's requests
+        return answers
     queued = [w for w in pending if w.dependencies_waiting == 0]
     places = queue_places(queued=[Queued(w.priority, w.created_at, w.pk) for w in queued])
     considered = _nodes_considered(queued)

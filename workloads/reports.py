@@ -4,9 +4,8 @@ node and counted only for that node's own workloads."""
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from functools import lru_cache
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from core.db import atomic_retried
@@ -21,6 +20,7 @@ from .models import ACTIVE, TERMINAL, EventKind, RestartPolicy, Workload, Worklo
 from .selectors import workloads_foreign_to, workloads_locked_for_reports
 from .services import ALLOWED, workload_note, workload_record_runtime, workload_transition
 from .services.batches import RESOURCE_FIELDS, slices
+from .services.moves import workloads_move
 
 logger = logging.getLogger(__name__)
 S = WorkloadStatus
@@ -118,7 +118,11 @@ class _Moves:
             else:
                 changes.update(finished_at=now, **({"exit_code": exit_code} if exit_code is not None else {}))
             ids = [workload.pk for workload in group]
-            moved = sum(_move(part, node_pk=self.node.pk, current=current, changes=changes) for part in slices(group))
+            moved = sum(workloads_move([workload.pk for workload in part], current=current, node_pk=self.node.pk,
+                                       changes=changes, runtimes=[(workload.pk, workload.reported_runtime)
+                                                                  for workload in part
+                                                                  if workload.reported_runtime is not None])
+                        for part in slices(group))
             if moved != len(ids):  # the rows are locked: only a bug gets here
                 raise RuntimeError(f"{moved} of {len(ids)} reported moves made on node {self.node.node_id}")
             events += [WorkloadEvent(workload_id=pk, kind=EventKind.TRANSITION, from_status=current, to_status=to,
@@ -131,40 +135,6 @@ class _Moves:
             node_release(node_pk=self.node.pk, requirements=Resources(*(
                 sum(getattr(workload, field) for workload in ended) for field in RESOURCE_FIELDS)))
             request_pending_placement_on_commit()
-
-
-def _move(workloads: list[Workload], *, node_pk: int, current: str, changes: dict) -> int:
-    """``UPDATE`` of ``changes`` (and each workload's ``reported_runtime``, where it has one) on
-    those of ``workloads`` still ``current`` on the node: one statement written out once per
-    shape. The ORM's UPDATE and its bulk_update of the runtimes cost a start report more than
-    everything else in it."""
-    fields = [Workload._meta.get_field(name) for name in changes]
-    runtimes = [workload for workload in workloads if workload.reported_runtime is not None]
-    params = [field.get_db_prep_save(changes[field.name], connection) for field in fields]
-    runtime = Workload._meta.get_field("runtime")
-    for workload in runtimes:
-        params += [_WORKLOAD_ID.get_db_prep_value(workload.pk, connection),
-                   runtime.get_db_prep_save(workload.reported_runtime, connection)]
-    params += [_WORKLOAD_ID.get_db_prep_value(workload.pk, connection) for workload in workloads]
-    params += [current, node_pk]
-    with connection.cursor() as cursor:
-        cursor.execute(_move_sql(tuple(field.column for field in fields), runtimes=len(runtimes),
-                                 ids=len(workloads)), params)
-        return cursor.rowcount
-
-
-_WORKLOAD_ID = Workload._meta.pk
-
-
-@lru_cache(maxsize=256)
-def _move_sql(columns: tuple[str, ...], *, runtimes: int, ids: int) -> str:
-    quote = connection.ops.quote_name
-    pk, runtime = quote(_WORKLOAD_ID.column), quote(Workload._meta.get_field("runtime").column)
-    assignments = [f"{quote(column)} = %s" for column in columns]
-    if runtimes:
-        assignments.append(f"{runtime} = CASE {pk}{' WHEN %s THEN %s' * runtimes} ELSE {runtime} END")
-    return (f"UPDATE {quote(Workload._meta.db_table)} SET {', '.join(assignments)} "
-            f"WHERE {pk} IN ({', '.join(['%s'] * ids)}) AND {quote('status')} = %s AND {quote('node_id')} = %s")
 
 
 def _refuse_foreign(*, node: Node, placed: dict) -> None:

@@ -39,6 +39,7 @@ from ..models import (
 from ..selectors import TRANSITION_FIELDS, dependency_list
 from .batches import slices, workload_array_place, workloads_end_many
 from .dependencies import CONDITION_WORDS, Target, dependencies_waiting_on, waiting_reason
+from .moves import workloads_move
 from .quotas import workload_quota_wait
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def workload_transition(
         elif to == S.PENDING:
             changes.update(node=None, scheduled_at=None, dispatched_at=None, started_at=None,
                            finished_at=None, exit_code=None, runtime={}, stop_requested_at=None)
-        if not Workload.objects.filter(pk=workload_id, status=current, node_id=row["node_id"]).update(**changes):
+        if not workloads_move([workload_id], current=current, node_pk=row["node_id"], changes=changes):
             return False
         WorkloadEvent.objects.bulk_create([*events, WorkloadEvent(
             workload_id=workload_id, kind=EventKind.TRANSITION, from_status=current, to_status=to,
