@@ -27,7 +27,7 @@ from .base import (
 )
 from .identity import Identity
 from .limits import KILL_DEADLINE_SECONDS, Limits, subfolder_names
-from .workspace import node_workspaces
+from .workspace import TRASH_FOLDER, node_workspaces
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,8 @@ class ProcessExecutor(Executor):
         uids, gpus = context.leases("uids"), context.leases("gpus")
         leftovers = context.limiter.workloads_with_cgroups() | uids.stale(known) | gpus.stale(known)
         if context.isolation.enabled:
-            leftovers |= subfolder_names(node_workspaces(context.isolation.workspace_root, context.node_id))
+            leftovers |= subfolder_names(node_workspaces(context.isolation.workspace_root, context.node_id)) - {
+                TRASH_FOLDER}
         reaped = []
         for workload_id in sorted(leftovers - known - {"probe"}):
             runtime = {"cgroups": [str(path) for path in context.limiter.folders(workload_id) if path.exists()]}
