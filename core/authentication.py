@@ -1,11 +1,12 @@
 from functools import lru_cache
 
 from django.contrib.auth import get_user_model
-from django.db import connection
 from django.utils.translation import gettext_lazy as _
 from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication, get_authorization_header
 from rest_framework.authtoken.models import Token
+
+from .db import sql_column, sql_table
 
 
 class BearerOrTokenAuthentication(TokenAuthentication):
@@ -45,11 +46,6 @@ class BearerOrTokenAuthentication(TokenAuthentication):
 
 @lru_cache(maxsize=1)
 def _token_user_sql() -> str:
-    quote = connection.ops.quote_name
     user = get_user_model()
-
-    def column(model, name: str) -> str:
-        return quote(model._meta.get_field(name).column)
-
-    return (f"SELECT u.* FROM {quote(Token._meta.db_table)} t JOIN {quote(user._meta.db_table)} u "
-            f"ON u.{column(user, 'id')} = t.{column(Token, 'user')} WHERE t.{column(Token, 'key')} = %s")
+    return (f"SELECT u.* FROM {sql_table(Token)} t JOIN {sql_table(user)} u "
+            f"ON u.{sql_column(user, 'id')} = t.{sql_column(Token, 'user')} WHERE t.{sql_column(Token, 'key')} = %s")

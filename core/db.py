@@ -1,4 +1,4 @@
-"""Transactions that the database may abort to break a deadlock, and run again."""
+"""Transactions that the database may abort to break a deadlock, and run again; names for hand-written SQL."""
 
 import logging
 from collections.abc import Callable
@@ -34,3 +34,18 @@ def atomic_retried(work: Callable[[], T], *, attempts: int = 3) -> T:
                            "(%d of %d)", attempt + 1, attempts)
     with transaction.atomic():
         return work()
+
+
+# For the few hot statements written out by hand (building and compiling the ORM's cost more
+# than running them): names quoted for the default database, and placeholders.
+def sql_table(model) -> str:
+    return connections[DEFAULT_DB_ALIAS].ops.quote_name(model._meta.db_table)
+
+
+def sql_column(model, name: str) -> str:
+    """The column of field ``name`` (or of its attname, ``node_id``), quoted."""
+    return connections[DEFAULT_DB_ALIAS].ops.quote_name(model._meta.get_field(name).column)
+
+
+def sql_in(count: int) -> str:
+    return f"IN ({', '.join(['%s'] * count)})"

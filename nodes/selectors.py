@@ -4,10 +4,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import Case, Count, F, FloatField, Max, Prefetch, QuerySet, Sum, TextField, Value, When, Window
 from django.db.models.functions import Cast, Greatest, RowNumber
 
+from core.db import sql_column, sql_table
 from core.errors import InvalidRequest, NotFound
 
 from .models import RESOURCES, JoinToken, Node, NodeStatus
@@ -31,8 +31,7 @@ def node_by_id(node_id: str) -> Node | None:
 
 @lru_cache(maxsize=1)
 def _node_by_id_sql() -> str:
-    quote = connection.ops.quote_name
-    return f"SELECT * FROM {quote(Node._meta.db_table)} WHERE {quote(Node._meta.get_field('node_id').column)} = %s"
+    return f"SELECT * FROM {sql_table(Node)} WHERE {sql_column(Node, 'node_id')} = %s"
 
 
 def node_find(name: str, *, excluding: str | None = None) -> Node | None:

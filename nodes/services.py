@@ -11,6 +11,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from core.db import sql_column, sql_table
 from core.errors import Forbidden, InvalidRequest, NotFound, StateConflict, Unauthorized
 
 from .db import prepared_cursor
@@ -423,15 +424,13 @@ def _credential_node_sql() -> str:
     """The node of an unrevoked credential (by its key's hash), with the credential's pk and
     whether its ``last_used_at`` is older than a time: one statement written out once, as every
     node request but a beat sends it (building the ORM query cost twice what running it does)."""
-    quote = connection.ops.quote_name
-
     def column(name: str) -> str:
-        return f"c.{quote(NodeCredential._meta.get_field(name).column)}"
+        return f"c.{sql_column(NodeCredential, name)}"
 
     used = column("last_used_at")
     return (f"SELECT n.*, {column('id')} AS credential_pk, ({used} IS NULL OR {used} < %s) AS credential_stale "
-            f"FROM {quote(NodeCredential._meta.db_table)} c JOIN {quote(Node._meta.db_table)} n "
-            f"ON n.{quote(Node._meta.pk.column)} = {column('node')} "
+            f"FROM {sql_table(NodeCredential)} c JOIN {sql_table(Node)} n "
+            f"ON n.{sql_column(Node, 'id')} = {column('node')} "
             f"WHERE {column('key_hash')} = %s AND {column('revoked_at')} IS NULL")
 
 

@@ -18,6 +18,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Q, QuerySet
 
+from core.db import sql_column, sql_in, sql_table
 from core.errors import InvalidRequest
 from nodes.resources import Resources, human_bytes, human_cores
 
@@ -116,20 +117,15 @@ def quota_limits(*, owner_ids, lock: bool = False) -> dict[int, Limit]:
 def _quota_rows_sql(owners: int, *, lock: bool) -> str:
     """(user, group member, group name, *LIMITS columns) of the quotas of some owners, by their own
     quota or a group's, in quota order."""
-    quote = connection.ops.quote_name
     group, members = Quota._meta.get_field("group").related_model, get_user_model().groups.through
-
-    def column(model, name: str) -> str:
-        return quote(model._meta.get_field(name).column)
-
-    one_of = f"IN ({', '.join(['%s'] * owners)})"
-    sql = (f"SELECT q.{column(Quota, 'user')}, m.{column(members, 'user')}, g.{column(group, 'name')}, "
-           f"{', '.join(f'q.{quote(name)}' for name in LIMITS.values())} "
-           f"FROM {quote(Quota._meta.db_table)} q "
-           f"LEFT JOIN {quote(group._meta.db_table)} g ON g.{column(group, 'id')} = q.{column(Quota, 'group')} "
-           f"LEFT JOIN {quote(members._meta.db_table)} m ON m.{column(members, 'group')} = q.{column(Quota, 'group')} "
-           f"WHERE q.{column(Quota, 'user')} {one_of} OR m.{column(members, 'user')} {one_of} "
-           f"ORDER BY q.{column(Quota, 'id')}")
+    holder = sql_column(Quota, "group")
+    sql = (f"SELECT q.{sql_column(Quota, 'user')}, m.{sql_column(members, 'user')}, g.{sql_column(group, 'name')}, "
+           f"{', '.join(f'q.{sql_column(Quota, name)}' for name in LIMITS.values())} "
+           f"FROM {sql_table(Quota)} q "
+           f"LEFT JOIN {sql_table(group)} g ON g.{sql_column(group, 'id')} = q.{holder} "
+           f"LEFT JOIN {sql_table(members)} m ON m.{sql_column(members, 'group')} = q.{holder} "
+           f"WHERE q.{sql_column(Quota, 'user')} {sql_in(owners)} OR m.{sql_column(members, 'user')} {sql_in(owners)} "
+           f"ORDER BY q.{sql_column(Quota, 'id')}")
     return sql + " FOR UPDATE OF q" if lock else sql
 
 

@@ -6,6 +6,7 @@ from django.db import connection
 from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum, Value, Window
 from django.db.models.functions import Length, Replace
 
+from core.db import sql_column, sql_in, sql_table
 from core.errors import InvalidRequest
 from nodes.db import prepared_cursor
 from nodes.resources import Resources
@@ -305,17 +306,17 @@ def node_work(*, node_pk: int, statuses: Collection[str] = ACTIVE, ids: Collecti
 @lru_cache(maxsize=128)
 def _node_work_sql(statuses: int, ids: int | None, limited: bool) -> str:
     user = Workload._meta.get_field("owner").related_model
-    log_seq = (f"SELECT MAX(l.{_column(WorkloadLog, 'seq')}) + 1 FROM {_table(WorkloadLog)} l "
-               f"WHERE l.{_column(WorkloadLog, 'workload')} = w.{_column(Workload, 'id')}")
-    sql = (f"SELECT {', '.join(f'w.{_column(Workload, name)}' for name in WORK_FIELDS)}, "
-           f"u.{_column(user, 'username')} AS owner_username, COALESCE(({log_seq}), 0) AS log_next_seq "
-           f"FROM {_table(Workload)} w LEFT JOIN {_table(user)} u "
-           f"ON u.{_column(user, 'id')} = w.{_column(Workload, 'owner')} "
-           f"WHERE w.{_column(Workload, 'node')} = %s AND w.{_column(Workload, 'status')} {_one_of(statuses)}")
+    log_seq = (f"SELECT MAX(l.{sql_column(WorkloadLog, 'seq')}) + 1 FROM {sql_table(WorkloadLog)} l "
+               f"WHERE l.{sql_column(WorkloadLog, 'workload')} = w.{sql_column(Workload, 'id')}")
+    sql = (f"SELECT {', '.join(f'w.{sql_column(Workload, name)}' for name in WORK_FIELDS)}, "
+           f"u.{sql_column(user, 'username')} AS owner_username, COALESCE(({log_seq}), 0) AS log_next_seq "
+           f"FROM {sql_table(Workload)} w LEFT JOIN {sql_table(user)} u "
+           f"ON u.{sql_column(user, 'id')} = w.{sql_column(Workload, 'owner')} "
+           f"WHERE w.{sql_column(Workload, 'node')} = %s AND w.{sql_column(Workload, 'status')} {sql_in(statuses)}")
     if ids is not None:
-        sql += f" AND w.{_column(Workload, 'id')} {_one_of(ids)}"
-    sql += (f" ORDER BY w.{_column(Workload, 'priority')} DESC, w.{_column(Workload, 'scheduled_at')}, "
-            f"w.{_column(Workload, 'id')}")  # as node_work_states
+        sql += f" AND w.{sql_column(Workload, 'id')} {sql_in(ids)}"
+    sql += (f" ORDER BY w.{sql_column(Workload, 'priority')} DESC, w.{sql_column(Workload, 'scheduled_at')}, "
+            f"w.{sql_column(Workload, 'id')}")  # as node_work_states
     return sql + " LIMIT %s" if limited else sql
 
 
@@ -331,21 +332,10 @@ def workloads_locked_for_reports(*, ids: Collection[UUID]) -> dict[UUID, Workloa
 
 @lru_cache(maxsize=64)
 def _locked_for_reports_sql(ids: int) -> str:
-    selected = ", ".join(_column(Workload, name) for name in ("id", *TRANSITION_FIELDS, "agent_epoch", "scheduled_at"))
-    sql = f"SELECT {selected} FROM {_table(Workload)} WHERE {_column(Workload, 'id')} {_one_of(ids)}"
+    columns = ("id", *TRANSITION_FIELDS, "agent_epoch", "scheduled_at")
+    selected = ", ".join(sql_column(Workload, name) for name in columns)
+    sql = f"SELECT {selected} FROM {sql_table(Workload)} WHERE {sql_column(Workload, 'id')} {sql_in(ids)}"
     return sql + " FOR UPDATE" if connection.features.has_select_for_update else sql
-
-
-def _table(model) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
-
-
-def _column(model, name: str) -> str:
-    return connection.ops.quote_name(model._meta.get_field(name).column)
-
-
-def _one_of(count: int) -> str:
-    return f"IN ({', '.join(['%s'] * count)})"
 
 
 def node_work_states(*, node_pk: int) -> list[tuple[UUID, str, bool]]:

@@ -11,6 +11,8 @@ from uuid import UUID
 
 from django.db import connection
 
+from core.db import sql_column, sql_in, sql_table
+
 from ..models import Workload
 
 _ID = Workload._meta.pk
@@ -38,11 +40,10 @@ def workloads_move(ids: Sequence[UUID], *, current: str, node_pk: int | None, ch
 
 @lru_cache(maxsize=256)
 def _move_sql(columns: tuple[str, ...], *, runtimes: int, ids: int, on_node: bool) -> str:
-    quote = connection.ops.quote_name
-    pk, runtime, node = quote(_ID.column), quote(_RUNTIME.column), quote(Workload._meta.get_field("node").column)
-    assignments = [f"{quote(column)} = %s" for column in columns]
+    pk, runtime = sql_column(Workload, "id"), sql_column(Workload, "runtime")
+    assignments = [f"{connection.ops.quote_name(column)} = %s" for column in columns]
     if runtimes:
         assignments.append(f"{runtime} = CASE {pk}{' WHEN %s THEN %s' * runtimes} ELSE {runtime} END")
-    return (f"UPDATE {quote(Workload._meta.db_table)} SET {', '.join(assignments)} "
-            f"WHERE {pk} IN ({', '.join(['%s'] * ids)}) AND {quote('status')} = %s "
-            f"AND {node} {'= %s' if on_node else 'IS NULL'}")
+    return (f"UPDATE {sql_table(Workload)} SET {', '.join(assignments)} "
+            f"WHERE {pk} {sql_in(ids)} AND {sql_column(Workload, 'status')} = %s "
+            f"AND {sql_column(Workload, 'node')} {'= %s' if on_node else 'IS NULL'}")
