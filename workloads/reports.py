@@ -87,6 +87,7 @@ class _Moves:
     def __init__(self, *, node: Node):
         self.node = node
         self.groups: dict[tuple, list[Workload]] = {}
+        self.runtimes: dict = {}  # workload pk -> the runtime its start report measured
 
     def add(self, workload: Workload, report: dict) -> bool:
         """Take the report if it is a plain move of a workload reported once in the batch."""
@@ -105,7 +106,8 @@ class _Moves:
         key = (current, to, report.get("reason") or default_reason, report.get("exit_code"),
                report["epoch"] if to == S.RUNNING else None)
         self.groups.setdefault(key, []).append(workload)
-        workload.reported_runtime = report.get("runtime")
+        if report.get("runtime") is not None:
+            self.runtimes[workload.pk] = report["runtime"]
         return True
 
     def apply(self) -> None:
@@ -118,11 +120,9 @@ class _Moves:
             else:
                 changes.update(finished_at=now, **({"exit_code": exit_code} if exit_code is not None else {}))
             ids = [workload.pk for workload in group]
-            moved = sum(workloads_move([workload.pk for workload in part], current=current, node_pk=self.node.pk,
-                                       changes=changes, runtimes=[(workload.pk, workload.reported_runtime)
-                                                                  for workload in part
-                                                                  if workload.reported_runtime is not None])
-                        for part in slices(group))
+            moved = sum(workloads_move(part, current=current, node_pk=self.node.pk, changes=changes,
+                                       runtimes=[(pk, self.runtimes[pk]) for pk in part if pk in self.runtimes])
+                        for part in slices(ids))
             if moved != len(ids):  # the rows are locked: only a bug gets here
                 raise RuntimeError(f"{moved} of {len(ids)} reported moves made on node {self.node.node_id}")
             events += [WorkloadEvent(workload_id=pk, kind=EventKind.TRANSITION, from_status=current, to_status=to,
