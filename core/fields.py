@@ -1,5 +1,6 @@
 """Strict serializer fields: DRF's CharField quietly turns 5 into "5"; a command line must not."""
 
+import re
 from pathlib import PurePosixPath
 
 from rest_framework import serializers
@@ -33,6 +34,22 @@ class StringListField(serializers.ListField):
 
 class StringMapField(serializers.DictField):
     child = StrictCharField(allow_blank=True, trim_whitespace=False)
+
+
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a POSIX shell exports
+
+
+class EnvironmentField(StringMapField):
+    """A process's environment: names a POSIX shell can pass on (the agent's launcher is one, and
+    would drop any other name without a word)."""
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        for name in value:
+            if not VARIABLE_NAME.fullmatch(name):
+                raise serializers.ValidationError(
+                    f"{name!r} is not a variable name: letters, digits and '_', not starting with a digit")
+        return value
 
 
 class RelativePathField(StrictCharField):

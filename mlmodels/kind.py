@@ -10,11 +10,11 @@ from django import forms
 from rest_framework import serializers
 
 from core.fields import (
+    EnvironmentField,
     NoUnknownFieldsMixin,
     RelativePathField,
     StrictCharField,
     StringListField,
-    StringMapField,
 )
 from workloads.forms import COMMAND_LINE, ENV, WORKING_DIR, NumberField, argv_config, filled
 from workloads.kinds import Kind
@@ -40,7 +40,7 @@ class MLModelConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     port = ServingPortField(required=False)
     command = StrictCharField(required=False, max_length=4096)
     args = StringListField(required=False, default=list)
-    env = StringMapField(required=False, default=dict)
+    env = EnvironmentField(required=False, default=dict)
     working_dir = RelativePathField(required=False, max_length=4096)
     script_path = RelativePathField(required=False, max_length=4096)
     model_id = UUIDTextField(required=False)

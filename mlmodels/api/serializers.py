@@ -5,11 +5,11 @@ import re
 from rest_framework import serializers
 
 from core.fields import (
+    EnvironmentField,
     NoUnknownFieldsMixin,
     RelativePathField,
     StrictCharField,
     StringListField,
-    StringMapField,
 )
 from nodes.api.fields import BytesField, CoresField
 from nodes.resources import MILLICORES_PER_CORE, Resources
@@ -45,7 +45,7 @@ class DeploySerializer(NoUnknownFieldsMixin, serializers.Serializer):
     script_path = RelativePathField(required=False, default="", allow_blank=True, max_length=4096)
     command = StrictCharField(required=False, max_length=4096)
     args = StringListField(required=False, default=list, max_length=1000)
-    env = StringMapField(required=False, default=dict)
+    env = EnvironmentField(required=False, default=dict)
     working_dir = RelativePathField(required=False, default=".", max_length=4096)
     resources = serializers.JSONField(required=False, default=dict)
     framework = StrictCharField(required=False, default="scikit-learn", max_length=64)

@@ -4,6 +4,7 @@ cgroups (``identity``, ``workspace``, ``limits``); ended whole, whatever they st
 import errno
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+
+from core.fields import VARIABLE_NAME
 
 from .base import (
     AgentContext,
@@ -35,6 +38,8 @@ logger = logging.getLogger(__name__)
 # Run by the child, as the workload's uid, before it execs the workload: it writes its own pid into
 # each of its cgroups' cgroup.procs (argv up to "--"), so everything the workload runs is inside them.
 JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"'
+# The same, after taking its environment from its stdin (``Launch``).
+ENTER = '. /dev/stdin || exit 126; exec </dev/null; ' + JOIN_CGROUPS
 
 
 class ProcessHandle(Handle):
@@ -248,15 +253,14 @@ def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: A
         logger.warning("workload %s: cgroups not prepared (%s); watchdog only", workload_id, error)
         confinement = {"join": []}
     join = confinement.pop("join")
-    launch = launcher(argv, join=join, identity=identity, pids=limits.pids)
+    launch = Launch.of(argv, join=join, identity=identity, pids=limits.pids, env=env, stdin=stdin)
     # "wb": a restarted workload begins new files; its earlier runs' output is in the database.
     mode = "ab" if append else "wb"
-    with open(log_path(context.log_dir, workload_id, "stdout"), mode) as out, \
+    with launch, open(log_path(context.log_dir, workload_id, "stdout"), mode) as out, \
             open(log_path(context.log_dir, workload_id, "stderr"), mode) as err:
         try:
-            popen = subprocess.Popen(launch, stdin=stdin, stdout=out, stderr=err, env=env,
-                                     cwd=cwd, start_new_session=True, close_fds=True,
-                                     **(identity.popen_kwargs() if identity else {}))
+            popen = subprocess.Popen(launch.argv, stdin=launch.stdin, stdout=out, stderr=err, env=launch.env,
+                                     cwd=cwd, start_new_session=True, close_fds=True, **launch.switch)
         except OSError as error:
             context.limiter.cleanup(confinement)
             raise ExecutorError(f"could not start {argv[0]!r}: {error.strerror or error}") from error
@@ -273,23 +277,66 @@ def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: A
     return handle
 
 
-def launcher(argv: list[str], *, join: list[str], identity: Identity | None, pids: int) -> list[str]:
-    """What runs before the workload, as the workload (Popen switched to its identity between
-    fork and exec: nothing runs as root with the workload's environment, where an ``LD_PRELOAD``
-    would be obeyed), and execs it: no-new-privileges when it runs as a uid of its own (setuid
-    programs then give it nothing); where the child cannot join its cgroups (v2), a process-count
-    rlimit for an exclusive uid (every process of that uid is the workload's); last, the cgroup
-    join, so that no step of the launcher runs under the workload's CPU quota (at 0.001 CPU, 1 ms
-    per 100 ms, a ``setpriv`` exec'd after the join made a ``true`` take 12 ms, measured)."""
-    prefix = []
-    if identity is not None:
-        if setpriv := shutil.which("setpriv"):
-            prefix += [setpriv, "--no-new-privs", "--"]
-        if not join and identity.exclusive and pids and (prlimit := shutil.which("prlimit")):
-            prefix += [prlimit, f"--nproc={pids}", "--"]
-    if join:
-        prefix += ["/bin/sh", "-c", JOIN_CGROUPS, "cnet-join", *join, "--"]
-    return [*prefix, *argv]
+class Launch:
+    """How the agent starts a workload: the argv of its launcher, which execs the workload, and
+    what ``Popen`` is given.
+
+    As another uid, ``setpriv`` switches to it and the workload's environment is handed over
+    only after the switch: the launcher's shell (``ENTER``) reads it from its stdin, a memfd of
+    ``export`` lines, and takes /dev/null as its stdin. So the one program that runs as root does
+    so with an empty environment (an ``LD_PRELOAD`` the user names is never obeyed by root), and
+    ``Popen`` switches no uid itself: it can vfork. Switching in ``Popen`` (``user=``) forks the
+    whole agent, 7 ms per start at its size and most of an isolated start's cost (measured:
+    ``bench/throughput.py``). That way remains for an input written to the workload's stdin and
+    for a node without ``setpriv``.
+
+    Then, in order: no-new-privileges when it runs as a uid of its own (setuid programs give it
+    nothing); where the child cannot join its cgroups (v2), a process-count rlimit for an
+    exclusive uid (every process of that uid is the workload's); last, the cgroup join, so that no
+    step of the launcher runs under the workload's CPU quota (at 0.001 CPU, 1 ms per 100 ms, a
+    ``setpriv`` exec'd after the join made a ``true`` take 12 ms, measured)."""
+
+    def __init__(self, argv: list[str], *, env: dict, stdin, switch: dict, handover=None):
+        self.argv, self.env, self.stdin, self.switch = argv, env, stdin, switch
+        self._handover = handover  # the memfd ENTER reads the environment from
+
+    @classmethod
+    def of(cls, argv: list[str], *, join: list[str], identity: Identity | None, pids: int, env: dict,
+           stdin) -> "Launch":
+        setpriv = shutil.which("setpriv") if identity is not None else None
+        rlimit = []
+        if identity is not None and not join and identity.exclusive and pids and (prlimit := shutil.which("prlimit")):
+            rlimit = [prlimit, f"--nproc={pids}", "--"]
+        if setpriv and stdin == subprocess.DEVNULL:
+            groups = ",".join(map(str, identity.groups))
+            handover = _exports_memfd(env)
+            return cls([setpriv, f"--reuid={identity.uid}", f"--regid={identity.gid}",
+                        f"--groups={groups}" if groups else "--clear-groups", "--no-new-privs", "--", *rlimit,
+                        "/bin/sh", "-c", ENTER, "cnet-enter", *join, "--", *argv],
+                       env={}, stdin=handover, switch={}, handover=handover)
+        no_new_privs = [setpriv, "--no-new-privs", "--"] if setpriv else []
+        join_cgroups = ["/bin/sh", "-c", JOIN_CGROUPS, "cnet-join", *join, "--"] if join else []
+        return cls([*no_new_privs, *rlimit, *join_cgroups, *argv], env=env, stdin=stdin,
+                   switch=identity.popen_kwargs() if identity else {})
+
+    def __enter__(self) -> "Launch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handover is not None:
+            self._handover.close()
+
+
+def _exports_memfd(env: dict):
+    """A memfd, at its start, of the lines that export ``env`` in a POSIX shell. A name no shell
+    exports can only be the agent's own (a workload's are refused at submit): it is left out, as
+    the shell would leave it out."""
+    exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items()
+                      if VARIABLE_NAME.fullmatch(name))
+    handover = os.fdopen(os.memfd_create("cnet-env", os.MFD_CLOEXEC), "w+b")
+    handover.write(exports.encode(errors="surrogateescape"))  # as os.environ decoded them
+    handover.seek(0)
+    return handover
 
 
 def processes_of(uid: int) -> list[psutil.Process]:

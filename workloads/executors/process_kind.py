@@ -7,12 +7,12 @@ from django.conf import settings
 from rest_framework import serializers
 
 from core.fields import (
+    EnvironmentField,
     NoUnknownFieldsMixin,
     RelativePathField,
     StrictCharField,
     StrictIntegerField,
     StringListField,
-    StringMapField,
 )
 
 from ..forms import COMMAND_LINE, ENV, WORKING_DIR, argv_config, filled
@@ -35,7 +35,7 @@ def pids_field() -> StrictIntegerField:
 class ProcessConfigSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     command = StrictCharField(max_length=4096)
     args = StringListField(required=False, default=list)
-    env = StringMapField(required=False, default=dict)
+    env = EnvironmentField(required=False, default=dict)
     working_dir = RelativePathField(required=False, max_length=4096)
     pids = pids_field()
 

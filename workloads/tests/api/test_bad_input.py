@@ -60,6 +60,9 @@ CASES = [
     ("config.env", SEED_PROCESS, {"TEST": 1}),
     ("config.env", SEED_PROCESS, {"TEST": None}),
     ("config.env", SEED_PROCESS, ["TEST=value"]),
+    ("config.env", SEED_PROCESS, {"my-var": "x"}),  # no shell passes it on
+    ("config.env", SEED_PROCESS, {"9LIVES": "x"}),
+    ("config.env", SEED_MLMODEL, {"A B": "x"}),
     ("config.working_dir", SEED_PROCESS, "../escape"),
     ("config.working_dir", SEED_PROCESS, "/etc"),
     ("config.model_path", SEED_MLMODEL, "/etc/passwd"),

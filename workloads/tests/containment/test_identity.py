@@ -53,8 +53,8 @@ __attribute__((constructor)) static void probe(void) {
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler to build the preloaded library")
 def test_nothing_runs_as_root_with_the_environment_the_workload_names(user_api, make_site_agent):
-    """An ``LD_PRELOAD`` in its ``env`` is obeyed by every program of its launch: each must
-    already run as its uid (a root one would run the library as root)."""
+    """An ``LD_PRELOAD`` in its ``env`` is obeyed by every program that is given that environment:
+    each must already run as its uid (a root one would run the library as root)."""
     probe = Path(tempfile.mkdtemp(prefix="cnet-uid-probe-", dir="/tmp"))  # where its uid can reach
     try:
         probe.chmod(0o777)  # the workload's uid writes its line here too
@@ -71,7 +71,27 @@ def test_nothing_runs_as_root_with_the_environment_the_workload_names(user_api, 
 
     assert row.status == "succeeded"
     assert 0 not in uids  # no program of its launch ran as root
-    assert len(uids) >= 2 and set(uids) == {row.runtime["uid"]}  # the launcher's, then the workload
+    assert set(uids) == {row.runtime["uid"]}  # the workload, and any step of its launch given the variable
+
+
+TRICKY = "it's \"quoted\" $HOME `id` \\ ünï\nsecond line"
+
+
+def test_its_environment_arrives_exactly_after_the_switch(user_api, make_site_agent):
+    """The environment is handed to the launcher's shell once it runs as the workload's uid: every
+    byte of a value arrives (quotes, ``$``, backquotes, a newline), and nothing of the agent's."""
+    agent = make_site_agent()
+    workload = submit(user_api, agent.config.node_id, "sh", "-c", 'printf %s "$TRICKY"; printf "|%s|" "$(id -u)"; '
+                      "env | cut -d= -f1 | tr '\\n' ' '",
+                      env={"TRICKY": TRICKY})
+    row = run_to_end(agent, workload["id"])
+    logs = output(user_api, workload["id"])
+    agent.shutdown()
+
+    value, uid, names = logs.split("|")
+    assert row.status == "succeeded" and value == TRICKY and int(uid) == row.runtime["uid"]
+    assert {"TRICKY", "CNET_WORKLOAD_ID", "CNET_NODE_ID", "PATH"} <= set(names.split())
+    assert "DJANGO_SETTINGS_MODULE" not in names
 
 
 def test_two_running_workloads_have_different_uids_and_cannot_signal_each_other(user_api, make_site_agent):
