@@ -30,7 +30,7 @@ from .base import (
 )
 from .identity import Identity
 from .limits import KILL_DEADLINE_SECONDS, Limits, subfolder_names
-from .workspace import TRASH_FOLDER, node_workspaces
+from .workspace import NOT_WORKSPACES, node_workspaces, prune_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -215,13 +215,14 @@ class ProcessExecutor(Executor):
     def reap_orphans(self, *, known: set[str], context: AgentContext) -> list[str]:
         """End what is left on this node of workloads that do not run here any more (an agent
         restart found their leader gone, or them no longer wanted): their cgroups' processes, their
-        uid's, their workspaces and their leases of uids and GPUs. For every kind: uids, GPUs and
+        uid's, their workspaces and their leases of uids and GPUs; then the workspace shapes nothing
+        stands on. For every kind: uids, GPUs and
         workspaces are handed out by the agent's context, whichever executor asked."""
         uids, gpus = context.leases("uids"), context.leases("gpus")
         leftovers = context.limiter.workloads_with_cgroups() | uids.stale(known) | gpus.stale(known)
         if context.isolation.enabled:
-            leftovers |= subfolder_names(node_workspaces(context.isolation.workspace_root, context.node_id)) - {
-                TRASH_FOLDER}
+            workspaces = node_workspaces(context.isolation.workspace_root, context.node_id)
+            leftovers |= subfolder_names(workspaces) - NOT_WORKSPACES
         reaped = []
         for workload_id in sorted(leftovers - known - {"probe"}):
             runtime = {"cgroups": [str(path) for path in context.limiter.folders(workload_id) if path.exists()]}
@@ -233,6 +234,8 @@ class ProcessExecutor(Executor):
             logger.warning("workload %s: ended what it left on %s (cgroups, uid, workspace, GPUs)",
                            workload_id, context.node_id)
             reaped.append(workload_id)
+        if context.isolation.enabled:
+            prune_shapes(workspaces)
         return reaped
 
 

@@ -9,15 +9,22 @@ can read it too, so an artifact written at ``model_path`` is found there by the 
 - What it writes lands in its upper layer, never in the work folder, and goes with the workspace
   once the workload has ended (like a container's filesystem): artifacts are kept by the
   registry, output by the database.
-- The view's top and the folders directly in it are the workload's own (owned by its uid in the
-  view only), so ``models/x.joblib`` can be written even where ``models/`` exists; deeper
-  folders of the work folder keep their owners and modes.
+- The view's top is the workload's own and the folders directly in it are open to it (0777 in
+  the view only: no other uid can enter the view), so ``models/x.joblib`` can be written even
+  where ``models/`` exists; deeper folders of the work folder keep their owners and modes.
 - The agent's data folder, its log folder, the control plane's data folder and the workspaces
   themselves are hidden from the view (overlay whiteouts) where they lie inside the work folder;
   what is left is guarded by the files' own modes.
+
+Those open folders and whiteouts are a layer of their own between the two (a ``Shape``), made once
+for a work folder's top and shared by every workspace: made per start, in its upper layer, they
+were most of an isolated start's system time (a chown copied each top folder up: 20 of them in
+this repository).
 """
 
 import ctypes
+import functools
+import hashlib
 import logging
 import os
 import subprocess
@@ -63,19 +70,14 @@ class Workspace:
         lower = lower.resolve()
         if any(char in str(lower) for char in ",:\\"):
             raise OSError(f"the work folder {lower} has a character overlayfs options cannot carry")
+        shape = shape_for(self.base.parent, lower, hidden)
         self.remove()  # what a start that crashed half-way left
-        self.base.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
         self.base.mkdir(mode=0o711)
         for folder in (self.upper, self.work, self.view):
             folder.mkdir(mode=0o700)
-        for path in _outermost(hidden):
-            _whiteout(self.upper, lower, path)
         os.chown(self.upper, identity.uid, identity.gid)
         _mount("overlay", str(self.view), "overlay",
-               f"lowerdir={lower},upperdir={self.upper},workdir={self.work}")
-        for entry in os.scandir(self.view):
-            if entry.is_dir(follow_symlinks=False):
-                os.chown(entry.path, identity.uid, identity.gid, follow_symlinks=False)
+               f"lowerdir={shape}:{lower},upperdir={self.upper},workdir={self.work}")
         return self.view
 
     def remove(self) -> None:
@@ -143,7 +145,62 @@ def trash_for(workspaces: Path) -> Trash:
         return _trash[workspaces]
 
 
-def _outermost(paths: list[Path]) -> list[Path]:
+SHAPES_FOLDER = ".shapes"  # in a node's workspaces: never a workload's id
+NOT_WORKSPACES = {TRASH_FOLDER, SHAPES_FOLDER}
+_shapes: dict[tuple, Path] = {}
+_shapes_lock = threading.Lock()
+
+
+def shape_for(workspaces: Path, lower: Path, hidden: list[Path]) -> Path:
+    """The layer that opens ``lower``'s top folders and hides ``hidden`` in it, as ``lower`` is
+    now: looked up per start (a listing of its top and a few stats), made when it changed."""
+    whiteouts = sorted(place for path in _outermost(tuple(hidden)) if (place := _whiteout_place(lower, path)))
+    folders = sorted({entry.name for entry in os.scandir(lower) if entry.is_dir(follow_symlinks=False)}
+                     - {str(place) for place in whiteouts})
+    key = (workspaces, lower, tuple(folders), tuple(whiteouts))
+    with _shapes_lock:
+        if key not in _shapes:
+            digest = hashlib.sha256(repr(key).encode()).hexdigest()[:24]
+            _shapes[key] = _made_shape(workspaces / SHAPES_FOLDER / digest, lower, folders, whiteouts)
+        return _shapes[key]
+
+
+def _made_shape(shape: Path, lower: Path, folders: list[str], whiteouts: list[Path]) -> Path:
+    """Make ``shape`` unless an earlier agent did: built aside, then renamed into place whole."""
+    if shape.is_dir():
+        return shape
+    shape.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    building = shape.with_name(f"{shape.name}.{uuid.uuid4().hex}.building")
+    building.mkdir(mode=0o700)
+    for name in folders:
+        (building / name).mkdir()
+        os.chmod(building / name, 0o777)
+    for place in whiteouts:
+        for folder in list(reversed(place.parents))[1:]:  # on the way, made as the lower layer has them
+            if not (building / folder).exists():
+                stat = (lower / folder).stat()
+                (building / folder).mkdir(mode=stat.st_mode & 0o7777)
+                os.chown(building / folder, stat.st_uid, stat.st_gid)
+        os.mknod(building / place, 0o600 | 0o020000, os.makedev(0, 0))  # S_IFCHR 0/0: a whiteout
+    os.rename(building, shape)
+    return shape
+
+
+def prune_shapes(workspaces: Path) -> None:
+    """Put in the trash the shapes that neither a mounted view (its mount options name its shape)
+    nor this agent stands on: what earlier agents made for a work folder that has changed since."""
+    folder = workspaces / SHAPES_FOLDER
+    if not folder.is_dir():
+        return
+    mounts = Path("/proc/self/mounts").read_text()
+    with _shapes_lock:
+        for shape in set(folder.iterdir()) - set(_shapes.values()):
+            if f"lowerdir={shape}:" not in mounts:
+                trash_for(workspaces).put(shape)
+
+
+@functools.cache
+def _outermost(paths: tuple[Path, ...]) -> list[Path]:
     """The paths not inside another of them: hiding a folder hides what it holds."""
     resolved = sorted({path.resolve() for path in paths}, key=lambda path: len(path.parts))
     kept: list[Path] = []
@@ -153,20 +210,14 @@ def _outermost(paths: list[Path]) -> list[Path]:
     return kept
 
 
-def _whiteout(upper: Path, lower: Path, hidden: Path) -> None:
-    """Hide ``hidden`` from the view when it lies inside ``lower``: a 0/0 character device in the
-    upper layer at its place, or at its first folder that does not exist yet (so it stays hidden
-    once made). Folders on the way are made as the lower layer has them."""
+def _whiteout_place(lower: Path, hidden: Path) -> Path | None:
+    """Where, relative to ``lower``, a whiteout hides ``hidden``: at its place, or at its first
+    folder that does not exist yet (so it stays hidden once made); None when it is not inside."""
     if hidden == lower or lower not in hidden.parents:
-        return
-    place = upper
-    for part in hidden.relative_to(lower).parts:
-        place = place / part
-        original = lower / place.relative_to(upper)
-        if place.relative_to(upper) == hidden.relative_to(lower) or not original.exists():
-            os.mknod(place, 0o600 | 0o020000, os.makedev(0, 0))  # S_IFCHR
-            return
-        if not place.exists():
-            stat = original.stat()
-            place.mkdir(mode=stat.st_mode & 0o7777)
-            os.chown(place, stat.st_uid, stat.st_gid)
+        return None
+    relative = hidden.relative_to(lower)
+    for depth in range(1, len(relative.parts) + 1):
+        place = Path(*relative.parts[:depth])
+        if place == relative or not (lower / place).exists():
+            return place
+    return relative
