@@ -36,13 +36,14 @@ class Leases:
         held = self.held_by(owner)
         if len(held) >= count:
             return held[:count]
-        taken = list(held)
+        taken, indexed = list(held), None
         for key in candidates:
             if len(taken) == count:
                 break
             if key in taken:
                 continue
-            self._write_index(owner, [*taken, key])  # before the lease: the index never misses one
+            indexed = [*taken, key]
+            self._write_index(owner, indexed)  # before the lease: the index never misses one
             if self._create(key, owner):
                 taken.append(key)
         if len(taken) < count:
@@ -50,7 +51,8 @@ class Leases:
                 (self.folder / key).unlink(missing_ok=True)
             self._write_index(owner, held)
             raise LeaseUnavailable(f"{count} wanted, {len(taken)} free")
-        self._write_index(owner, taken)
+        if indexed != taken:  # the usual first choice free: the index already says so
+            self._write_index(owner, taken)
         return taken
 
     def _create(self, key: str, owner: str) -> bool:
