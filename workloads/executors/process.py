@@ -2,6 +2,7 @@
 cgroups (``identity``, ``workspace``, ``limits``); ended whole, whatever they started."""
 
 import errno
+import functools
 import logging
 import os
 import shlex
@@ -306,9 +307,9 @@ class Launch:
     @classmethod
     def of(cls, argv: list[str], *, join: list[str], identity: Identity | None, pids: int, env: dict,
            stdin) -> "Launch":
-        setpriv = shutil.which("setpriv") if identity is not None else None
+        setpriv = _agent_tool("setpriv") if identity is not None else None
         rlimit = []
-        if identity is not None and not join and identity.exclusive and pids and (prlimit := shutil.which("prlimit")):
+        if identity is not None and not join and identity.exclusive and pids and (prlimit := _agent_tool("prlimit")):
             rlimit = [prlimit, f"--nproc={pids}", "--"]
         if setpriv and stdin == subprocess.DEVNULL:
             groups = ",".join(map(str, identity.groups))
@@ -328,6 +329,12 @@ class Launch:
     def __exit__(self, *exc) -> None:
         if self._handover is not None:
             self._handover.close()
+
+
+@functools.cache
+def _agent_tool(name: str) -> str | None:
+    """Where the agent's own tool is, looked up once (a search of PATH per start showed up)."""
+    return shutil.which(name)
 
 
 def _exports_memfd(env: dict):
