@@ -100,10 +100,12 @@ class CgroupLimiter:
     def kill_all(self, runtime: dict) -> bool:
         """SIGKILL everything in the workload's cgroups, again until they are empty (a fork
         between the listing and the kill); whether they are."""
+        if not self._live_members(runtime):
+            return True  # nothing in them can fork: no freezing (two writes per cgroup) is needed
         deadline = time.monotonic() + KILL_DEADLINE_SECONDS
         while True:
             with self._frozen(runtime):
-                pids = {pid for pid in self.members(runtime) if not _zombie(pid)}  # its parent reaps those
+                pids = self._live_members(runtime)
                 for pid in pids:
                     _signal(pid, signal.SIGKILL)
             if not pids:
@@ -112,6 +114,9 @@ class CgroupLimiter:
                 logger.error("cgroups %s: processes %s survive SIGKILL", runtime.get("cgroups"), sorted(pids)[:10])
                 return False
             time.sleep(0.01)  # pacing: the kernel needs a moment to take the killed out
+
+    def _live_members(self, runtime: dict) -> set[int]:
+        return {pid for pid in self.members(runtime) if not _zombie(pid)}  # its parent reaps those
 
     @contextmanager
     def _frozen(self, runtime: dict):
@@ -242,8 +247,7 @@ class CgroupV1Limiter(CgroupLimiter):
                     swap = path / "memory.memsw.limit_in_bytes"
                     if swap.exists():
                         self._write(swap, limits.memory_bytes)
-                elif controller == "cpu":
-                    self._write(path / "cpu.cfs_period_us", CPU_PERIOD_US)
+                elif controller == "cpu":  # its period is the kernel's default, CPU_PERIOD_US
                     self._write(path / "cpu.cfs_quota_us", cpu_quota_us(limits.cpu_millicores))
                 elif controller == "pids":
                     self._write(path / "pids.max", limits.pids or "max")
