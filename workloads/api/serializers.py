@@ -215,7 +215,8 @@ class WorkloadDependenciesSerializer(serializers.Serializer):
 
 
 class WorkloadArraySerializer(serializers.ModelSerializer):
-    """An array: its instances' counts by status (``counts`` in the context, by array id, else read)."""
+    """An array: its instances' counts by status and its dependencies (``counts`` and
+    ``dependencies`` in the context, by array id, else read)."""
 
     owner = serializers.CharField(source="owner.username", default=None, read_only=True)
     counts = serializers.SerializerMethodField()
@@ -247,7 +248,9 @@ class WorkloadArraySerializer(serializers.ModelSerializer):
         return round(counts["ended"] / counts["total"], 4) if counts["total"] else 1.0
 
     def get_depends_on(self, array: WorkloadArray) -> list[dict]:
-        return DependencyOutSerializer(dependency_list(array_ids=[array.pk]), many=True).data
+        known = self.context.get("dependencies")
+        on = known.get(array.pk, []) if known is not None else dependency_list(array_ids=[array.pk])
+        return DependencyOutSerializer(on, many=True).data
 
     def get_workloads(self, array: WorkloadArray) -> str:
         return f"/api/workloads?array={array.pk}"

@@ -7,6 +7,7 @@ from ..logs import workload_log_read
 from ..models import WorkloadArray
 from ..plan import workload_queues
 from ..selectors import (
+    dependency_list,
     schedule_list,
     schedule_runs,
     workload_array_counts,
@@ -167,11 +168,15 @@ class WorkloadArrayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mix
         return workload_array_list(user=self.request.user)
 
     def get_serializer_context(self):
-        # The page's counts in one query, not one per array.
+        # The page's counts and dependencies in one query each, not one per array.
         context = super().get_serializer_context()
         page = getattr(self, "_page", None)
         if page is not None:
-            context["counts"] = workload_array_counts(array_ids=[array.pk for array in page])
+            ids = [array.pk for array in page]
+            context["counts"] = workload_array_counts(array_ids=ids)
+            context["dependencies"] = {}
+            for dependency in dependency_list(array_ids=ids):
+                context["dependencies"].setdefault(dependency.array_id, []).append(dependency)
         return context
 
     def paginate_queryset(self, queryset):

@@ -152,6 +152,21 @@ def test_another_users_array_does_not_exist_for_them(api, user_api, local):
     assert user_api.get(f"/api/workloads?array={body['id']}").json() == []
 
 
+def test_the_array_list_costs_the_same_queries_whatever_its_length(api, local, django_assert_max_num_queries):
+    first = submit_array(api, 2, cpu=0.1, name="first")
+    submit_array(api, 2, cpu=0.1, name="after", depends_on=[{"workload": first["id"], "condition": "succeeded"}])
+    with django_assert_max_num_queries(20) as few:
+        listed = api.get("/api/arrays").json()
+    budget = len(few.captured_queries)  # read now: the next request clears the connection's log
+    assert [(a["name"], [d["workload"] for d in a["depends_on"]]) for a in listed] == [
+        ("after", [first["id"]]), ("first", [])]
+    for index in range(6):
+        submit_array(api, 2, cpu=0.1, name=f"more-{index}", depends_on=[{"workload": first["id"]}])
+    with django_assert_max_num_queries(budget):
+        listed = api.get("/api/arrays").json()
+    assert len(listed) == 8 and all(a["depends_on"] for a in listed if a["name"] != "first")
+
+
 @pytest.mark.parametrize("count", [0, -1, 100_001, "3", 2.5, True])
 def test_count_out_of_range_or_not_an_integer_is_400_naming_it_and_writes_nothing(api, local, count):
     response = api.post("/api/workloads", array_body(count), format="json")
