@@ -37,6 +37,8 @@ class StringMapField(serializers.DictField):
 
 
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a POSIX shell exports
+# What a shell sets itself (bash makes the ids read-only; dash refuses a bad OPTIND).
+SHELL_OWN = frozenset({"PPID", "UID", "EUID", "OPTIND", "SHELLOPTS", "BASHOPTS"})
 
 
 class EnvironmentField(StringMapField):
@@ -49,6 +51,8 @@ class EnvironmentField(StringMapField):
             if not VARIABLE_NAME.fullmatch(name):
                 raise serializers.ValidationError(
                     f"{name!r} is not a variable name: letters, digits and '_', not starting with a digit")
+            if name in SHELL_OWN:
+                raise serializers.ValidationError(f"{name!r} is a shell's own variable: it cannot be set")
         return value
 
 

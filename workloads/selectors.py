@@ -128,6 +128,14 @@ def dependency_list(*, workload_ids=(), array_ids=()) -> list[WorkloadDependency
                 .select_related("on_workload", "on_array").order_by("id"))
 
 
+def dependencies_by_array(*, array_ids: list) -> dict:
+    """What each array waits on, by array id, in one query."""
+    by_array: dict = {}
+    for dependency in dependency_list(array_ids=array_ids):
+        by_array.setdefault(dependency.array_id, []).append(dependency)
+    return by_array
+
+
 def workload_dependencies(*, workload: Workload) -> dict:
     """What a workload waits on (an array instance: its array's dependencies), and who waits on it
     (or on its array), each ``{"workload": id, "kind", "name", "condition", "state"}``."""

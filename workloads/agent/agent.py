@@ -99,7 +99,6 @@ class Agent(Membership, Supervision, Reconciliation):
                 self.client.leave(epoch=self.epoch)
             except (ControlPlaneError, Refused) as error:
                 logger.warning("node %s: could not go offline on the control plane: %s", self.config.node_id, error)
-            self.spool.close()
             logger.info("node %s: agent stopped", self.config.node_id)
 
     def _end_for_shutdown(self, *, workload_id: str) -> None:

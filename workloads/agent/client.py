@@ -252,11 +252,6 @@ class Spool:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def close(self) -> None:
-        """Let go of the file (the agent stops; what is left stays in it)."""
-        with self._lock:
-            self._file.close()
-
     def flush(self, client: ControlPlane) -> list[dict] | None:
         """Deliver everything spooled; the reports' results, or None when something could not be
         delivered (it stays, and goes with the next flush)."""

@@ -118,7 +118,8 @@ class Supervision:
             # workloads run as their own uids (logged once here when they cannot).
             data_dir=self.config.data_dir,
             address=self.config.address,
-            isolation=isolation_at_start(node_id=self.config.node_id, data_dir=self.config.data_dir),
+            isolation=isolation_at_start(node_id=self.config.node_id, data_dir=self.config.data_dir,
+                                         work_dir=self.config.work_dir),
         )
 
     # --- what to run: from the control plane only -------------------------------------------

@@ -7,7 +7,7 @@ from ..logs import workload_log_read
 from ..models import WorkloadArray
 from ..plan import workload_queues
 from ..selectors import (
-    dependency_list,
+    dependencies_by_array,
     schedule_list,
     schedule_runs,
     workload_array_counts,
@@ -174,9 +174,7 @@ class WorkloadArrayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mix
         if page is not None:
             ids = [array.pk for array in page]
             context["counts"] = workload_array_counts(array_ids=ids)
-            context["dependencies"] = {}
-            for dependency in dependency_list(array_ids=ids):
-                context["dependencies"].setdefault(dependency.array_id, []).append(dependency)
+            context["dependencies"] = dependencies_by_array(array_ids=ids)
         return context
 
     def paginate_queryset(self, queryset):

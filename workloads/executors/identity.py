@@ -113,7 +113,7 @@ class Isolation:
 OFF = Isolation(enabled=False)
 
 
-def isolation_at_start(*, node_id: str, data_dir: Path) -> Isolation:
+def isolation_at_start(*, node_id: str, data_dir: Path, work_dir: Path) -> Isolation:
     """Decide once, at agent start, and say so when workloads are not separated from the agent."""
     private(data_dir)
     if not settings.CNET_WORKLOAD_ISOLATION:
@@ -125,6 +125,10 @@ def isolation_at_start(*, node_id: str, data_dir: Path) -> Isolation:
                        "its data folder and signal each other (isolation is off)", node_id, os.geteuid())
         return OFF
     root = Path(settings.CNET_WORKSPACE_DIR)
+    if work_dir.resolve() in [root.resolve(), *root.resolve().parents]:
+        # A workspace's shared layer (workspace.shape_for) would lie in the work folder, its other
+        # lower layer, and overlayfs refuses overlapping lower layers.
+        raise IdentityError(f"CNET_WORKSPACE_DIR {root} lies inside the work folder {work_dir}: put it outside")
     root.mkdir(parents=True, exist_ok=True, mode=0o711)
     os.chmod(root, 0o711)  # workloads pass through it to their own folder; none may list it
     for what, path in (("their workspaces", root / "x"), ("the agent's Python (ML workloads run it)", sys.executable)):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from core.fields import VARIABLE_NAME
+from core.fields import SHELL_OWN, VARIABLE_NAME
 
 from .base import (
     AgentContext,
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 # Run by the child, as the workload's uid, before it execs the workload: it writes its own pid into
 # each of its cgroups' cgroup.procs (argv up to "--"), so everything the workload runs is inside them.
-JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"'
+JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo "$$" > "$1" || exit 126; shift; done; shift; exec "$@"'
 # The same, after taking its environment from its stdin (``Launch``).
 ENTER = '. /dev/stdin || exit 126; exec </dev/null; ' + JOIN_CGROUPS
 
@@ -257,7 +257,11 @@ def spawn(*, workload_id: str, argv: list[str], env: dict, cwd: Path, context: A
         logger.warning("workload %s: cgroups not prepared (%s); watchdog only", workload_id, error)
         confinement = {"join": []}
     join = confinement.pop("join")
-    launch = Launch.of(argv, join=join, identity=identity, pids=limits.pids, env=env, stdin=stdin)
+    try:
+        launch = Launch.of(argv, join=join, identity=identity, pids=limits.pids, env=env, stdin=stdin)
+    except (OSError, ValueError) as error:  # no memfd left; a value no environment can carry
+        context.limiter.cleanup(confinement)
+        raise ExecutorError(f"could not start {argv[0]!r}: {error}") from error
     # "wb": a restarted workload begins new files; its earlier runs' output is in the database.
     mode = "ab" if append else "wb"
     with launch, open(log_path(context.log_dir, workload_id, "stdout"), mode) as out, \
@@ -339,10 +343,10 @@ def _agent_tool(name: str) -> str | None:
 
 def _exports_memfd(env: dict):
     """A memfd, at its start, of the lines that export ``env`` in a POSIX shell. A name no shell
-    exports can only be the agent's own (a workload's are refused at submit): it is left out, as
-    the shell would leave it out."""
+    exports, or one a shell keeps for itself, can only be the agent's own (a workload's are
+    refused at submit): it is left out, as a shell would leave it out or set it itself."""
     exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items()
-                      if VARIABLE_NAME.fullmatch(name))
+                      if VARIABLE_NAME.fullmatch(name) and name not in SHELL_OWN)
     handover = os.fdopen(os.memfd_create("cnet-env", os.MFD_CLOEXEC), "w+b")
     handover.write(exports.encode(errors="surrogateescape"))  # as os.environ decoded them
     handover.seek(0)

@@ -16,7 +16,7 @@ can read it too, so an artifact written at ``model_path`` is found there by the 
   themselves are hidden from the view (overlay whiteouts) where they lie inside the work folder;
   what is left is guarded by the files' own modes.
 
-Those open folders and whiteouts are a layer of their own between the two (a ``Shape``), made once
+Those open folders and whiteouts are a layer of their own between the two (a shape), made once
 for a work folder's top and shared by every workspace: made per start, in its upper layer, they
 were most of an isolated start's system time (a chown copied each top folder up: 20 of them in
 this repository).
@@ -27,6 +27,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import threading
 import uuid
@@ -70,6 +71,7 @@ class Workspace:
         lower = lower.resolve()
         if any(char in str(lower) for char in ",:\\"):
             raise OSError(f"the work folder {lower} has a character overlayfs options cannot carry")
+        self.base.parent.mkdir(parents=True, exist_ok=True, mode=0o711)  # no uid may list the ids in it
         shape = shape_for(self.base.parent, lower, hidden)
         self.remove()  # what a start that crashed half-way left
         self.base.mkdir(mode=0o711)
@@ -154,7 +156,7 @@ _shapes_lock = threading.Lock()
 def shape_for(workspaces: Path, lower: Path, hidden: list[Path]) -> Path:
     """The layer that opens ``lower``'s top folders and hides ``hidden`` in it, as ``lower`` is
     now: looked up per start (a listing of its top and a few stats), made when it changed."""
-    whiteouts = sorted(place for path in _outermost(tuple(hidden)) if (place := _whiteout_place(lower, path)))
+    whiteouts = sorted({place for path in _outermost(tuple(hidden)) if (place := _whiteout_place(lower, path))})
     folders = sorted({entry.name for entry in os.scandir(lower) if entry.is_dir(follow_symlinks=False)}
                      - {str(place) for place in whiteouts})
     key = (workspaces, lower, tuple(folders), tuple(whiteouts))
@@ -192,11 +194,24 @@ def prune_shapes(workspaces: Path) -> None:
     folder = workspaces / SHAPES_FOLDER
     if not folder.is_dir():
         return
-    mounts = Path("/proc/self/mounts").read_text()
+    standing = _overlay_lower_layers()
     with _shapes_lock:
         for shape in set(folder.iterdir()) - set(_shapes.values()):
-            if f"lowerdir={shape}:" not in mounts:
+            if str(shape) not in standing:
                 trash_for(workspaces).put(shape)
+
+
+def _overlay_lower_layers() -> set[str]:
+    """The lower layers of every overlay mounted here (/proc/self/mounts escapes a space as \\040)."""
+    layers = set()
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split(" ")
+        if len(fields) > 3 and fields[2] == "overlay":
+            for option in fields[3].split(","):
+                if option.startswith("lowerdir="):
+                    unescaped = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), option[len("lowerdir="):])
+                    layers.update(unescaped.split(":"))
+    return layers
 
 
 @functools.cache

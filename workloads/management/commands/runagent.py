@@ -31,6 +31,7 @@ from workloads.agent.client import ControlPlaneBusy, ControlPlaneError, Credenti
 from workloads.agent.config import ConfigError, Overrides, load_agent_settings
 from workloads.agent.runtime import set_current_agent
 from workloads.dispatch import node_queue
+from workloads.executors.identity import IdentityError
 
 logger = logging.getLogger(__name__)
 SUPERVISE_SECONDS = 0.25  # log shipping lag and exit detection are bounded by this
@@ -80,7 +81,10 @@ class Command(BaseCommand):
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.siginterrupt(signal.SIGCHLD, False)
 
-        agent = Agent(config, wake=wakeup.wake)
+        try:
+            agent = Agent(config, wake=wakeup.wake)
+        except IdentityError as error:  # how workloads are to be separated is misconfigured
+            raise CommandError(str(error)) from None
         set_current_agent(agent)
         try:
             if not join_and_register(agent, stop):

@@ -33,7 +33,6 @@ def test_what_is_read_back_is_what_was_not_delivered(tmp_path):
     late = {"workload_id": "w", "status": "succeeded"}
     spool.flush(Delivers(spool, meanwhile=[late]))  # the two chunks go; the exit came during
     spool.add(logs=[chunk(2)])
-    spool.close()
 
     again = Spool(path)
     assert again.entries == [{"report": late}, {"logs": chunk(2)}]

@@ -63,6 +63,7 @@ CASES = [
     ("config.env", SEED_PROCESS, {"my-var": "x"}),  # no shell passes it on
     ("config.env", SEED_PROCESS, {"9LIVES": "x"}),
     ("config.env", SEED_MLMODEL, {"A B": "x"}),
+    ("config.env", SEED_PROCESS, {"UID": "0"}),  # a shell's own
     ("config.working_dir", SEED_PROCESS, "../escape"),
     ("config.working_dir", SEED_PROCESS, "/etc"),
     ("config.model_path", SEED_MLMODEL, "/etc/passwd"),

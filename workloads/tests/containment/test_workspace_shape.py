@@ -5,7 +5,9 @@ import shutil
 import stat
 import subprocess
 
-from workloads.executors.identity import Identity
+import pytest
+
+from workloads.executors.identity import Identity, IdentityError, isolation_at_start
 from workloads.executors.workspace import SHAPES_FOLDER, Workspace, node_workspaces, prune_shapes
 
 from .conftest import needs_root
@@ -54,3 +56,11 @@ def test_views_share_one_shape_that_opens_the_top_folders_and_hides_the_agents(t
     finally:
         for workspace in workspaces:
             workspace.remove()
+
+
+def test_workspaces_inside_the_work_folder_are_refused_when_the_agent_starts(tmp_path, settings):
+    """A shape would lie inside the work folder, the other lower layer: overlayfs refuses that."""
+    settings.CNET_WORKLOAD_ISOLATION = True
+    settings.CNET_WORKSPACE_DIR = tmp_path / "work" / "workspaces"
+    with pytest.raises(IdentityError, match="inside the work folder"):
+        isolation_at_start(node_id="n", data_dir=tmp_path / "data", work_dir=tmp_path / "work")
