@@ -217,8 +217,8 @@ class ProcessExecutor(Executor):
         """End what is left on this node of workloads that do not run here any more (an agent
         restart found their leader gone, or them no longer wanted): their cgroups' processes, their
         uid's, their workspaces and their leases of uids and GPUs; then the workspace shapes nothing
-        stands on. For every kind: uids, GPUs and
-        workspaces are handed out by the agent's context, whichever executor asked."""
+        stands on. For every kind: uids, GPUs and workspaces are handed out by the agent's context,
+        whichever executor asked."""
         uids, gpus = context.leases("uids"), context.leases("gpus")
         leftovers = context.limiter.workloads_with_cgroups() | uids.stale(known) | gpus.stale(known)
         if context.isolation.enabled:
@@ -304,9 +304,8 @@ class Launch:
     step of the launcher runs under the workload's CPU quota (at 0.001 CPU, 1 ms per 100 ms, a
     ``setpriv`` exec'd after the join made a ``true`` take 12 ms, measured)."""
 
-    def __init__(self, argv: list[str], *, env: dict, stdin, switch: dict, handover=None):
+    def __init__(self, argv: list[str], *, env: dict, stdin, switch: dict):
         self.argv, self.env, self.stdin, self.switch = argv, env, stdin, switch
-        self._handover = handover  # the memfd ENTER reads the environment from
 
     @classmethod
     def of(cls, argv: list[str], *, join: list[str], identity: Identity | None, pids: int, env: dict,
@@ -321,7 +320,7 @@ class Launch:
             return cls([setpriv, f"--reuid={identity.uid}", f"--regid={identity.gid}",
                         f"--groups={groups}" if groups else "--clear-groups", "--no-new-privs", "--", *rlimit,
                         "/bin/sh", "-c", ENTER, "cnet-enter", *join, "--", *argv],
-                       env={}, stdin=handover, switch={}, handover=handover)
+                       env={}, stdin=handover, switch={})
         no_new_privs = [setpriv, "--no-new-privs", "--"] if setpriv else []
         join_cgroups = ["/bin/sh", "-c", JOIN_CGROUPS, "cnet-join", *join, "--"] if join else []
         return cls([*no_new_privs, *rlimit, *join_cgroups, *argv], env=env, stdin=stdin,
@@ -331,8 +330,8 @@ class Launch:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._handover is not None:
-            self._handover.close()
+        if not isinstance(self.stdin, int):  # the memfd ENTER reads the environment from
+            self.stdin.close()
 
 
 @functools.cache

@@ -231,8 +231,7 @@ def _whiteout_place(lower: Path, hidden: Path) -> Path | None:
     if hidden == lower or lower not in hidden.parents:
         return None
     relative = hidden.relative_to(lower)
-    for depth in range(1, len(relative.parts) + 1):
-        place = Path(*relative.parts[:depth])
-        if place == relative or not (lower / place).exists():
+    for depth in range(1, len(relative.parts)):
+        if not (lower / (place := Path(*relative.parts[:depth]))).exists():
             return place
     return relative
